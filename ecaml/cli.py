@@ -1,0 +1,270 @@
+"""`python -m ecaml train | evaluate | compare | embed`.
+
+Every failure the user can cause (a bad flag value, a missing path, a broken
+run) ends in one line on stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ecaml import __version__
+from ecaml.config import TrainConfig, load_toml
+from ecaml.confusion import PAIR_MODES, ROUTES
+from ecaml.data import DATASETS, SPLIT_PARTS
+from ecaml.models import BACKBONES
+
+EXIT_USER_ERROR = 2
+# Flags whose value lands in TrainConfig under the same name (dashes -> underscores).
+TRAIN_FLAGS = {
+    "dataset": (str, "dataset: " + ", ".join(DATASETS) + " (default digits)"),
+    "data_root": (str, "folder dataset root: one sub-folder of images per class"),
+    "val_classes": (float, "seen classes held out for validation/tuning: a count, or a fraction < 1 (default 0)"),
+    "split_seed": (int, "seed of the seen/validation (and, for folders, seen/unseen) class split (default 0)"),
+    "image_size": (int, "input size in pixels (default: per dataset; 224 for torchvision backbones)"),
+    "backbone": (str, "backbone: " + ", ".join(BACKBONES) + " (default smallcnn)"),
+    "weights_path": (str, "local file with ImageNet weights for --pretrained (else the torch cache is used)"),
+    "embedding_dim": (int, "embedding size d (default: per dataset)"),
+    "loss": (str, "base metric loss: binomial, triplet, npair, or pml:ClassName (default binomial)"),
+    "ec_weight": (float, "Energy Confusion weight lambda; 0 trains the plain baseline (default 0.13, the reference)"),
+    "ec_pairs": (str, "EC pairs: sampled (k random inter-class partners per anchor, the reference) or dense (all)"),
+    "ec_partners": (int, "k, partners per anchor for --ec-pairs sampled (default 10)"),
+    "ec_route": (str, "where EC gradients go: head (W, b only, the reference) or full (backbone too, an ablation)"),
+    "classes_per_batch": (int, "m, classes in each batch (default: per dataset)"),
+    "images_per_class": (int, "n, images of each class in a batch (default: per dataset)"),
+    "epochs": (int, "epochs over the training classes (default: per dataset)"),
+    "max_steps": (int, "stop after exactly this many optimiser steps (for smoke tests)"),
+    "lr": (float, "Adam learning rate of the backbone (default 1e-3)"),
+    "head_lr_mult": (float, "the embedding head's learning rate as a multiple of --lr (reference: 10)"),
+    "weight_decay": (float, "Adam weight decay (default 2e-4)"),
+    "seed": (int, "random seed; the same seed gives the same run on the CPU (default 0)"),
+    "device": (str, "auto (CUDA when present), cpu, cuda or cuda:N (default auto)"),
+    "num_workers": (int, "data-loading worker processes (default 0)"),
+    "cpu_threads": (int, "torch CPU threads; 0 = 1 for smallcnn, torch's default otherwise (default 0)"),
+    "eval_every": (int, "epochs between evaluations logged to the history; 0 = only at the end (default 5)"),
+    "checkpoint_every": (int, "epochs between checkpoints (default 1)"),
+}
+
+
+class UserError(Exception):
+    """Anything to report as one line and exit status 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, not argparse's usage dump
+        raise UserError(f"{self.prog}: {message}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="ecaml", description="Energy Confused Adversarial Metric Learning: train, evaluate, compare.")
+    parser.add_argument("--version", action="version", version=f"ecaml {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    _add_train(commands)
+    _add_evaluate(commands)
+    _add_compare(commands)
+    _add_embed(commands)
+    return parser
+
+
+def _add_train(commands) -> None:
+    train = commands.add_parser(
+        "train",
+        help="train a run directory",
+        description="Train on the seen classes, evaluate on the unseen ones, write a run directory. "
+        "Settings: built-in defaults < per-dataset defaults < --config file < flags.",
+    )
+    train.add_argument("--out", help="new run directory to write (required unless --resume)")
+    train.add_argument("--config", help="TOML file of settings (keys as the flags, with underscores)")
+    train.add_argument("--resume", metavar="RUN", help="continue RUN from its last complete checkpoint")
+    for name, (kind, text) in TRAIN_FLAGS.items():
+        choices = {"ec_pairs": PAIR_MODES, "ec_route": ROUTES, "dataset": DATASETS, "backbone": list(BACKBONES)}.get(name)
+        train.add_argument("--" + name.replace("_", "-"), type=kind, help=text, choices=choices, default=None)
+    train.add_argument("--pretrained", action="store_true", default=None, help="start from ImageNet weights (local only)")
+    train.add_argument("--loss-param", action="append", default=[], metavar="KEY=VALUE",
+                       help="a parameter of the loss, repeatable (e.g. --loss-param margin=0.2)")
+    train.add_argument("--recall-ks", help="comma-separated K for Recall@K (default 1,2,4,8)")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _add_evaluate(commands) -> None:
+    evaluate = commands.add_parser("evaluate", help="metrics of a run on a split",
+                                   description="Recall@K, NMI, MAP@R and R-Precision of RUN on a class split.")
+    evaluate.add_argument("run", help="run directory")
+    evaluate.add_argument("--split", default="unseen", choices=SPLIT_PARTS, help="which classes (default unseen)")
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    evaluate.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+
+
+def _add_compare(commands) -> None:
+    compare = commands.add_parser("compare", help="metrics of several runs side by side",
+                                  description="Unseen-class metrics of each run, and each run's difference from the first.")
+    compare.add_argument("runs", nargs="+", help="two or more run directories; the first is the reference")
+    compare.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def _add_embed(commands) -> None:
+    embed = commands.add_parser("embed", help="export embeddings to .npz",
+                                description="Write arrays embeddings (L2-normalised), labels and indices of a split.")
+    embed.add_argument("run", help="run directory")
+    embed.add_argument("--split", default="unseen", choices=SPLIT_PARTS, help="which classes (default unseen)")
+    embed.add_argument("--out", required=True, help="output .npz file")
+    embed.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def command_train(args: argparse.Namespace) -> int:
+    from ecaml.train import resume, train
+
+    overrides = _flag_values(args)
+    if args.resume:
+        result = resume(args.resume, progress=not args.quiet, epochs=overrides.get("epochs"), max_steps=overrides.get("max_steps"))
+    else:
+        if not args.out:
+            raise UserError("train: --out RUN_DIR is required (or --resume RUN)")
+        values = load_toml(args.config) if args.config else {}
+        values.update(overrides)
+        config = TrainConfig.from_dict(values).resolved()
+        result = train(config, args.out, progress=not args.quiet)
+    if result.state == "stopped":
+        print(f"stopped at step {result.steps}; resume with: python -m ecaml train --resume {result.run_dir}")
+        return 130
+    recall = result.metrics.get("recall@1")
+    print(f"{result.run_dir}: {result.steps} steps, unseen Recall@1 = {recall:.4f}, NMI = {result.metrics['nmi']:.4f}, "
+          f"MAP@R = {result.metrics['map@r']:.4f}")
+    return 0
+
+
+def _flag_values(args: argparse.Namespace) -> dict[str, Any]:
+    values = {name: getattr(args, name) for name in TRAIN_FLAGS if getattr(args, name) is not None}
+    if args.pretrained:
+        values["pretrained"] = True
+    if args.loss_param:
+        values["loss_params"] = dict(_parse_param(item) for item in args.loss_param)
+    if args.recall_ks:
+        try:
+            values["recall_ks"] = [int(k) for k in args.recall_ks.split(",")]
+        except ValueError:
+            raise UserError("train: --recall-ks takes comma-separated integers, e.g. 1,2,4,8") from None
+    return values
+
+
+def _parse_param(item: str) -> tuple[str, Any]:
+    key, sep, raw = item.partition("=")
+    if not sep or not key:
+        raise UserError(f"train: --loss-param takes KEY=VALUE, got {item!r}")
+    try:
+        return key, json.loads(raw)
+    except json.JSONDecodeError:
+        return key, raw
+
+
+def evaluate_run(run_dir: str, split: str = "unseen", device: str = "auto") -> dict[str, float]:
+    from ecaml.evaluate import embed_part, pick_device, score, split_for
+    from ecaml.runs import input_channels, load_run
+
+    run = load_run(run_dir)
+    torch_device = pick_device(device)
+    run.model.to(torch_device)
+    embeddings = embed_part(run.model, split_for(run.config), split, run.config, input_channels(run.config), torch_device)
+    return score(embeddings, run.config.recall_ks)
+
+
+def command_evaluate(args: argparse.Namespace) -> int:
+    metrics = evaluate_run(args.run, args.split, args.device)
+    if args.json:
+        print(json.dumps(metrics))
+    else:
+        print(f"{args.run} ({args.split} classes)")
+        for name, value in metrics.items():
+            print(f"  {name:<12} {value:.4f}")
+    return 0
+
+
+def command_compare(args: argparse.Namespace) -> int:
+    from ecaml.runs import load_run
+
+    table = {}
+    for run_dir in args.runs:
+        run = load_run(run_dir)
+        table[run_dir] = run.metrics if run.metrics is not None else evaluate_run(run_dir)
+    if args.json:
+        print(json.dumps(table))
+        return 0
+    print(format_comparison(table))
+    return 0
+
+
+def format_comparison(table: dict[str, dict[str, float]]) -> str:
+    """Metric rows, one column per run, each later run with its difference from the first."""
+    names = list(table)
+    metrics = list(dict.fromkeys(k for values in table.values() for k in values))
+    widths = [max(14, len(Path(n).name) + 2) for n in names]
+    lines = ["metric".ljust(12) + "".join(Path(n).name.rjust(w) for n, w in zip(names, widths))]
+    reference = table[names[0]]
+    for metric in metrics:
+        cells = []
+        for name, width in zip(names, widths):
+            value = table[name].get(metric)
+            text = "-" if value is None else f"{value:.4f}"
+            if name != names[0] and value is not None and metric in reference:
+                text += f" ({value - reference[metric]:+.4f})"
+            cells.append(text.rjust(width + (10 if name != names[0] else 0)))
+        lines.append(metric.ljust(12) + "".join(cells))
+    return "\n".join(lines)
+
+
+def command_embed(args: argparse.Namespace) -> int:
+    from ecaml.evaluate import embed_part, pick_device, split_for
+    from ecaml.runs import atomic_write_bytes, input_channels, load_run
+
+    run = load_run(args.run)
+    device = pick_device(args.device)
+    run.model.to(device)
+    embeddings = embed_part(run.model, split_for(run.config), args.split, run.config, input_channels(run.config), device)
+    out = Path(args.out)
+    if out.suffix != ".npz":
+        raise UserError(f"embed: --out must end in .npz, got {out.name}")
+    if not out.parent.is_dir():
+        raise UserError(f"embed: folder {out.parent} does not exist")
+    import io
+
+    buffer = io.BytesIO()
+    np.savez(buffer, embeddings=embeddings.vectors, labels=embeddings.labels, indices=embeddings.indices)
+    atomic_write_bytes(out, buffer.getvalue())
+    print(f"wrote {len(embeddings.labels)} {args.split} embeddings of size {embeddings.vectors.shape[1]} to {out}")
+    return 0
+
+
+COMMANDS = {"train": command_train, "evaluate": command_evaluate, "compare": command_compare, "embed": command_embed}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from ecaml.data import DatasetError, ImageError
+    from ecaml.models import WeightsError
+    from ecaml.runs import RunError
+
+    try:
+        args = build_parser().parse_args(argv)
+        return COMMANDS[args.command](args)
+    except (UserError, RunError, DatasetError, ImageError, WeightsError, ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # noqa: BLE001 - last resort: still one line, with the kind of failure
+        from ecaml.train import TrainingError
+
+        if isinstance(error, TrainingError):
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+        print(f"error: unexpected {error.__class__.__name__}: {error}", file=sys.stderr)
+        return 1

@@ -1,0 +1,86 @@
+"""Embedding a split with a trained model, and scoring it on retrieval and clustering.
+
+The metrics themselves live in ``ecaml.metrics`` (pure functions of embeddings
+and labels); this module turns a model plus a class split into those inputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from ecaml.config import TrainConfig
+from ecaml.data import ClassSplit, load_split
+from ecaml.data.sampling import ImageView
+from ecaml.data.transforms import build_transform
+from ecaml.metrics import retrieval_metrics
+from ecaml.models import BACKBONES
+
+
+@dataclass
+class Embeddings:
+    """L2-normalised embeddings of one split, with each row's label and dataset index."""
+
+    vectors: np.ndarray  # float32 [N, D], unit rows
+    labels: np.ndarray
+    indices: np.ndarray
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for, but no CUDA GPU is available")
+    return torch.device(name)
+
+
+def eval_transform(config: TrainConfig, channels: int):
+    return build_transform(config.image_size, channels, BACKBONES[config.backbone].imagenet_input, train=False, flip=False)
+
+
+def split_for(config: TrainConfig) -> ClassSplit:
+    """The class split a run was trained with (same dataset, seed and validation hold-out)."""
+    return load_split(config.dataset, config.data_root, config.val_classes, config.split_seed)
+
+
+@torch.no_grad()
+def embed_indices(
+    model: torch.nn.Module,
+    split: ClassSplit,
+    indices: np.ndarray,
+    config: TrainConfig,
+    channels: int,
+    device: torch.device | None = None,
+    batch_size: int = 256,
+) -> Embeddings:
+    device = device or next(model.parameters()).device
+    view = ImageView(split.dataset, indices, eval_transform(config, channels))
+    loader = DataLoader(view, batch_size=batch_size, shuffle=False, num_workers=0, pin_memory=device.type == "cuda")
+    was_training = model.training
+    model.eval()
+    vectors, labels, rows = [], [], []
+    for images, batch_labels, batch_indices in loader:
+        with torch.autocast(device_type=device.type, enabled=device.type == "cuda"):
+            raw = model(images.to(device, non_blocking=True))
+        vectors.append(torch.nn.functional.normalize(raw.float(), dim=1).cpu())
+        labels.append(batch_labels)
+        rows.append(batch_indices)
+    model.train(was_training)
+    return Embeddings(torch.cat(vectors).numpy(), torch.cat(labels).numpy(), torch.cat(rows).numpy())
+
+
+def embed_part(model, split: ClassSplit, part: str, config: TrainConfig, channels: int, device=None) -> Embeddings:
+    indices = split.indices(part)
+    if len(indices) == 0:
+        raise ValueError(f"the {part!r} split of {config.dataset} is empty")
+    return embed_indices(model, split, indices, config, channels, device)
+
+
+def score(embeddings: Embeddings, recall_ks, seed: int = 0) -> dict[str, float]:
+    """Recall@K (K clipped to what the split allows), NMI, MAP@R and R-Precision."""
+    largest_k = len(embeddings.labels) - 1
+    ks = [k for k in recall_ks if k <= largest_k] or [1]
+    return retrieval_metrics(embeddings.vectors, embeddings.labels, recall_ks=tuple(ks), seed=seed)

@@ -1,0 +1,201 @@
+"""Base metric losses and their lookup by name.
+
+Every loss takes ``(embeddings, labels)`` with *raw* embeddings and normalises
+what it needs itself, so the Energy Confusion term (which works on raw
+embeddings) can sit on top of any of them. Defaults are the settings of the
+ECAML authors' reference code. Any loss of pytorch-metric-learning is reachable
+as ``pml:ClassName``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _cosine_similarities(embeddings: torch.Tensor) -> torch.Tensor:
+    normalised = F.normalize(embeddings.float(), dim=1)
+    return normalised @ normalised.t()
+
+
+def _pair_masks(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(positive, negative) masks over ordered pairs, self-pairs excluded."""
+    same = labels[:, None] == labels[None, :]
+    not_self = ~torch.eye(len(labels), dtype=torch.bool, device=labels.device)
+    return same & not_self, ~same
+
+
+def _zero_with_graph(embeddings: torch.Tensor) -> torch.Tensor:
+    # A batch with nothing to learn from still returns a tensor attached to the
+    # graph, so backward() and mixed-precision scaling work unchanged.
+    return embeddings.sum() * 0.0
+
+
+class BinomialDevianceLoss(nn.Module):
+    """log(1 + exp(-alpha (s - beta) m)) over all pairs i < j, m = 1 or -C.
+
+    Positive and negative pairs are each averaged over their own count, as in
+    the reference (each pair weighted 1/#positive or 1/#negative).
+    """
+
+    def __init__(self, alpha: float = 2.0, beta: float = 0.5, negative_cost: float = 25.0):
+        super().__init__()
+        self.alpha, self.beta, self.negative_cost = alpha, beta, negative_cost
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        similarity = _cosine_similarities(embeddings)
+        positive, negative = _pair_masks(labels)
+        upper = torch.triu(torch.ones_like(positive), diagonal=1)
+        positive, negative = positive & upper, negative & upper
+        if not positive.any() or not negative.any():
+            return _zero_with_graph(embeddings)
+        shifted = similarity - self.beta
+        positive_loss = F.softplus(-self.alpha * shifted[positive]).mean()
+        negative_loss = F.softplus(self.alpha * self.negative_cost * shifted[negative]).mean()
+        return positive_loss + negative_loss
+
+
+class TripletLoss(nn.Module):
+    """Margin triplet loss on L2-normalised embeddings, reference mining.
+
+    For every anchor-positive pair, negatives that violate the margin are mined:
+    half the hardest and half at random among the rest, at most
+    ``negatives_per_positive`` of them.
+    """
+
+    def __init__(self, margin: float = 0.1, negatives_per_positive: int = 120):
+        super().__init__()
+        self.margin, self.negatives_per_positive = margin, negatives_per_positive
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        normalised = F.normalize(embeddings.float(), dim=1)
+        distance = torch.cdist(normalised, normalised).clamp_min(0)
+        positive, negative = _pair_masks(labels)
+        anchor_index, positive_index = positive.nonzero(as_tuple=True)
+        if anchor_index.numel() == 0:
+            return _zero_with_graph(embeddings)
+        anchor_positive = distance[anchor_index, positive_index]
+        anchor_negative = distance[anchor_index]
+        violating = negative[anchor_index] & (anchor_negative < anchor_positive[:, None] + self.margin)
+        selected = self._mine(anchor_negative, violating)
+        if not selected.any():
+            return _zero_with_graph(embeddings)
+        hinge = F.relu(anchor_positive[:, None] - anchor_negative + self.margin)
+        return hinge[selected].mean()
+
+    def _mine(self, anchor_negative: torch.Tensor, violating: torch.Tensor) -> torch.Tensor:
+        take = violating.sum(dim=1).clamp(max=self.negatives_per_positive)
+        hardest_count = torch.div(take + 1, 2, rounding_mode="floor")
+        hard_rank = _rank_ascending(torch.where(violating, anchor_negative, torch.inf))
+        hard = violating & (hard_rank < hardest_count[:, None])
+        rest = violating & ~hard
+        random_keys = torch.rand(rest.shape, device=rest.device)
+        random_rank = _rank_ascending(torch.where(rest, random_keys, torch.inf))
+        random_pick = rest & (random_rank < (take - hardest_count)[:, None])
+        return hard | random_pick
+
+
+def _rank_ascending(values: torch.Tensor) -> torch.Tensor:
+    """Rank of each entry within its row (0 = smallest)."""
+    order = values.detach().argsort(dim=1)
+    ranks = torch.empty_like(order)
+    positions = torch.arange(values.shape[1], device=values.device).expand_as(order)
+    return ranks.scatter_(1, order, positions)
+
+
+class NPairLoss(nn.Module):
+    """N-pair loss with in-batch positives, reference settings.
+
+    Embeddings are L2-normalised and the cosine scaled by ``scale``; each sample's
+    most similar same-class sample is its positive, and a softmax runs over that
+    positive and all other-class samples. ``l2_weight`` * ||z||^2 / 2 on the raw
+    embeddings keeps their norm from drifting.
+    """
+
+    def __init__(self, scale: float = 10.0, l2_weight: float = 5e-4):
+        super().__init__()
+        self.scale, self.l2_weight = scale, l2_weight
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        logits = self.scale * _cosine_similarities(embeddings)
+        positive, negative = _pair_masks(labels)
+        has_both = positive.any(dim=1) & negative.any(dim=1)
+        if not has_both.any():
+            return _zero_with_graph(embeddings)
+        positive_logit = torch.where(positive, logits, -torch.inf).max(dim=1).values
+        negative_logits = torch.where(negative, logits, -torch.inf)
+        all_logits = torch.cat([positive_logit[:, None], negative_logits], dim=1)
+        cross_entropy = torch.logsumexp(all_logits, dim=1) - positive_logit
+        regulariser = 0.5 * self.l2_weight * embeddings.float().pow(2).sum(dim=1).mean()
+        return cross_entropy[has_both].mean() + regulariser
+
+
+BUILTIN_LOSSES: dict[str, type[nn.Module]] = {
+    "binomial": BinomialDevianceLoss,
+    "triplet": TripletLoss,
+    "npair": NPairLoss,
+}
+PML_PREFIX = "pml:"
+
+
+class PmlLoss(nn.Module):
+    """Adapter around a pytorch-metric-learning loss; pml normalises through its own distance."""
+
+    def __init__(self, loss: nn.Module):
+        super().__init__()
+        self.loss = loss
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.loss(embeddings.float(), labels)
+
+
+def available_losses() -> list[str]:
+    return sorted(BUILTIN_LOSSES) + [PML_PREFIX + "<AnyLossClass>"]
+
+
+def build_loss(name: str, embedding_dim: int, num_classes: int, params: dict | None = None) -> nn.Module:
+    """The loss called ``name`` with ``params`` overriding its defaults.
+
+    ``pml:ClassName`` builds that pytorch-metric-learning loss; ``num_classes``
+    and ``embedding_size`` are filled in for losses that own parameters (proxies,
+    classifier weights), which the trainer then optimises with the head.
+    """
+    params = dict(params or {})
+    if name.startswith(PML_PREFIX):
+        return PmlLoss(_build_pml_loss(name[len(PML_PREFIX):], embedding_dim, num_classes, params))
+    if name not in BUILTIN_LOSSES:
+        raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(available_losses())}")
+    loss_class = BUILTIN_LOSSES[name]
+    _check_params(loss_class, params, name)
+    return loss_class(**params)
+
+
+def _build_pml_loss(class_name: str, embedding_dim: int, num_classes: int, params: dict) -> nn.Module:
+    from pytorch_metric_learning import losses as pml_losses
+
+    loss_class = getattr(pml_losses, class_name, None)
+    if not (inspect.isclass(loss_class) and issubclass(loss_class, nn.Module)):
+        raise ValueError(f"pytorch-metric-learning has no loss called {class_name!r}")
+    accepted = inspect.signature(loss_class.__init__).parameters
+    if "num_classes" in accepted:
+        params.setdefault("num_classes", num_classes)
+    if "embedding_size" in accepted:
+        params.setdefault("embedding_size", embedding_dim)
+    try:
+        return loss_class(**params)
+    except TypeError as error:
+        raise ValueError(f"cannot build pml:{class_name} with {params}: {error}") from None
+
+
+def _check_params(loss_class: type, params: dict, name: str) -> None:
+    accepted = set(inspect.signature(loss_class.__init__).parameters) - {"self"}
+    unknown = sorted(set(params) - accepted)
+    if unknown:
+        raise ValueError(f"loss {name!r} has no parameter {', '.join(unknown)}; it takes {', '.join(sorted(accepted))}")
+    for key, value in params.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"loss parameter {key} must be finite")
