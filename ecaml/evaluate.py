@@ -58,7 +58,9 @@ def embed_indices(
 ) -> Embeddings:
     device = device or next(model.parameters()).device
     view = ImageView(split.dataset, indices, eval_transform(config, channels))
-    loader = DataLoader(view, batch_size=batch_size, shuffle=False, num_workers=0, pin_memory=device.type == "cuda")
+    # A private generator keeps evaluation from drawing on the training run's global RNG.
+    loader = DataLoader(view, batch_size=batch_size, shuffle=False, num_workers=0, pin_memory=device.type == "cuda",
+                        generator=torch.Generator())
     was_training = model.training
     model.eval()
     vectors, labels, rows = [], [], []

@@ -231,9 +231,11 @@ class Trainer:
             self.config.seed, epoch,
         )[offset:]
         positions = positions[: self.plan.total_steps - self.step]
+        # A private generator: creating a DataLoader otherwise draws from the global RNG,
+        # and a resumed run would then augment differently from an uninterrupted one.
         loader = DataLoader(
             self.view, batch_sampler=[p.tolist() for p in positions], num_workers=self.config.num_workers,
-            pin_memory=self.device.type == "cuda",
+            pin_memory=self.device.type == "cuda", generator=torch.Generator().manual_seed(self.config.seed + epoch),
         )
         for images, labels, _ in loader:
             values = self.train_step(images, labels)

@@ -1,0 +1,25 @@
+"""Shared fixtures: tiny real runs trained once per test session."""
+
+from __future__ import annotations
+
+import pytest
+
+from ecaml.config import TrainConfig
+from ecaml.train import train
+
+
+def train_tiny(run_dir, **overrides):
+    """A real digits run of a few steps: enough to exercise every file of a run directory."""
+    values = dict(dataset="digits", max_steps=6, eval_every=0, seed=0, ec_weight=0.13)
+    values.update(overrides)
+    return train(TrainConfig(**values), run_dir, progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    return train_tiny(tmp_path_factory.mktemp("runs") / "tiny-ec").run_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_baseline_run(tmp_path_factory):
+    return train_tiny(tmp_path_factory.mktemp("runs") / "tiny-base", ec_weight=0.0).run_dir
