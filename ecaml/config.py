@@ -20,7 +20,7 @@ from ecaml.models import BACKBONES
 # Sizes that suit each built-in dataset; anything set in a file or a flag wins.
 DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
     "digits": {"image_size": 8, "classes_per_batch": 5, "images_per_class": 12, "epochs": 40, "embedding_dim": 32},
-    "glyphs": {"image_size": 32, "classes_per_batch": 16, "images_per_class": 4, "epochs": 30, "embedding_dim": 64},
+    "glyphs": {"image_size": 24, "classes_per_batch": 16, "images_per_class": 4, "epochs": 30, "embedding_dim": 64},
     "folder": {"image_size": 64, "classes_per_batch": 16, "images_per_class": 4, "epochs": 30, "embedding_dim": 128},
 }
 
