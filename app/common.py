@@ -1,0 +1,334 @@
+"""Plumbing every page shares: where runs live, loading them once, picking them, errors, pictures, the training job.
+
+Pages import this module and ``ecaml``; nothing here trains, embeds or scores.
+Loaded runs are cached per process with ``st.cache_resource``, keyed by the run
+folder and the modification times of its files, so a finished or re-trained run
+is picked up on the next rerun while an unchanged one is never read twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+import streamlit as st
+from PIL import Image, ImageOps
+
+from ecaml.data import ImageError
+from ecaml.jobs import JobError, JobManager
+from ecaml.runs import Run, RunError, find_runs, load_run, read_status
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CHECKPOINTS_ENV, RUNS_ENV, CACHE_ENV = "ECAML_CHECKPOINTS_DIR", "ECAML_RUNS_DIR", "ECAML_CACHE_DIR"
+DATA_ENV = "ECAML_DATA_DIR"
+
+# Errors the library raises with a one-line, user-facing message.
+USER_ERRORS = (RunError, ImageError, JobError, ValueError, OSError)
+
+# The files whose change means a run must be read again (a checkpoint, a finished evaluation...).
+RUN_FILES = ("config.json", "model.safetensors", "history.jsonl", "metrics.json", "status.json")
+
+# Distinct, colour-blind-friendly colours (Okabe-Ito); run i of a selection always gets colour i.
+RUN_COLOURS = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000")
+VERDICT_COLOURS = {True: (34, 160, 70), False: (214, 39, 40), None: (160, 160, 160)}  # green, red, grey
+
+SELECTION_KEY = "selected_run_paths"  # the runs chosen on one page, offered again on the others
+LIVE_STATES = ("starting", "running")
+
+LOG = logging.getLogger("ecaml.app")
+T = TypeVar("T")
+
+
+# ----------------------------------------------------------------------------- where things live
+
+
+def _configured(variable: str, default: Path) -> Path:
+    # Resolved, so that run paths compare equal to the ones the job manager (which resolves) hands back.
+    return Path(os.environ.get(variable) or default).expanduser().resolve()
+
+
+def checkpoints_dir() -> Path:
+    """Shipped runs (read-only for the app)."""
+    return _configured(CHECKPOINTS_ENV, REPO_ROOT / "checkpoints")
+
+
+def runs_dir() -> Path:
+    """The user's own runs, where the Train page writes."""
+    return _configured(RUNS_ENV, REPO_ROOT / "runs")
+
+
+def cache_dir() -> Path:
+    """Embeddings and projections the library caches on disk (git-ignored)."""
+    return _configured(CACHE_ENV, REPO_ROOT / ".cache")
+
+
+def data_dir() -> Path:
+    """The only place the Train page may read a folder dataset from."""
+    return _configured(DATA_ENV, REPO_ROOT / "data")
+
+
+def shown_path(path: Path) -> str:
+    """``path`` relative to the repository when it lies inside it: shorter, and the same on every machine."""
+    try:
+        return str(Path(path).resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+def one_sentence(error: BaseException) -> str:
+    """The first line of an error's message, ending with a full stop."""
+    lines = str(error).strip().splitlines()
+    text = lines[0].strip() if lines else error.__class__.__name__
+    return text if text.endswith((".", "!", "?")) else text + "."
+
+
+def attempt(action: str, function: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
+    """``function(*args, **kwargs)``, or ``None`` after one ``st.error`` sentence saying what could not be done."""
+    try:
+        return function(*args, **kwargs)
+    except USER_ERRORS as error:
+        LOG.info("could not %s: %s", action, error)
+        st.error(f"Could not {action}: {one_sentence(error)}")
+        return None
+
+
+# ----------------------------------------------------------------------------- runs
+
+
+@dataclass(frozen=True)
+class RunEntry:
+    """One folder under a run root: its run when usable, else why not."""
+
+    path: Path
+    shipped: bool  # under checkpoints/ (read-only) rather than runs/
+    run: Run | None
+    problem: str | None = None
+
+    @property
+    def key(self) -> str:
+        return str(self.path)
+
+    @property
+    def name(self) -> str:
+        return self.path.name if self.shipped else f"{self.path.name} (yours)"
+
+    @property
+    def label(self) -> str:
+        """Name plus what matters for the comparison: dataset, loss and whether EC is on."""
+        if self.run is None:
+            return self.name
+        config = self.run.config
+        return f"{self.name} · {config.dataset} · {config.loss} · {ec_summary(config.ec_weight)}"
+
+
+def ec_summary(ec_weight: float) -> str:
+    return "EC off" if ec_weight == 0 else f"EC λ={ec_weight:g}"
+
+
+def run_fingerprint(path: Path) -> tuple:
+    """(name, mtime, size) of each run file, so any change to the run gives a new cache key."""
+    stamps = []
+    for name in RUN_FILES:
+        try:
+            stat = (path / name).stat()
+            stamps.append((name, stat.st_mtime_ns, stat.st_size))
+        except OSError:
+            stamps.append((name, None, None))
+    return tuple(stamps)
+
+
+@st.cache_resource(max_entries=64, show_spinner=False)
+def _load_run(path: str, fingerprint: tuple) -> tuple[Run | None, str | None]:
+    """(run, None) or (None, reason); ``fingerprint`` only keys the cache."""
+    try:
+        return load_run(path), None
+    except RunError as error:
+        return None, str(error)
+    except (OSError, ValueError) as error:  # a folder vanishing while read, an odd file system
+        return None, f"{Path(path).name}: {one_sentence(error)}"
+
+
+def scan_all_runs() -> list[RunEntry]:
+    """Every run folder under checkpoints/ then runs/, loaded through the cache (listing itself is cheap)."""
+    entries = []
+    for root, shipped in ((checkpoints_dir(), True), (runs_dir(), False)):
+        for path in find_runs(root):
+            run, problem = _load_run(str(path), run_fingerprint(path))
+            if run is None and _still_training(path):
+                problem = "still training: it becomes usable at its first checkpoint"
+            entries.append(RunEntry(path, shipped, run, problem))
+    return entries
+
+
+def _still_training(path: Path) -> bool:
+    status = read_status(path) or {}
+    return status.get("state") in LIVE_STATES
+
+
+def usable(entries: list[RunEntry]) -> list[RunEntry]:
+    return [entry for entry in entries if entry.run is not None]
+
+
+def default_selection(entries: list[RunEntry]) -> list[str]:
+    """The shipped EC-off / EC-on pair of the first dataset that has both; else the first two runs."""
+    candidates = [e for e in usable(entries) if e.shipped] or usable(entries)
+    datasets = list(dict.fromkeys(e.run.config.dataset for e in candidates))
+    for dataset in datasets:
+        same = [e for e in candidates if e.run.config.dataset == dataset]
+        off = [e for e in same if e.run.config.ec_weight == 0]
+        on = [e for e in same if e.run.config.ec_weight > 0]
+        if off and on:
+            return [off[0].key, on[0].key]
+    return [e.key for e in candidates[:2]]
+
+
+def _remember_selection(widget_key: str) -> None:
+    st.session_state[SELECTION_KEY] = list(st.session_state[widget_key])
+
+
+def pick_runs(entries: list[RunEntry], page: str, help_text: str | None = None) -> list[RunEntry]:
+    """A multiselect of the usable runs; the choice carries over to the other pages."""
+    choices = {e.key: e for e in usable(entries)}
+    remembered = [key for key in st.session_state.get(SELECTION_KEY, []) if key in choices]
+    widget_key = f"runs_{page}"
+    chosen = st.multiselect(
+        "Runs",
+        options=list(choices),
+        default=remembered or default_selection(entries),
+        format_func=lambda key: choices[key].label,
+        key=widget_key,
+        on_change=_remember_selection,
+        args=(widget_key,),
+        help=help_text or "Runs from checkpoints/ (shipped) and runs/ (yours). The first one is the reference for differences.",
+        placeholder="Choose one or more runs",
+    )
+    return [choices[key] for key in chosen]
+
+
+def require_runs(entries: list[RunEntry]) -> None:
+    """Stop the page with directions when there is no usable run at all."""
+    if usable(entries):
+        return
+    st.info(
+        f"No usable runs yet. Shipped runs are read from `{shown_path(checkpoints_dir())}/` and your own from "
+        f"`{shown_path(runs_dir())}/`, and both are empty or missing. Train one on the **Train** page "
+        "(a digits run takes under a minute), or from a shell: "
+        "`python -m ecaml train --dataset digits --ec-weight 0.13 --out runs/digits-ec-on`."
+    )
+    st.page_link("views/train.py", label="Go to the Train page", icon=":material/model_training:")
+    show_unusable(entries)
+    st.stop()
+
+
+def show_unusable(entries: list[RunEntry]) -> None:
+    """List the run folders that cannot be used, each with its one-line reason; the others stay usable."""
+    broken = [entry for entry in entries if entry.run is None]
+    if not broken:
+        return
+    with st.expander(f"{len(broken)} run folder(s) cannot be used", icon=":material/warning:"):
+        for entry in broken:
+            st.markdown(f"- `{shown_path(entry.path)}`: {entry.problem}")
+
+
+def colour_of(position: int) -> str:
+    return RUN_COLOURS[position % len(RUN_COLOURS)]
+
+
+def panels(count: int, per_row: int = 3) -> list:
+    """``count`` equally wide containers, ``per_row`` to a row: one panel per run, lined up across rows."""
+    width = max(1, min(per_row, count))
+    containers = []
+    for start in range(0, count, width):
+        containers += st.columns(width)[: count - start]
+    return containers
+
+
+# ----------------------------------------------------------------------------- data and pictures
+
+
+@st.cache_resource(max_entries=8, show_spinner=False)
+def _split(dataset: str, data_root: str | None, val_classes: float, split_seed: int):
+    from ecaml.data import load_split
+
+    return load_split(dataset, data_root, val_classes, split_seed)
+
+
+def split_of(run: Run):
+    """The run's class split (its images and class names), loaded once per dataset."""
+    config = run.config
+    return _split(config.dataset, config.data_root, config.val_classes, config.split_seed)
+
+
+def enlarged(image: Image.Image, size: int) -> Image.Image:
+    """``image`` scaled so its longer side is ``size`` pixels; tiny images keep crisp pixels."""
+    width, height = image.size
+    scale = size / max(width, height)
+    resample = Image.Resampling.NEAREST if scale >= 2 else Image.Resampling.LANCZOS
+    return image.resize((max(1, round(width * scale)), max(1, round(height * scale))), resample)
+
+
+def framed(image: Image.Image, verdict: bool | None, size: int, border: int = 5) -> Image.Image:
+    """A thumbnail with a green (right class), red (wrong class) or grey (unknown) frame."""
+    picture = enlarged(image, size).convert("RGB")
+    return ImageOps.expand(picture, border=border, fill=VERDICT_COLOURS[verdict])
+
+
+# ----------------------------------------------------------------------------- the training job
+
+
+def job_manager() -> JobManager:
+    """The manager of the runs folder's one training job; it keeps its state in that folder, so any instance will do."""
+    return JobManager(runs_dir())
+
+
+def current_job() -> Path | None:
+    """The run directory of the job training now, or None."""
+    try:
+        return job_manager().current()
+    except USER_ERRORS as error:
+        LOG.warning("cannot read the training job: %s", error)
+        return None
+
+
+def job_progress(run_dir: Path):
+    try:
+        return job_manager().progress(run_dir)
+    except USER_ERRORS as error:
+        LOG.warning("cannot read the progress of %s: %s", run_dir, error)
+        return None
+
+
+def show_training_in_sidebar() -> None:
+    """A small progress bar in the sidebar while a job trains, refreshed every two seconds."""
+    run_dir = current_job()
+    progress = job_progress(run_dir) if run_dir else None
+    if progress is None or progress.state not in LIVE_STATES:
+        return
+    with st.sidebar:
+        _sidebar_progress(str(run_dir))
+
+
+@st.fragment(run_every=2.0)
+def _sidebar_progress(run_dir: str) -> None:
+    progress = job_progress(Path(run_dir))
+    if progress is None or progress.state not in LIVE_STATES:
+        st.rerun()  # the job ended: redraw the whole page once, without this refresher
+    st.caption(f"Training **{Path(run_dir).name}**")
+    st.progress(progress_fraction(progress), text=progress_text(progress))
+
+
+def progress_fraction(progress) -> float:
+    total = progress.total_steps or 0
+    return min(1.0, progress.step / total) if total else 0.0
+
+
+def progress_text(progress) -> str:
+    if progress.state == "starting" or not progress.total_steps:
+        return "starting…"
+    return f"step {progress.step:,} of {progress.total_steps:,}"

@@ -1,0 +1,44 @@
+"""Entry point of the app (``streamlit run app/main.py``): page settings, navigation, and the last-resort error net.
+
+Each page lives in ``app/views/``; what they share lives in ``app/common.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import streamlit as st
+
+# A fresh clone has no installed package: make `ecaml` and `app` importable from the repository.
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from app import common  # noqa: E402
+
+st.set_page_config(page_title="ECAML explorer", page_icon="⚡", layout="wide")
+
+PAGES = [
+    st.Page("views/compare.py", title="Compare", icon=":material/compare_arrows:", default=True),
+    st.Page("views/embeddings.py", title="Embeddings", icon=":material/scatter_plot:"),
+    st.Page("views/retrieval.py", title="Retrieval", icon=":material/image_search:"),
+    st.Page("views/train.py", title="Train", icon=":material/model_training:"),
+    st.Page("views/about.py", title="About", icon=":material/info:"),
+]
+
+page = st.navigation(PAGES)
+st.sidebar.caption(
+    "Energy Confused Adversarial Metric Learning (Chen & Deng, AAAI 2019): "
+    "see what the Energy Confusion term does to an embedding."
+)
+if page.title != "Train":  # the Train page shows the job in full
+    common.show_training_in_sidebar()
+
+try:
+    page.run()
+except Exception as error:  # st.rerun and st.stop are BaseExceptions and pass through
+    # Library errors are caught where they happen; this is the net for bugs: log the traceback, show one sentence.
+    logging.getLogger("ecaml.app").exception("page %s failed", page.title)
+    st.error(f"This page hit an unexpected error: {common.one_sentence(error)} The server log has the details.")
