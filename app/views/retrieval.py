@@ -1,0 +1,213 @@
+"""The Retrieval page: one query image, its nearest unseen-class neighbours in each run, side by side.
+
+Indexes come from ``ecaml.retrieval.build_index`` and are kept per process with
+``st.cache_resource``, keyed by run folder and weights digest. Uploaded images are
+decoded in memory by ``ecaml.data.open_image``; nothing is written to disk.
+"""
+
+from __future__ import annotations
+
+import random
+
+import streamlit as st
+
+from app import common
+
+SOURCES = {
+    "browse": "Browse by class",
+    "random": "At random",
+    "disagree": "Where the runs disagree",
+    "upload": "Upload an image",
+}
+UPLOAD_TYPES = ["png", "jpg", "jpeg", "bmp", "gif", "tif", "tiff", "webp", "ppm", "pgm"]
+QUERY_PIXELS = 160
+NEIGHBOUR_PIXELS = 84
+RANDOM_QUERY_KEY = "random_query_index"
+
+
+def render() -> None:
+    st.title("Retrieval on unseen classes")
+    st.caption(
+        "Pick a query image from classes no run saw in training, or upload your own: each run returns its nearest "
+        "neighbours by cosine similarity. Green frames share the query's class, red ones do not."
+    )
+    entries = common.scan_all_runs()
+    common.require_runs(entries)
+    chosen = common.pick_runs(entries, "retrieval")
+    common.show_unusable(entries)
+    if not chosen:
+        st.info("Choose at least one run above.")
+        return
+    loaded = load_indexes(same_dataset_only(chosen))
+    if not loaded:
+        return
+    split = loaded[0][1].split
+    left, right = st.columns([1, 2], gap="large")
+    with left:
+        source = st.radio("Query", list(SOURCES), format_func=SOURCES.get, key="query_source")
+        query = choose_query(source, loaded, split)
+        k = st.slider("Neighbours per run", 1, 16, 8, key="neighbours_k")
+    with right:
+        if query is not None:
+            show_query(query, split)
+    if query is not None:
+        show_results(loaded, query, k)
+
+
+def same_dataset_only(chosen: list[common.RunEntry]) -> list[common.RunEntry]:
+    def data_key(entry):
+        config = entry.run.config
+        return (config.dataset, config.data_root, config.val_classes, config.split_seed)
+
+    kept = [entry for entry in chosen if data_key(entry) == data_key(chosen[0])]
+    if len(kept) < len(chosen):
+        left_out = ", ".join(entry.name for entry in chosen if entry not in kept)
+        st.warning(f"Left out {left_out}: trained on other data than {chosen[0].name}, so its gallery differs.")
+    return kept
+
+
+# ----------------------------------------------------------------------------- indexes
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _digest(path: str, fingerprint: tuple, _run) -> str:
+    from ecaml.retrieval import weights_digest
+
+    return weights_digest(_run)
+
+
+@st.cache_resource(max_entries=16, show_spinner=False)
+def _index(path: str, digest: str, _run):
+    from ecaml.retrieval import build_index
+
+    return build_index(_run, "unseen", cache_dir=common.cache_dir())
+
+
+def load_indexes(chosen: list[common.RunEntry]) -> list[tuple[common.RunEntry, object, str]]:
+    """(entry, RunIndex, weights digest) of each run that could be indexed; the others get one error line each."""
+    loaded = []
+    with st.spinner("Indexing the unseen images (cached after the first time)…"):
+        for entry in chosen:
+            digest = common.attempt(
+                f"read the weights of {entry.name}", _digest, entry.key, common.run_fingerprint(entry.path), entry.run
+            )
+            if digest is None:
+                continue
+            index = common.attempt(f"index the unseen images of {entry.name}", _index, entry.key, digest, entry.run)
+            if index is not None:
+                loaded.append((entry, index, digest))
+    return loaded
+
+
+# ----------------------------------------------------------------------------- the query
+
+
+def choose_query(source: str, loaded: list, split):
+    """A dataset index (int) or an uploaded PIL image, or None when there is nothing to ask yet."""
+    if source == "browse":
+        return browse_query(split)
+    if source == "random":
+        return random_query(split)
+    if source == "disagree":
+        return disagreement_query(loaded, split)
+    return uploaded_query(split)
+
+
+def browse_query(split) -> int:
+    classes = split.classes("unseen")
+    label = st.selectbox("Class", classes, format_func=lambda c: split.dataset.class_names[c], key="query_class")
+    members = [int(i) for i in split.indices("unseen") if split.dataset.labels[i] == label]
+    number = st.number_input(f"Image number (1–{len(members)})", 1, len(members), 1, key=f"query_number_{label}")
+    return members[int(number) - 1]
+
+
+def random_query(split) -> int:
+    unseen = split.indices("unseen")
+    if st.button("Another random image", icon=":material/casino:", key="random_again") or RANDOM_QUERY_KEY not in st.session_state:
+        st.session_state[RANDOM_QUERY_KEY] = int(random.choice(list(unseen)))
+    return st.session_state[RANDOM_QUERY_KEY]
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def _disagreements(keys: tuple, _indexes: list) -> list[int]:
+    from ecaml.retrieval import disagreement_queries
+
+    return [int(i) for i in disagreement_queries(_indexes, k=4, limit=50)]
+
+
+def disagreement_query(loaded: list, split) -> int | None:
+    if len(loaded) < 2:
+        st.info("Pick at least two runs to find the queries they disagree on.")
+        return None
+    keys = tuple((entry.key, digest) for entry, _, digest in loaded)
+    with st.spinner("Finding the queries where the runs disagree…"):
+        candidates = common.attempt("find where the runs disagree", _disagreements, keys, [index for _, index, _ in loaded])
+    if not candidates:
+        if candidates is not None:
+            st.info("These runs agree on every query.")
+        return None
+    return st.selectbox(
+        f"Query ({len(candidates)} found, most disagreement first)", candidates, key="query_disagreement",
+        format_func=lambda i: f"class {split.dataset.class_name(i)}, dataset image {i}",
+        help="Queries whose top-4 neighbours are right for one run and wrong for another.",
+    )
+
+
+def uploaded_query(split):
+    from ecaml.data import open_image
+
+    upload = st.file_uploader("An image (kept in memory only)", type=UPLOAD_TYPES, key="query_upload")
+    if upload is None:
+        st.caption("Any picture works; it is converted to the dataset's format before embedding.")
+        return None
+    return common.attempt("read this upload", open_image, upload.getvalue(), split.dataset.mode, upload.name)
+
+
+def show_query(query, split) -> None:
+    if isinstance(query, int):
+        st.image(common.enlarged(split.dataset.image(query), QUERY_PIXELS), caption=f"query: class {split.dataset.class_name(query)}")
+        st.caption(f"Dataset image {query}. It is left out of its own neighbour list.")
+    else:
+        st.image(common.enlarged(query, QUERY_PIXELS), caption="query: your upload")
+        st.caption("Its class is unknown, so neighbours get grey frames.")
+
+
+# ----------------------------------------------------------------------------- the answers
+
+
+def ask(index, query, k: int):
+    if isinstance(query, int):
+        return common.attempt(f"query {index.run.name}", index.query_by_index, query, k)
+    return common.attempt(f"query {index.run.name}", index.query_by_image, query, k)
+
+
+def show_results(loaded: list, query, k: int) -> None:
+    st.subheader("Nearest neighbours")
+    st.caption("Best match first. Under each image: ✓ or ✗ (same class as the query or not), its class, and its cosine similarity to the query.")
+    for panel, (entry, index, _) in zip(common.panels(len(loaded)), loaded):
+        with panel:
+            result = ask(index, query, k)
+            if result is not None:
+                show_neighbours(entry, result)
+
+
+def show_neighbours(entry: common.RunEntry, result) -> None:
+    st.markdown(f"#### {entry.name}")
+    verdicts = [n.correct for n in result.neighbours]
+    score = f"{sum(v is True for v in verdicts)} of {len(verdicts)} share the query's class · " if None not in verdicts else ""
+    st.caption(f"{common.ec_summary(entry.run.config.ec_weight)} · {score}answered in {1000 * result.seconds:.1f} ms")
+    split = common.split_of(entry.run)
+    st.image(
+        [common.framed(split.dataset.image(n.dataset_index), n.correct, NEIGHBOUR_PIXELS) for n in result.neighbours],
+        caption=[neighbour_caption(n) for n in result.neighbours],
+    )
+
+
+def neighbour_caption(neighbour) -> str:
+    mark = {True: "✓ ", False: "✗ ", None: ""}[neighbour.correct]
+    return f"{mark}{neighbour.class_name} · {neighbour.similarity:.2f}"
+
+
+# Streamlit runs a page file as "__main__"; importing it (as the tests do) only defines its functions.
+if __name__ == "__main__":
+    render()
