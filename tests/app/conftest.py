@@ -1,0 +1,73 @@
+"""Fixtures for the app tests: two tiny digits runs (EC off and on) trained once per session, and a page opener.
+
+Every test gets its own empty runs folder and the shared fixture runs as the
+"shipped" checkpoints, through the environment variables the app reads.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+FIXTURE_RUNS = {"digits-ec-off": "0", "digits-ec-on": "0.13"}
+TRAIN_STEPS = "20"
+
+
+def train_tiny_runs(root: Path) -> None:
+    """Both fixture runs at once (one process each), 20 steps, evaluated only at the end."""
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "ecaml", "train", "--dataset", "digits", "--ec-weight", ec_weight, "--seed", "0",
+             "--max-steps", TRAIN_STEPS, "--eval-every", "0", "--quiet", "--out", str(root / name)],
+            cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        for name, ec_weight in FIXTURE_RUNS.items()
+    ]
+    for process in processes:
+        output, _ = process.communicate(timeout=300)
+        assert process.returncode == 0, output
+
+
+@pytest.fixture(scope="session")
+def shipped_runs(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("checkpoints")
+    train_tiny_runs(root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def session_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(autouse=True)
+def app_environment(monkeypatch, tmp_path, shipped_runs, session_cache) -> Path:
+    """Point the app at the fixture runs, an empty runs folder of this test's own, and the session's cache."""
+    runs = tmp_path / "runs"
+    monkeypatch.setenv("ECAML_CHECKPOINTS_DIR", str(shipped_runs))
+    monkeypatch.setenv("ECAML_RUNS_DIR", str(runs))
+    monkeypatch.setenv("ECAML_CACHE_DIR", str(session_cache))
+    return runs
+
+
+@pytest.fixture
+def checkpoints_copy(monkeypatch, tmp_path, shipped_runs) -> Path:
+    """A writable copy of the fixture runs, used as checkpoints/, for tests that add or break runs."""
+    root = tmp_path / "checkpoints"
+    shutil.copytree(shipped_runs, root)
+    monkeypatch.setenv("ECAML_CHECKPOINTS_DIR", str(root))
+    return root
+
+
+def pytest_configure(config):
+    # Keep Streamlit's bare-mode notices out of the test output.
+    os.environ.setdefault("STREAMLIT_LOGGER_LEVEL", "error")
