@@ -1,0 +1,199 @@
+"""Tests for ecaml.projection: shapes, shared rows, determinism, alignment and the disk cache.
+
+UMAP's first fit in a process compiles numba code (~10-20 s on two cores), so
+the UMAP tests share one small aligned fit (150 points, 10 epochs); everything
+else about the cache and the rows is checked with the PCA method.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ecaml import projection
+from ecaml.config import TrainConfig
+from ecaml.evaluate import split_for
+from ecaml.projection import Projection, default_cache_dir, project_runs
+from ecaml.runs import load_run
+from ecaml.train import train
+
+UMAP_POINTS, UMAP_EPOCHS = 150, 10
+
+
+def tiny_runs(tmp_path_factory) -> list[Path]:
+    """Two real digits runs of 3 steps (different seeds), trained once per session and shared by the test files."""
+    root = tmp_path_factory.getbasetemp() / "tiny-digits-runs"
+    dirs = []
+    for name, seed, ec_weight in (("ec", 0, 0.13), ("base", 1, 0.0)):
+        run_dir = root / name
+        if not (run_dir / "metrics.json").is_file():
+            config = TrainConfig(dataset="digits", max_steps=3, eval_every=0, seed=seed, ec_weight=ec_weight)
+            train(config, run_dir, progress=False)
+        dirs.append(run_dir)
+    return dirs
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    return [load_run(path) for path in tiny_runs(tmp_path_factory)]
+
+
+@pytest.fixture(scope="module")
+def aligned_umap(runs, tmp_path_factory):
+    """(cache dir, projections) of the one aligned UMAP fit the module pays for."""
+    cache = tmp_path_factory.mktemp("umap-cache")
+    return cache, project_runs(runs, method="umap", aligned=True, max_points=UMAP_POINTS, n_epochs=UMAP_EPOCHS, cache_dir=cache)
+
+
+def normalised_gap(projections: list[Projection]) -> float:
+    """Median distance between one image's two positions, each panel centred and scaled to unit RMS radius."""
+    panels = []
+    for p in projections:
+        centred = p.coords - p.coords.mean(axis=0)
+        panels.append(centred / np.sqrt((centred**2).sum(axis=1).mean()))
+    return float(np.median(np.linalg.norm(panels[0] - panels[1], axis=1)))
+
+
+def assert_same_projections(first: list[Projection], second: list[Projection]) -> None:
+    assert len(first) == len(second)
+    for a, b in zip(first, second):
+        assert a.run_name == b.run_name
+        assert np.array_equal(a.coords, b.coords, equal_nan=True)
+        assert np.array_equal(a.labels, b.labels) and np.array_equal(a.indices, b.indices)
+
+
+# ----------------------------------------------------------------------------- rows and shapes (PCA: fast)
+
+
+def test_panels_share_a_stratified_subsample_of_the_split(runs, tmp_path):
+    projections = project_runs(runs, method="pca", max_points=200, cache_dir=tmp_path)
+    split = split_for(runs[0].config)
+    unseen = split.indices("unseen")
+    assert [p.run_name for p in projections] == [run.name for run in runs]
+    for p in projections:
+        assert p.coords.dtype == np.float32 and p.coords.shape == (200, 2) and np.isfinite(p.coords).all()
+        assert p.labels.shape == p.indices.shape == (200,)
+        assert np.array_equal(p.indices, projections[0].indices)  # the same images, in the same order
+        assert np.array_equal(p.labels, split.dataset.labels[p.indices])
+    assert len(set(projections[0].indices.tolist())) == 200 and set(projections[0].indices) <= set(unseen)
+    # Each class keeps its share of the split, to within one image.
+    classes, sizes = np.unique(split.dataset.labels[unseen], return_counts=True)
+    kept = {c: int(np.sum(projections[0].labels == c)) for c in classes}
+    for c, size in zip(classes, sizes):
+        assert abs(kept[c] - 200 * size / len(unseen)) < 1
+    # Without a cap, every image of the split is there.
+    everything = project_runs(runs[:1], method="pca", max_points=None, cache_dir=tmp_path)
+    assert np.array_equal(everything[0].indices, unseen)
+
+
+def test_pca_is_deterministic_and_aligned_panels_match_better(runs, tmp_path):
+    first = project_runs(runs, method="pca", max_points=300, cache_dir=tmp_path / "a")
+    again = project_runs(runs, method="pca", max_points=300, cache_dir=tmp_path / "b")
+    assert_same_projections(first, again)
+    other_seed = project_runs(runs, method="pca", max_points=300, seed=1, cache_dir=tmp_path / "a")
+    assert not np.array_equal(other_seed[0].indices, first[0].indices)
+    independent = project_runs(runs, method="pca", aligned=False, max_points=300, cache_dir=tmp_path / "a")
+    assert np.array_equal(independent[0].coords, first[0].coords)  # the first panel is the reference
+    assert normalised_gap(first) < normalised_gap(independent)
+
+
+def test_a_second_call_reads_the_cache_instead_of_projecting(runs, tmp_path, monkeypatch):
+    first = project_runs(runs, method="pca", max_points=100, cache_dir=tmp_path)
+    files = list((tmp_path / "projections").glob("*.npz"))
+    assert len(files) == 1
+
+    def no_projection(*args, **kwargs):
+        raise AssertionError("projected again although the cache holds this projection")
+
+    monkeypatch.setattr(projection, "_pca", no_projection)
+    monkeypatch.setattr(projection, "cached_embeddings", no_projection)
+    assert_same_projections(first, project_runs(runs, method="pca", max_points=100, cache_dir=tmp_path))
+    # Any change of input is a different entry: here another max_points, and the runs in another order.
+    with pytest.raises(AssertionError, match="projected again"):
+        project_runs(runs, method="pca", max_points=101, cache_dir=tmp_path)
+    with pytest.raises(AssertionError, match="projected again"):
+        project_runs(runs[::-1], method="pca", max_points=100, cache_dir=tmp_path)
+
+
+def test_a_corrupt_projection_cache_file_is_recomputed(runs, tmp_path):
+    expected = project_runs(runs, method="pca", max_points=100, cache_dir=tmp_path)
+    (path,) = (tmp_path / "projections").glob("*.npz")
+    wrong_shape = {"panels": np.array([2]), **{f"{name}_{i}": np.zeros(3, np.float32) for i in range(2)
+                                                 for name in ("coords", "labels", "indices")}}
+    for damage in ("garbage", "truncated", "wrong shape"):
+        if damage == "garbage":
+            path.write_bytes(b"\x00not a zip file")
+        elif damage == "truncated":
+            path.write_bytes(path.read_bytes()[:150])
+        else:
+            np.savez(path, **wrong_shape)
+        assert_same_projections(expected, project_runs(runs, method="pca", max_points=100, cache_dir=tmp_path))
+        with np.load(path, allow_pickle=False) as archive:  # rewritten whole
+            assert np.array_equal(archive["coords_1"], expected[1].coords)
+
+
+def test_bad_arguments_are_refused(runs, tmp_path):
+    with pytest.raises(ValueError, match="unknown projection method"):
+        project_runs(runs, method="tsne", cache_dir=tmp_path)
+    with pytest.raises(ValueError, match="unknown split"):
+        project_runs(runs, part="test", cache_dir=tmp_path)
+    with pytest.raises(ValueError, match="no runs"):
+        project_runs([], cache_dir=tmp_path)
+    with pytest.raises(ValueError, match="n_neighbors"):
+        project_runs(runs, n_neighbors=1, cache_dir=tmp_path)
+    assert not (tmp_path / "projections").exists()
+
+
+def test_the_default_cache_dir_comes_from_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("ECAML_CACHE_DIR", str(tmp_path))
+    assert default_cache_dir() == tmp_path
+    monkeypatch.delenv("ECAML_CACHE_DIR")
+    assert default_cache_dir() == Path.home() / ".cache" / "ecaml"
+
+
+# ----------------------------------------------------------------------------- UMAP (one aligned fit, then cheap calls)
+
+
+def test_aligned_umap_places_each_image_alike_in_every_panel(runs, aligned_umap, tmp_path):
+    _, projections = aligned_umap
+    assert len(projections) == 2
+    for p in projections:
+        assert p.coords.dtype == np.float32 and p.coords.shape == (UMAP_POINTS, 2) and np.isfinite(p.coords).all()
+        assert np.array_equal(p.indices, projections[0].indices) and np.array_equal(p.labels, projections[0].labels)
+    independent = project_runs(runs, method="umap", aligned=False, max_points=UMAP_POINTS, n_epochs=UMAP_EPOCHS,
+                               cache_dir=tmp_path)
+    assert np.array_equal(independent[0].indices, projections[0].indices)
+    # Measured: about 0.5 aligned against 1.2 independent (unrelated layouts give about 1.4).
+    assert normalised_gap(projections) < 0.75 * normalised_gap(independent)
+    # Independent UMAP is seeded too: the same inputs, computed again, give the same coordinates.
+    assert_same_projections(
+        independent,
+        project_runs(runs, method="umap", aligned=False, max_points=UMAP_POINTS, n_epochs=UMAP_EPOCHS,
+                     cache_dir=tmp_path / "again"),
+    )
+
+
+def test_aligned_umap_is_deterministic(runs, aligned_umap, tmp_path):
+    _, projections = aligned_umap
+    again = project_runs(runs, method="umap", aligned=True, max_points=UMAP_POINTS, n_epochs=UMAP_EPOCHS, cache_dir=tmp_path)
+    assert_same_projections(projections, again)
+
+
+def test_a_cached_umap_projection_runs_no_umap(runs, aligned_umap, monkeypatch):
+    import umap
+
+    cache, projections = aligned_umap
+
+    class Refuse:
+        def __init__(self, *args, **kwargs):
+            raise AssertionError("UMAP ran although the projection was cached")
+
+    monkeypatch.setattr(umap, "AlignedUMAP", Refuse)
+    monkeypatch.setattr(umap, "UMAP", Refuse)
+    cached = project_runs(runs, method="umap", aligned=True, max_points=UMAP_POINTS, n_epochs=UMAP_EPOCHS, cache_dir=cache)
+    assert_same_projections(projections, cached)
+    with pytest.raises(AssertionError, match="UMAP ran"):  # the patch is live: a new input does reach UMAP
+        project_runs(runs, method="umap", aligned=True, max_points=UMAP_POINTS, n_epochs=UMAP_EPOCHS, min_dist=0.2,
+                     cache_dir=cache)
