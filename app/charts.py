@@ -129,8 +129,8 @@ def projection_figure(coords: np.ndarray, labels: np.ndarray, indices: np.ndarra
         figure.add_scatter(
             x=coords[rows, 0], y=coords[rows, 1], mode="markers", name=name,
             marker=dict(size=6, color=class_colour(position), opacity=0.8, line=dict(width=0)),
-            customdata=np.stack([indices[rows], np.full(rows.sum(), label)], axis=1),
-            hovertemplate=f"<b>class {name}</b><br>image #%{{customdata[0]}}<extra></extra>",
+            customdata=indices[rows],
+            hovertemplate=f"<b>class {name}</b><br>image #%{{customdata}}<extra></extra>",
         )
     figure.update_layout(
         title=dict(text=title, font=dict(size=15)), height=460, margin=dict(l=10, r=10, t=40, b=10),

@@ -124,7 +124,8 @@ class RunEntry:
         if self.run is None:
             return self.name
         config = self.run.config
-        return f"{self.name} · {config.dataset} · {config.loss} · {ec_summary(config.ec_weight)}"
+        training = " · training…" if (self.run.status or {}).get("state") in LIVE_STATES else ""
+        return f"{self.name} · {config.dataset} · {config.loss} · {ec_summary(config.ec_weight)}{training}"
 
 
 def ec_summary(ec_weight: float) -> str:
@@ -212,8 +213,14 @@ def pick_runs(entries: list[RunEntry], page: str, help_text: str | None = None) 
 
 
 def require_runs(entries: list[RunEntry]) -> None:
-    """Stop the page with directions when there is no usable run at all."""
+    """Stop the page with directions when there is no usable run at all; say so when only shipped runs are missing."""
+    if any(entry.shipped for entry in usable(entries)):
+        return
     if usable(entries):
+        st.info(
+            f"No shipped runs in `{shown_path(checkpoints_dir())}/` (missing or empty), so the EC off / EC on "
+            f"comparison it normally opens on is not available; showing your runs from `{shown_path(runs_dir())}/`."
+        )
         return
     st.info(
         f"No usable runs yet. Shipped runs are read from `{shown_path(checkpoints_dir())}/` and your own from "

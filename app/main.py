@@ -41,4 +41,4 @@ try:
 except Exception as error:  # st.rerun and st.stop are BaseExceptions and pass through
     # Library errors are caught where they happen; this is the net for bugs: log the traceback, show one sentence.
     logging.getLogger("ecaml.app").exception("page %s failed", page.title)
-    st.error(f"This page hit an unexpected error: {common.one_sentence(error)} The server log has the details.")
+    st.error(f"This page hit an unexpected error ({error.__class__.__name__}). The server log has the details.")

@@ -90,8 +90,17 @@ def show_panel(entry: common.RunEntry, projection) -> None:
 def selected_indices(event) -> list[int]:
     """Dataset indices of the selected points (carried as each point's customdata)."""
     points = event.selection.points if event else []
-    indices = [int(point["customdata"][0]) for point in points if point.get("customdata")]
-    return list(dict.fromkeys(indices))
+    indices = [dataset_index(point.get("customdata")) for point in points]
+    return list(dict.fromkeys(index for index in indices if index is not None))
+
+
+def dataset_index(customdata) -> int | None:
+    """A point's dataset index: Plotly hands customdata back as a number, a list, or (typed arrays) a {"0": ...} dict."""
+    if isinstance(customdata, dict):
+        customdata = customdata.get("0")
+    elif isinstance(customdata, (list, tuple)):
+        customdata = customdata[0] if customdata else None
+    return int(customdata) if isinstance(customdata, (int, float)) else None
 
 
 def show_selected_images(indices: list[int], split) -> None:
@@ -100,8 +109,9 @@ def show_selected_images(indices: list[int], split) -> None:
     st.markdown(f"**{len(indices)} selected** — classes: {summary}")
     shown = indices[:MAX_SHOWN_IMAGES]
     st.image(
-        [common.enlarged(split.dataset.image(index), THUMBNAIL_PIXELS) for index in shown],
+        [common.framed(split.dataset.image(index), None, THUMBNAIL_PIXELS, border=2) for index in shown],
         caption=[split.dataset.class_name(index) for index in shown],
+        width=THUMBNAIL_PIXELS,
     )
     if len(indices) > len(shown):
         st.caption(f"Showing the first {len(shown)} of {len(indices)}.")

@@ -200,6 +200,7 @@ def show_neighbours(entry: common.RunEntry, result) -> None:
     st.image(
         [common.framed(split.dataset.image(n.dataset_index), n.correct, NEIGHBOUR_PIXELS) for n in result.neighbours],
         caption=[neighbour_caption(n) for n in result.neighbours],
+        width=NEIGHBOUR_PIXELS + 10,  # the thumbnail and its frame
     )
 
 

@@ -28,7 +28,7 @@ def test_pca_gives_one_panel_per_run_coloured_by_class():
     assert panel_titles(app) == ["digits-ec-off · EC off", "digits-ec-on · EC λ=0.13"]
     traces = json.loads(plotly_specs(app)[0])["data"]
     assert sorted(trace["name"] for trace in traces) == ["5", "6", "7", "8", "9"]  # the unseen digits
-    assert all(plotly_array(trace["customdata"]).shape[1] == 2 for trace in traces)  # (dataset index, label)
+    assert all(plotly_array(trace["customdata"]).ndim == 1 for trace in traces)  # each point's dataset index
 
 
 def test_changing_the_runs_changes_the_panels(shipped_runs):
@@ -42,8 +42,8 @@ def test_selected_points_are_read_from_their_customdata():
     class Selection(dict):
         __getattr__ = dict.__getitem__
 
-    event = Selection(selection=Selection(points=[{"customdata": [12, 5]}, {"customdata": [7, 6]}, {"customdata": [12, 5]}]))
-    assert embeddings.selected_indices(event) == [12, 7]
+    points = [{"customdata": {"0": 12}}, {"customdata": 7}, {"customdata": [12]}, {"customdata": None}, {}]
+    assert embeddings.selected_indices(Selection(selection=Selection(points=points))) == [12, 7]
     assert embeddings.selected_indices(None) == []
 
 
@@ -54,6 +54,6 @@ def test_aligned_umap_panels_share_their_points():
     assert app.radio(key="projection_method").value == "umap"
     panels = [json.loads(spec)["data"] for spec in plotly_specs(app)]
     assert len(panels) == 2
-    indices = [sorted(int(i) for trace in traces for i in plotly_array(trace["customdata"])[:, 0]) for traces in panels]
+    indices = [sorted(int(i) for trace in traces for i in plotly_array(trace["customdata"])) for traces in panels]
     assert indices[0] == indices[1]
     assert all(np.isfinite(plotly_array(trace["x"])).any() for traces in panels for trace in traces)
