@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import streamlit as st
 from PIL import Image, ImageOps
@@ -206,7 +207,8 @@ def pick_runs(entries: list[RunEntry], page: str, help_text: str | None = None) 
         key=widget_key,
         on_change=_remember_selection,
         args=(widget_key,),
-        help=help_text or "Runs from checkpoints/ (shipped) and runs/ (yours). The first one is the reference for differences.",
+        help=help_text
+        or "Runs from checkpoints/ (shipped) and runs/ (yours). The first one is the reference for differences.",
         placeholder="Choose one or more runs",
     )
     return [choices[key] for key in chosen]

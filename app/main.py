@@ -16,7 +16,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from app import common  # noqa: E402
+from app import common
 
 st.set_page_config(page_title="ECAML explorer", page_icon="⚡", layout="wide")
 

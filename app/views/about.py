@@ -1,4 +1,4 @@
-"""The About page: the method in a few lines, its formulas, which parameters each gradient reaches, and how to read the app."""
+"""The About page: the method and its formulas, which parameters each gradient reaches, how to read the app."""
 
 from __future__ import annotations
 
@@ -56,18 +56,32 @@ def render() -> None:
 
 def show_method() -> None:
     st.header("The method")
-    st.markdown("With backbone feature $f(x)$ and raw embedding $z = W f(x) + b$ of the head $(W, b)$, for the inter-class pairs $P$ of a batch (10 random partners per image in the reference):")
-    st.latex(r"E \;=\; \frac{1}{|P|} \sum_{(i,j) \in P} \tfrac{1}{2}\,\lVert z_i - z_j \rVert^2, \qquad L_{ec} \;=\; \log E")
-    st.markdown("Minimising $\\log E$ confuses the metric. Without a counterweight it could simply shrink $W$, so the rows $w_r$ of $W$ are held near unit length ($d$ = embedding size):")
+    st.markdown(
+        "With backbone feature $f(x)$ and raw embedding $z = W f(x) + b$ of the head $(W, b)$, for the "
+        "inter-class pairs $P$ of a batch (10 random partners per image in the reference):"
+    )
+    st.latex(
+        r"E \;=\; \frac{1}{|P|} \sum_{(i,j) \in P} \tfrac{1}{2}\,\lVert z_i - z_j \rVert^2, \qquad L_{ec} \;=\; \log E"
+    )
+    st.markdown(
+        "Minimising $\\log E$ confuses the metric. Without a counterweight it could simply shrink $W$, so the "
+        "rows $w_r$ of $W$ are held near unit length ($d$ = embedding size):"
+    )
     st.latex(r"R(W) \;=\; \frac{0.5}{d} \sum_{r=1}^{d} \left(\lVert w_r \rVert^2 - 1\right)^2")
-    st.markdown("Each parameter group minimises its own objective; the EC branch sees the feature through a stop-gradient:")
+    st.markdown(
+        "Each parameter group minimises its own objective; the EC branch sees the feature through a stop-gradient:"
+    )
     st.latex(
         r"""\begin{aligned}
         \text{backbone } \theta:&\quad \min_\theta\; L_{metric}(\theta, W) \\
-        \text{head } W, b:&\quad \min_{W,b}\; L_{metric}(\theta, W) \;+\; \lambda \log E\big(\mathrm{sg}(f), W\big) \;+\; R(W)
+        \text{head } W, b:&\quad \min_{W,b}\; L_{metric}(\theta, W)
+            \;+\; \lambda \log E\big(\mathrm{sg}(f), W\big) \;+\; R(W)
         \end{aligned}"""
     )
-    st.markdown("The reference uses $\\lambda = 0.13$; $\\lambda = 0$ is the plain baseline. ECAML is a regulariser: it sits on top of any metric loss.")
+    st.markdown(
+        "The reference uses $\\lambda = 0.13$; $\\lambda = 0$ is the plain baseline. ECAML is a regulariser: "
+        "it sits on top of any metric loss."
+    )
 
 
 def show_gradient_flow() -> None:
@@ -92,7 +106,8 @@ def show_reading_guide() -> None:
   same place in each. Compare how tight and how separate the classes are; lasso points to see their images.
 - **Retrieval** — one query, its nearest neighbours in each run side by side; green frames are the query's class, red
   ones are not. "Where the runs disagree" lists the queries on which the runs differ most.
-- **Train** — train your own run (a digits run takes about a minute on a CPU); it appears on the other pages when done.
+- **Train** — train your own run (a digits run takes about a minute on a CPU); it appears on the other pages
+  when done.
 """
     )
 

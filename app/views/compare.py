@@ -116,9 +116,16 @@ def show_metrics(chosen: list[common.RunEntry]) -> None:
 def show_training_curves(chosen: list[common.RunEntry]) -> None:
     st.subheader("Training curves")
     controls = st.columns([2, 2, 1], vertical_alignment="bottom")
-    quantity = controls[0].selectbox("Quantity", list(charts.CURVES), format_func=charts.CURVES.get, key="curve_quantity")
+    quantity = controls[0].selectbox(
+        "Quantity", list(charts.CURVES), format_func=charts.CURVES.get, key="curve_quantity"
+    )
     smoothing = controls[1].slider(
-        "Smoothing", 0.0, 0.99, 0.6, 0.01, key="curve_smoothing",
+        "Smoothing",
+        0.0,
+        0.99,
+        0.6,
+        0.01,
+        key="curve_smoothing",
         help="Exponential moving average of the per-step values; the raw values stay faint behind.",
     )
     log_scale = controls[2].toggle("Log scale", key="curve_log")
@@ -155,7 +162,10 @@ def show_evaluations(chosen: list[common.RunEntry]) -> None:
     controls = st.columns([2, 2, 3])
     metric = controls[0].selectbox("Metric", metrics, format_func=charts.metric_name, key="evaluation_metric")
     split = controls[1].radio(
-        "Classes", splits, horizontal=True, key="evaluation_split",
+        "Classes",
+        splits,
+        horizontal=True,
+        key="evaluation_split",
         help="unseen: the test classes; val: seen classes held out for tuning (when the run has them).",
     )
     lines = series(chosen, lambda run: run.eval_records(split))
@@ -164,7 +174,7 @@ def show_evaluations(chosen: list[common.RunEntry]) -> None:
     st.caption(
         "Only the final evaluation was recorded (the runs were trained with --eval-every 0)."
         if only_final
-        else "Each point evaluates the embedding on classes never used for training; the last point is the final metric."
+        else "Each point evaluates the embedding on classes never used for training; the last is the final metric."
     )
 
 
@@ -192,7 +202,10 @@ def show_distance_histograms(chosen: list[common.RunEntry]) -> None:
         for panel, entry in zip(common.panels(len(chosen)), chosen):
             histograms = common.attempt(
                 f"embed the unseen images of {entry.name}",
-                distance_histograms, entry.key, common.run_fingerprint(entry.path), entry.run,
+                distance_histograms,
+                entry.key,
+                common.run_fingerprint(entry.path),
+                entry.run,
             )
             if histograms is not None:
                 figure = charts.distance_figure(

@@ -40,7 +40,9 @@ def render() -> None:
     projections = load_projections(chosen, method)
     if projections is None:
         return
-    st.caption("Hover over a point for its class and image number; click, lasso or box-select points to see their images.")
+    st.caption(
+        "Hover over a point for its class and image number; click, lasso or box-select points to see their images."
+    )
     for panel, entry, projection in zip(common.panels(len(chosen), per_row=2), chosen, projections):
         with panel:
             show_panel(entry, projection)
@@ -48,6 +50,7 @@ def render() -> None:
 
 def same_split_only(chosen: list[common.RunEntry]) -> list[common.RunEntry]:
     """Aligned maps need the same images in every panel: keep the runs that share the first run's data split."""
+
     def split_key(entry):
         config = entry.run.config
         return (config.dataset, config.data_root, config.val_classes, config.split_seed)
@@ -55,7 +58,9 @@ def same_split_only(chosen: list[common.RunEntry]) -> list[common.RunEntry]:
     kept = [entry for entry in chosen if split_key(entry) == split_key(chosen[0])]
     if len(kept) < len(chosen):
         left_out = ", ".join(entry.name for entry in chosen if entry not in kept)
-        st.warning(f"Left out {left_out}: trained on other data than {chosen[0].name}, so their maps cannot be aligned.")
+        st.warning(
+            f"Left out {left_out}: trained on other data than {chosen[0].name}, so their maps cannot be aligned."
+        )
     return kept
 
 
@@ -63,12 +68,14 @@ def same_split_only(chosen: list[common.RunEntry]) -> list[common.RunEntry]:
 def _projections(keys: tuple, method: str, _runs: list) -> list:
     from ecaml.projection import project_runs  # umap is heavy: import it only on this page
 
-    return project_runs(_runs, part="unseen", method=method, aligned=True, seed=0, max_points=MAX_POINTS, cache_dir=common.cache_dir())
+    return project_runs(
+        _runs, part="unseen", method=method, aligned=True, seed=0, max_points=MAX_POINTS, cache_dir=common.cache_dir()
+    )
 
 
 def load_projections(chosen: list[common.RunEntry], method: str):
     keys = tuple((entry.key, common.run_fingerprint(entry.path)) for entry in chosen)
-    message = "Computing aligned UMAP maps (about half a minute the first time)…" if method == "umap" else "Projecting…"
+    message = "Projecting…" if method == "pca" else "Computing aligned UMAP maps (half a minute the first time)…"
     with st.spinner(message):
         return common.attempt("project the embeddings", _projections, keys, method, [entry.run for entry in chosen])
 
@@ -76,11 +83,17 @@ def load_projections(chosen: list[common.RunEntry], method: str):
 def show_panel(entry: common.RunEntry, projection) -> None:
     split = common.split_of(entry.run)
     figure = charts.projection_figure(
-        projection.coords, projection.labels, projection.indices, split.dataset.class_names,
+        projection.coords,
+        projection.labels,
+        projection.indices,
+        split.dataset.class_names,
         f"{entry.name} · {common.ec_summary(entry.run.config.ec_weight)}",
     )
     event = st.plotly_chart(
-        figure, key=f"projection_{entry.key}", on_select="rerun", selection_mode=("points", "box", "lasso"),
+        figure,
+        key=f"projection_{entry.key}",
+        on_select="rerun",
+        selection_mode=("points", "box", "lasso"),
     )
     selected = selected_indices(event)
     if selected:
@@ -95,7 +108,7 @@ def selected_indices(event) -> list[int]:
 
 
 def dataset_index(customdata) -> int | None:
-    """A point's dataset index: Plotly hands customdata back as a number, a list, or (typed arrays) a {"0": ...} dict."""
+    """A point's dataset index; Plotly hands customdata back as a number, a list or (typed arrays) a {"0": ...} dict."""
     if isinstance(customdata, dict):
         customdata = customdata.get("0")
     elif isinstance(customdata, (list, tuple)):

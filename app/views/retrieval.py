@@ -123,7 +123,10 @@ def browse_query(split) -> int:
 
 def random_query(split) -> int:
     unseen = split.indices("unseen")
-    if st.button("Another random image", icon=":material/casino:", key="random_again") or RANDOM_QUERY_KEY not in st.session_state:
+    if (
+        st.button("Another random image", icon=":material/casino:", key="random_again")
+        or RANDOM_QUERY_KEY not in st.session_state
+    ):
         st.session_state[RANDOM_QUERY_KEY] = int(random.choice(list(unseen)))
     return st.session_state[RANDOM_QUERY_KEY]
 
@@ -141,13 +144,17 @@ def disagreement_query(loaded: list, split) -> int | None:
         return None
     keys = tuple((entry.key, digest) for entry, _, digest in loaded)
     with st.spinner("Finding the queries where the runs disagree…"):
-        candidates = common.attempt("find where the runs disagree", _disagreements, keys, [index for _, index, _ in loaded])
+        candidates = common.attempt(
+            "find where the runs disagree", _disagreements, keys, [index for _, index, _ in loaded]
+        )
     if not candidates:
         if candidates is not None:
             st.info("These runs agree on every query.")
         return None
     return st.selectbox(
-        f"Query ({len(candidates)} found, most disagreement first)", candidates, key="query_disagreement",
+        f"Query ({len(candidates)} found, most disagreement first)",
+        candidates,
+        key="query_disagreement",
         format_func=lambda i: f"class {split.dataset.class_name(i)}, dataset image {i}",
         help="Queries whose top-4 neighbours are right for one run and wrong for another.",
     )
@@ -165,7 +172,10 @@ def uploaded_query(split):
 
 def show_query(query, split) -> None:
     if isinstance(query, int):
-        st.image(common.enlarged(split.dataset.image(query), QUERY_PIXELS), caption=f"query: class {split.dataset.class_name(query)}")
+        st.image(
+            common.enlarged(split.dataset.image(query), QUERY_PIXELS),
+            caption=f"query: class {split.dataset.class_name(query)}",
+        )
         st.caption(f"Dataset image {query}. It is left out of its own neighbour list.")
     else:
         st.image(common.enlarged(query, QUERY_PIXELS), caption="query: your upload")
@@ -183,7 +193,10 @@ def ask(index, query, k: int):
 
 def show_results(loaded: list, query, k: int) -> None:
     st.subheader("Nearest neighbours")
-    st.caption("Best match first. Under each image: ✓ or ✗ (same class as the query or not), its class, and its cosine similarity to the query.")
+    st.caption(
+        "Best match first. Under each image: ✓ or ✗ (same class as the query or not), its class, and its cosine "
+        "similarity to the query."
+    )
     for panel, (entry, index, _) in zip(common.panels(len(loaded)), loaded):
         with panel:
             result = ask(index, query, k)
@@ -194,7 +207,11 @@ def show_results(loaded: list, query, k: int) -> None:
 def show_neighbours(entry: common.RunEntry, result) -> None:
     st.markdown(f"#### {entry.name}")
     verdicts = [n.correct for n in result.neighbours]
-    score = f"{sum(v is True for v in verdicts)} of {len(verdicts)} share the query's class · " if None not in verdicts else ""
+    score = (
+        f"{sum(v is True for v in verdicts)} of {len(verdicts)} share the query's class · "
+        if None not in verdicts
+        else ""
+    )
     st.caption(f"{common.ec_summary(entry.run.config.ec_weight)} · {score}answered in {1000 * result.seconds:.1f} ms")
     split = common.split_of(entry.run)
     st.image(

@@ -25,6 +25,7 @@ BACKBONES = ("smallcnn", "resnet18", "resnet50", "googlenet")
 DEVICES = ("auto", "cpu", "cuda")
 LIVE_CURVES = (("metric_loss", "total_loss"), ("log_energy",))
 LAST_JOB_KEY = "last_training_job"  # the job this session started, to report on once it ends
+STOPPING_KEY = "stop_requested_for"  # the job this session asked to stop (it ends after its current step)
 
 
 def render() -> None:
@@ -63,8 +64,16 @@ def live_panel(run_dir: str) -> None:
     st.progress(common.progress_fraction(progress), text=common.progress_text(progress))
     steps = [record for record in progress.history if record.get("kind") == "step"]
     show_live_curves(steps)
-    st.button("Stop", icon=":material/stop_circle:", key="stop_job", on_click=stop_job,
-              help="Finishes the current step, saves a checkpoint and ends the run as 'stopped'.")
+    stopping = st.session_state.get(STOPPING_KEY) == run_dir
+    st.button(
+        "Stopping after the current step…" if stopping else "Stop",
+        icon=":material/stop_circle:",
+        key="stop_job",
+        on_click=stop_job,
+        args=(run_dir,),
+        disabled=stopping,
+        help="Finishes the current step, saves a checkpoint and ends the run as 'stopped'.",
+    )
 
 
 def show_live_curves(steps: list[dict]) -> None:
@@ -77,15 +86,13 @@ def show_live_curves(steps: list[dict]) -> None:
         if not present:
             column.caption("log E appears here when EC is on.")
             continue
-        lines = [charts.Series(charts.CURVES[q], common.colour_of(i), steps) for i, q in enumerate(present)]
-        figure = charts.curve_figure([], present[0], height=280)
-        for line, quantity in zip(lines, present):
-            figure.add_traces(charts.curve_figure([line], quantity, smoothing=0.6).data)
-        figure.update_layout(yaxis_title=None)
+        colours = [common.colour_of(i) for i in range(len(present))]
+        figure = charts.quantities_figure(steps, present, colours, smoothing=0.6, height=280)
         column.plotly_chart(figure, key=f"live_{'_'.join(present)}")
 
 
-def stop_job() -> None:
+def stop_job(run_dir: str) -> None:
+    st.session_state[STOPPING_KEY] = run_dir
     common.attempt("stop the training job", common.job_manager().stop)
 
 
@@ -93,11 +100,13 @@ def finished_panel(run_dir: Path, progress) -> None:
     name = run_dir.name
     if progress.state == "failed":
         log = f" Its log: `{common.shown_path(progress.log_path)}`." if progress.log_path else ""
-        st.error(f"Training {name} failed: {common.one_sentence(Exception(progress.message or 'no reason given'))}{log}")
+        st.error(
+            f"Training {name} failed: {common.one_sentence(Exception(progress.message or 'no reason given'))}{log}"
+        )
         return
     metrics = common.attempt("read the final metrics", read_metrics, run_dir) if progress.state == "completed" else None
     summary = f" Unseen Recall@1 {100 * metrics['recall@1']:.1f}%." if metrics and "recall@1" in metrics else ""
-    verb = "finished" if progress.state == "completed" else "was stopped at step " + f"{progress.step:,}"
+    verb = "finished" if progress.state == "completed" else f"was stopped at step {progress.step:,}"
     st.success(f"Last run **{name}** {verb}.{summary}", icon=":material/check_circle:")
     if st.button("Compare it with the shipped runs", key="compare_finished"):
         compare_with_defaults(run_dir)
@@ -121,36 +130,77 @@ def default_epochs_help() -> str:
 def show_form() -> None:
     with st.form("train_form", border=True):
         first, second, third = st.columns(3)
-        dataset = first.selectbox("Dataset", list(DATASETS), format_func=lambda d: DATASETS[d].split(":")[0], key="train_dataset",
-                                  help="\n\n".join(DATASETS.values()))
+        dataset = first.selectbox(
+            "Dataset",
+            list(DATASETS),
+            format_func=lambda d: DATASETS[d].split(":")[0],
+            key="train_dataset",
+            help="\n\n".join(DATASETS.values()),
+        )
         data_root = first.text_input(
-            "Data root (folder dataset only)", key="train_data_root", placeholder="my-images",
+            "Data root (folder dataset only)",
+            key="train_data_root",
+            placeholder="my-images",
             help=f"A folder inside `{common.shown_path(common.data_dir())}/` (set ECAML_DATA_DIR to allow another) "
             "with one sub-folder of images per class.",
         )
         loss = second.selectbox("Base metric loss", LOSSES, key="train_loss")
-        ec_weight = second.number_input("Energy Confusion weight λ", 0.0, 10.0, 0.13, 0.01, format="%.2f", key="train_ec_weight",
-                                        help="0 trains the plain baseline; the paper uses 0.13.")
-        epochs = third.number_input("Epochs", 1, 1000, value=None, key="train_epochs", placeholder="dataset default",
-                                    help=default_epochs_help())
+        ec_weight = second.number_input(
+            "Energy Confusion weight λ",
+            0.0,
+            10.0,
+            0.13,
+            0.01,
+            format="%.2f",
+            key="train_ec_weight",
+            help="0 trains the plain baseline; the paper uses 0.13.",
+        )
+        epochs = third.number_input(
+            "Epochs", 1, 1000, value=None, key="train_epochs", placeholder="dataset default", help=default_epochs_help()
+        )
         seed = third.number_input("Seed", 0, 2**31 - 1, 0, key="train_seed")
         with st.expander("More settings"):
             more = st.columns(3)
-            name = more[0].text_input("Run name", key="train_name", placeholder="automatic",
-                                      help="A folder name under runs/; empty: made from the settings.")
-            backbone = more[0].selectbox("Backbone", BACKBONES, key="train_backbone",
-                                         help="The torchvision networks need large images and are slow without a GPU.")
-            device = more[1].selectbox("Device", DEVICES, key="train_device", help="auto: a CUDA GPU when there is one.")
-            max_steps = more[1].number_input("Stop after steps", 0, 10**7, 0, key="train_max_steps", help="0: train all epochs.")
-            eval_every = more[2].number_input("Evaluate every (epochs)", 0, 1000, 5, key="train_eval_every",
-                                              help="0: only at the end. Evaluations draw the Recall@K-over-training chart.")
+            name = more[0].text_input(
+                "Run name",
+                key="train_name",
+                placeholder="automatic",
+                help="A folder name under runs/; empty: made from the settings.",
+            )
+            backbone = more[0].selectbox(
+                "Backbone",
+                BACKBONES,
+                key="train_backbone",
+                help="The torchvision networks need large images and are slow without a GPU.",
+            )
+            device = more[1].selectbox(
+                "Device", DEVICES, key="train_device", help="auto: a CUDA GPU when there is one."
+            )
+            max_steps = more[1].number_input(
+                "Stop after steps", 0, 10**7, 0, key="train_max_steps", help="0: train all epochs."
+            )
+            eval_every = more[2].number_input(
+                "Evaluate every (epochs)",
+                0,
+                1000,
+                5,
+                key="train_eval_every",
+                help="0: only at the end. Evaluations draw the Recall@K-over-training chart.",
+            )
         submitted = st.form_submit_button("Start training", type="primary", icon=":material/play_arrow:")
     if not submitted:
         return
     config = TrainConfig(
-        dataset=dataset, data_root=data_root.strip() or None, loss=loss, ec_weight=float(ec_weight),
-        epochs=int(epochs) if epochs else None, seed=int(seed), backbone=backbone, device=device,
-        max_steps=int(max_steps) or None, eval_every=int(eval_every),
+        dataset=dataset,
+        data_root=data_root.strip() or None,
+        loss=loss,
+        ec_weight=float(ec_weight),
+        epochs=int(epochs) if epochs else None,
+        seed=int(seed),
+        backbone=backbone,
+        device=device,
+        max_steps=int(max_steps) or None,
+        eval_every=int(eval_every),
     )
     start(config, name.strip() or None)
 

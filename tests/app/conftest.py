@@ -26,9 +26,29 @@ def train_tiny_runs(root: Path) -> None:
     """Both fixture runs at once (one process each), 20 steps, evaluated only at the end."""
     processes = [
         subprocess.Popen(
-            [sys.executable, "-m", "ecaml", "train", "--dataset", "digits", "--ec-weight", ec_weight, "--seed", "0",
-             "--max-steps", TRAIN_STEPS, "--eval-every", "0", "--quiet", "--out", str(root / name)],
-            cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            [
+                sys.executable,
+                "-m",
+                "ecaml",
+                "train",
+                "--dataset",
+                "digits",
+                "--ec-weight",
+                ec_weight,
+                "--seed",
+                "0",
+                "--max-steps",
+                TRAIN_STEPS,
+                "--eval-every",
+                "0",
+                "--quiet",
+                "--out",
+                str(root / name),
+            ],
+            cwd=REPO_ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         for name, ec_weight in FIXTURE_RUNS.items()
     ]

@@ -12,7 +12,7 @@ import pytest
 from apptest_support import assert_clean, open_page, plotly_array, plotly_specs, run_key
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from app.views import embeddings  # noqa: E402
+from app.views import embeddings
 
 PCA = {"projection_method": "pca"}
 
@@ -47,7 +47,9 @@ def test_selected_points_are_read_from_their_customdata():
     assert embeddings.selected_indices(None) == []
 
 
-@pytest.mark.skipif(os.environ.get("ECAML_SKIP_UMAP_TEST") == "1", reason="UMAP takes tens of seconds on a cold numba cache")
+@pytest.mark.skipif(
+    os.environ.get("ECAML_SKIP_UMAP_TEST") == "1", reason="UMAP takes tens of seconds on a cold numba cache"
+)
 def test_aligned_umap_panels_share_their_points():
     app = open_page("embeddings")
     assert_clean(app)

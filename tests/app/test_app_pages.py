@@ -29,13 +29,19 @@ def test_without_runs_the_pages_say_how_to_get_some(monkeypatch, tmp_path, missi
         assert app.get("page_link"), page
 
 
-def test_without_shipped_runs_your_runs_are_used_and_the_page_says_why(monkeypatch, tmp_path, shipped_runs, app_environment):
+def test_without_shipped_runs_your_runs_are_used_and_the_page_says_why(
+    monkeypatch, tmp_path, shipped_runs, app_environment
+):
     monkeypatch.setenv("ECAML_CHECKPOINTS_DIR", str(tmp_path / "missing"))
     monkeypatch.setenv("ECAML_RUNS_DIR", str(shipped_runs))
     app = open_page("compare")
     assert_clean(app)
     assert any("No shipped runs" in info.value for info in app.info)
-    assert list(app.dataframe[0].value.columns) == ["digits-ec-off (yours)", "digits-ec-on (yours)", "Δ digits-ec-on (yours)"]
+    assert list(app.dataframe[0].value.columns) == [
+        "digits-ec-off (yours)",
+        "digits-ec-on (yours)",
+        "Δ digits-ec-on (yours)",
+    ]
 
 
 def test_about_shows_the_formulas_and_the_gradient_diagram():

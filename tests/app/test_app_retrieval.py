@@ -26,7 +26,9 @@ def test_browsing_shows_marked_neighbours_for_each_run():
     assert len(grids) == 2 and all(len(grid) == 8 for grid in grids)
     assert all(caption[0] in "✓✗" for grid in grids for caption in grid)
     assert [subheader.value for subheader in app.markdown if subheader.value.startswith("####")] == [
-        "#### digits-ec-off", "#### digits-ec-on"]
+        "#### digits-ec-off",
+        "#### digits-ec-on",
+    ]
     assert any("answered in" in caption.value for caption in app.caption)
 
 
