@@ -145,15 +145,29 @@ def run_fingerprint(path: Path) -> tuple:
     return tuple(stamps)
 
 
-@st.cache_resource(max_entries=64, show_spinner=False)
-def _load_run(path: str, fingerprint: tuple) -> tuple[Run | None, str | None]:
-    """(run, None) or (None, reason); ``fingerprint`` only keys the cache."""
+@st.cache_resource(show_spinner=False)
+def _loaded_runs() -> dict[str, tuple[tuple, Run | None, str | None]]:
+    """Per process: run folder -> (fingerprint, run, problem) of its latest load.
+
+    One entry per folder, so a run that checkpoints every epoch replaces its model instead of piling up copies.
+    """
+    return {}
+
+
+def _load_run(path: Path) -> tuple[Run | None, str | None]:
+    """(run, None) or (None, reason), read again only when one of the run's files changed."""
+    fingerprint = run_fingerprint(path)
+    known = _loaded_runs().get(str(path))
+    if known is not None and known[0] == fingerprint:
+        return known[1], known[2]
     try:
-        return load_run(path), None
+        run, problem = load_run(path), None
     except RunError as error:
-        return None, str(error)
+        run, problem = None, str(error)
     except (OSError, ValueError) as error:  # a folder vanishing while read, an odd file system
-        return None, f"{Path(path).name}: {one_sentence(error)}"
+        run, problem = None, f"{path.name}: {one_sentence(error)}"
+    _loaded_runs()[str(path)] = (fingerprint, run, problem)
+    return run, problem
 
 
 def scan_all_runs() -> list[RunEntry]:
@@ -161,7 +175,7 @@ def scan_all_runs() -> list[RunEntry]:
     entries = []
     for root, shipped in ((checkpoints_dir(), True), (runs_dir(), False)):
         for path in find_runs(root):
-            run, problem = _load_run(str(path), run_fingerprint(path))
+            run, problem = _load_run(path)
             if run is None and _still_training(path):
                 problem = "still training: it becomes usable at its first checkpoint"
             entries.append(RunEntry(path, shipped, run, problem))
