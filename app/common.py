@@ -353,5 +353,5 @@ def progress_fraction(progress) -> float:
 
 def progress_text(progress) -> str:
     if progress.state == "starting" or not progress.total_steps:
-        return "starting…"
+        return "starting: loading the libraries and the data…"
     return f"step {progress.step:,} of {progress.total_steps:,}"

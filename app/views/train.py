@@ -106,8 +106,10 @@ def finished_panel(run_dir: Path, progress) -> None:
         return
     metrics = common.attempt("read the final metrics", read_metrics, run_dir) if progress.state == "completed" else None
     summary = f" Unseen Recall@1 {100 * metrics['recall@1']:.1f}%." if metrics and "recall@1" in metrics else ""
-    verb = "finished" if progress.state == "completed" else f"was stopped at step {progress.step:,}"
-    st.success(f"Last run **{name}** {verb}.{summary}", icon=":material/check_circle:")
+    if progress.state == "completed":
+        st.success(f"Last run **{name}** finished.{summary}", icon=":material/check_circle:")
+    else:
+        st.info(f"Last run **{name}** was stopped at step {progress.step:,}.", icon=":material/stop_circle:")
     if st.button("Compare it with the shipped runs", key="compare_finished"):
         compare_with_defaults(run_dir)
 

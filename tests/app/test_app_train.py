@@ -72,7 +72,7 @@ def test_the_stop_button_stops_the_job(app_environment):
     wait_until_idle(runs)
     assert JobManager(runs).progress(runs / "long-job").state == "stopped"
     app.run()
-    assert any("was stopped" in success.value for success in app.success)
+    assert any("was stopped" in info.value for info in app.info)
 
 
 def test_the_folder_dataset_needs_a_data_root_inside_the_data_folder(monkeypatch, tmp_path):
