@@ -35,7 +35,7 @@ def test_the_form_starts_a_job_refuses_a_second_and_the_run_appears_in_compare(a
     runs = app_environment.resolve()
     app = open_page("train")
     assert_clean(app)
-    fill_form(app, "tiny-job", max_steps=5)
+    fill_form(app, "tiny-job", max_steps=40)
     submit(app)
     assert not app.exception
     assert (runs / "tiny-job").exists() or list(runs.glob(".tiny-job.*"))
@@ -45,6 +45,11 @@ def test_the_form_starts_a_job_refuses_a_second_and_the_run_appears_in_compare(a
     app.text_input(key="train_name").set_value("second-job")
     submit(app)
     assert len(app.error) == 1 and "already running" in app.error[0].value
+
+    reloaded = open_page("train")  # a new browser session re-attaches to the running job
+    assert any("Training tiny-job" in header.value for header in reloaded.subheader)
+    elsewhere = open_page("about")
+    assert elsewhere.sidebar.get("progress"), "other pages show the job's progress in the sidebar"
 
     wait_until_idle(runs)
     app.run()
