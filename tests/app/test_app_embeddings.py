@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 from apptest_support import assert_clean, open_page, plotly_array, plotly_specs, run_key
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from app.views import embeddings
+from app.views import embeddings  # the repository root is on sys.path (conftest.py)
 
 PCA = {"projection_method": "pca"}
 
