@@ -8,24 +8,33 @@ A run directory is the unit everything exchanges::
     history.jsonl            one JSON object a line: {"kind": "step", ...} or {"kind": "eval", ...}
     metrics.json             final unseen-class metrics (same keys as ``evaluate --json``)
     status.json              running / completed / stopped / failed, for live readers
+    .ecaml.lock              flock held by the one process training the run
+    .<name>.<random>.tmp     an atomic write in progress (or left by a killed writer)
 
-Nothing here unpickles: weights are safetensors, everything else JSON.
+Nothing here unpickles: weights are safetensors, everything else JSON. Readers
+bound what they read (file sizes, safetensors header lengths, model sizes named
+by a config) before reading it, and turn every way a file can be damaged,
+foreign or hostile into a one-line ``RunError``. Writers never leave a partial
+file: a full disk raises ``DiskFullError`` with the previous version intact.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
+import stat
+import struct
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
 from ecaml import RUN_FORMAT_VERSION, __version__
@@ -35,13 +44,26 @@ CONFIG_FILE, WEIGHTS_FILE, HISTORY_FILE = "config.json", "model.safetensors", "h
 METRICS_FILE, STATUS_FILE = "metrics.json", "status.json"
 TRAINER_STATE_PATTERN = "trainer_state_{step:08d}.safetensors"
 MAX_JSON_BYTES = 16 * 1024 * 1024  # a config or metrics file this large is not ours
+MAX_HISTORY_BYTES = 512 * 1024 * 1024  # about two million steps; more is a hostile or runaway file
+# A resnet50 checkpoint header is ~40 KB; safetensors itself allows 100 MB, which we never need.
+MAX_SAFETENSORS_HEADER_BYTES = 16 * 1024 * 1024
+# Sizes a run's config may ask for before rebuilding its model or its input transform
+# could exhaust memory; far beyond anything this project trains.
+MAX_IMAGE_SIZE, MAX_EMBEDDING_DIM = 4096, 65536
+TEMP_SUFFIX = ".tmp"
 
 
 class RunError(ValueError):
     """A run directory that cannot be used, with a one-line reason."""
 
 
+class DiskFullError(OSError):
+    """A write that failed for lack of space; the file it was replacing is untouched and no temporary file is left."""
+
+
 # ----------------------------------------------------------------------------- writing
+
+NO_SPACE_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -49,20 +71,40 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
     The temporary file lives in the same folder (same filesystem, so the rename
     is atomic) and is fsynced first; on any failure, a full disk included, it is
-    removed and the old file is untouched.
+    removed and the old file is untouched. A full disk raises ``DiskFullError``.
     """
     path = Path(path)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with _disk_full_as_error(path):
+        descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
+        try:
+            try:
+                _write_all(descriptor, data)
+                os.fsync(descriptor)
+            finally:
+                os.close(descriptor)
+            os.replace(temporary, path)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
     _fsync_directory(path.parent)
+
+
+def _write_all(descriptor: int, data: bytes) -> None:
+    """os.write until every byte is out: a single write may be short (signals, pipes, nearly full disks)."""
+    view = memoryview(data)
+    while view:
+        written = os.write(descriptor, view)
+        view = view[written:]
+
+
+@contextmanager
+def _disk_full_as_error(path: Path):
+    try:
+        yield
+    except OSError as error:
+        if error.errno in NO_SPACE_ERRNOS and not isinstance(error, DiskFullError):
+            raise DiskFullError(f"disk full: could not write {path}; its previous version is kept") from None
+        raise
 
 
 def _fsync_directory(folder: Path) -> None:
@@ -83,13 +125,31 @@ def atomic_write_json(path: Path, value: Any) -> None:
 
 
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:
-    """Append one line with a single write, so a kill leaves at most one partial last line (which readers skip)."""
+    """Append one line with a single write, so a kill leaves at most one partial last line (which readers skip).
+
+    A write that fails part-way (a full disk) is cut back off, so the next
+    append does not glue a record onto half of this one.
+    """
     line = (json.dumps(record, allow_nan=False) + "\n").encode()
-    descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(descriptor, line)
-    finally:
-        os.close(descriptor)
+    with _disk_full_as_error(path):
+        descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            size_before = os.fstat(descriptor).st_size
+            try:
+                _write_all(descriptor, line)
+            except OSError:
+                os.ftruncate(descriptor, size_before)
+                raise
+        finally:
+            os.close(descriptor)
+
+
+def remove_stale_temp_files(run_dir: Path) -> list[Path]:
+    """Delete temporary files that a killed writer left behind (call only when no writer is running)."""
+    stale = [p for p in Path(run_dir).glob(f".*{TEMP_SUFFIX}") if p.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 def save_weights(path: Path, state: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
@@ -108,21 +168,58 @@ def write_status(run_dir: Path, state: str, **details: Any) -> None:
 
 def truncate_history(run_dir: Path, last_step: int) -> None:
     """Drop history lines past ``last_step`` (work done after the checkpoint that a resume redoes)."""
-    kept = [record for record in read_history(run_dir) if record.get("step", 0) <= last_step]
+    kept = [record for record in read_history(run_dir) if _record_step(record) <= last_step]
     atomic_write_bytes(run_dir / HISTORY_FILE, "".join(json.dumps(r) + "\n" for r in kept).encode())
+
+
+def _record_step(record: dict[str, Any]) -> float:
+    step = record.get("step", 0)
+    return step if isinstance(step, (int, float)) and not isinstance(step, bool) else math.inf
 
 
 # ----------------------------------------------------------------------------- reading
 
 
-def read_json_file(path: Path, what: str) -> Any:
-    if not path.is_file():
-        raise RunError(f"{path.parent.name}: missing {path.name}")
-    if path.stat().st_size > MAX_JSON_BYTES:
-        raise RunError(f"{path.parent.name}: {path.name} is too large to be a {what}")
+def _read_prefix(path: Path, count: int) -> tuple[bytes, int]:
+    """(at most ``count`` leading bytes, file size) of a regular file; anything else is a RunError naming it.
+
+    FIFOs and devices count as missing: reading them would block or never end.
+    The type is checked on the opened descriptor (O_NONBLOCK, so opening a FIFO
+    cannot hang), not on the name, so swapping the file in between changes nothing.
+    """
+    missing = RunError(f"{path.parent.name}: missing {path.name}")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise missing from None
+    except OSError as error:
+        raise RunError(f"{path.parent.name}: {path.name} cannot be read ({_reason(error)})") from None
+    with os.fdopen(descriptor, "rb") as handle:
+        info = os.fstat(descriptor)
+        if not stat.S_ISREG(info.st_mode):
+            raise missing
+        try:
+            return handle.read(count), info.st_size
+        except OSError as error:
+            raise RunError(f"{path.parent.name}: {path.name} cannot be read ({_reason(error)})") from None
+
+
+def _reason(error: OSError) -> str:
+    return error.strerror or error.__class__.__name__
+
+
+def _read_bounded(path: Path, limit: int, what: str) -> bytes:
+    data, _ = _read_prefix(path, limit + 1)  # bounded even if the file grows while we read
+    if len(data) > limit:
+        raise RunError(f"{path.parent.name}: {path.name} is too large to be a {what}")
+    return data
+
+
+def read_json_file(path: Path, what: str) -> Any:
+    data = _read_bounded(path, MAX_JSON_BYTES, what)
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
         raise RunError(f"{path.parent.name}: {path.name} is not valid JSON ({error.__class__.__name__})") from None
 
 
@@ -132,24 +229,41 @@ def read_config(run_dir: Path) -> TrainConfig:
         raise RunError(f"{run_dir.name}: {CONFIG_FILE} is not a JSON object")
     version = record.pop("format_version", None)
     record.pop("ecaml_version", None)
-    if not isinstance(version, int):
-        raise RunError(f"{run_dir.name}: {CONFIG_FILE} has no format_version; not an ecaml run")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise RunError(f"{run_dir.name}: {CONFIG_FILE} has no valid format_version; not an ecaml run")
     if version > RUN_FORMAT_VERSION:
         raise RunError(
             f"{run_dir.name}: run format {version} is newer than this ecaml understands ({RUN_FORMAT_VERSION}); upgrade ecaml"
         )
     try:
-        return TrainConfig.from_dict(record).resolved()
-    except (TypeError, ValueError) as error:
+        config = TrainConfig.from_dict(record).resolved()
+    except (TypeError, ValueError, AttributeError) as error:  # wrong types in a hand-edited or hostile file
         raise RunError(f"{run_dir.name}: invalid {CONFIG_FILE}: {error}") from None
+    _check_sizes_are_sane(run_dir, config)
+    return config
+
+
+def _check_sizes_are_sane(run_dir: Path, config: TrainConfig) -> None:
+    """Refuse sizes whose model or input transform alone would exhaust memory before any file check could."""
+    if config.image_size > MAX_IMAGE_SIZE:
+        raise RunError(
+            f"{run_dir.name}: invalid {CONFIG_FILE}: image_size {config.image_size} is over {MAX_IMAGE_SIZE}"
+        )
+    if config.embedding_dim > MAX_EMBEDDING_DIM:
+        raise RunError(
+            f"{run_dir.name}: invalid {CONFIG_FILE}: embedding_dim {config.embedding_dim} is over {MAX_EMBEDDING_DIM}"
+        )
 
 
 def read_history(run_dir: Path) -> list[dict[str, Any]]:
-    """Every complete history line; a partial last line (a killed write) is skipped, other bad lines refused."""
+    """Every complete history line; a partial last line (a killed write) is skipped, other bad lines refused.
+
+    A missing file reads as no history (a run being created); ``load_run`` is the one that insists on it.
+    """
     path = Path(run_dir) / HISTORY_FILE
     if not path.is_file():
         return []
-    text = path.read_text(encoding="utf-8", errors="replace")
+    text = _read_bounded(path, MAX_HISTORY_BYTES, "training history").decode("utf-8", errors="replace")
     lines = text.split("\n")
     records = []
     for number, line in enumerate(lines, start=1):
@@ -157,7 +271,7 @@ def read_history(run_dir: Path) -> list[dict[str, Any]]:
             continue
         try:
             record = json.loads(line)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             if number == len(lines):  # the unterminated tail of an interrupted append
                 continue
             raise RunError(f"{Path(run_dir).name}: {HISTORY_FILE} line {number} is not valid JSON") from None
@@ -187,26 +301,140 @@ def read_status(run_dir: Path) -> dict[str, Any] | None:
     return status if isinstance(status, dict) else None
 
 
-def read_weights(run_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """(state dict, metadata) of ``model.safetensors``; anything that is not a safetensors file is refused."""
-    path = Path(run_dir) / WEIGHTS_FILE
-    if not path.is_file():
-        raise RunError(f"{Path(run_dir).name}: missing {WEIGHTS_FILE}")
-    data = path.read_bytes()
-    if not data:
-        raise RunError(f"{Path(run_dir).name}: {WEIGHTS_FILE} is empty")
-    try:
-        state = load_safetensors_bytes(data)
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-    except (SafetensorError, ValueError, RuntimeError, OSError) as error:
-        raise RunError(f"{Path(run_dir).name}: {WEIGHTS_FILE} is not a valid safetensors file ({_first_line(error)})") from None
+def read_weights(run_dir: Path, config: TrainConfig | None = None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(state dict, metadata) of ``model.safetensors``; anything that is not a safetensors file is refused.
+
+    With ``config``, the tensor names and shapes in the file's header are checked
+    against that config's model before a single tensor is read, so a file made
+    for another architecture fails fast and cannot make us allocate its sizes.
+    """
+    run_dir = Path(run_dir)
+    with open_safetensors(run_dir / WEIGHTS_FILE) as handle:
+        metadata = handle.metadata() or {}
+        if config is not None:
+            _check_layout(run_dir, config, {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()})
+        state = {key: handle.get_tensor(key) for key in handle.keys()}
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise RunError(f"{run_dir.name}: weights contain NaN or infinite values ({name})")
     return state, metadata
 
 
-def _first_line(error: Exception) -> str:
+@contextmanager
+def open_safetensors(path: Path):
+    """``safe_open`` after our own header checks, with every failure turned into a one-line RunError.
+
+    safetensors never unpickles, but it trusts the 8-byte header length up to
+    100 MB; we refuse anything over ``MAX_SAFETENSORS_HEADER_BYTES`` or past the
+    end of the file, and name pickles and zip archives for what they are.
+    """
+    path = Path(path)
+    _check_safetensors_header(path)
+    label = f"{path.parent.name}: {path.name}"
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            yield handle
+    except (SafetensorError, ValueError, RuntimeError, OSError, TypeError) as error:
+        if isinstance(error, RunError):
+            raise
+        raise RunError(f"{label} is not a valid safetensors file ({_first_line(error)})") from None
+
+
+def _check_safetensors_header(path: Path) -> None:
+    label = f"{path.parent.name}: {path.name}"
+    head, size = _read_prefix(path, 9)
+    if size == 0:
+        raise RunError(f"{label} is empty")
+    foreign = _foreign_format(head)
+    if foreign:
+        raise RunError(f"{label} is {foreign}, not safetensors; refused (ecaml never unpickles)")
+    if size < 8:
+        raise RunError(f"{label} is truncated ({size} bytes)")
+    (header_bytes,) = struct.unpack("<Q", head[:8])
+    if header_bytes > MAX_SAFETENSORS_HEADER_BYTES:
+        raise RunError(
+            f"{label} claims a {header_bytes:,}-byte header; refused (over {MAX_SAFETENSORS_HEADER_BYTES:,})"
+        )
+    if 8 + header_bytes > size:
+        raise RunError(f"{label} is truncated (its header needs {8 + header_bytes:,} bytes, the file has {size:,})")
+    needed = 8 + header_bytes + _data_bytes(_read_prefix(path, 8 + header_bytes)[0][8:], label)
+    if needed > size:
+        raise RunError(f"{label} is truncated (its header needs {needed:,} bytes, the file has {size:,})")
+
+
+def _data_bytes(header: bytes, label: str) -> int:
+    """How many tensor bytes a safetensors header says follow it (safetensors checks the rest of the layout)."""
+    try:
+        entries = json.loads(header)
+        ends = [entry["data_offsets"][1] for key, entry in entries.items() if key != "__metadata__"]
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError, RecursionError):
+        raise RunError(f"{label} is not a valid safetensors file (unreadable header)") from None
+    if not all(isinstance(end, int) and end >= 0 for end in ends):
+        raise RunError(f"{label} is not a valid safetensors file (bad tensor offsets)")
+    return max(ends, default=0)
+
+
+def _foreign_format(head: bytes) -> str | None:
+    """A name for the formats people most often rename to .safetensors: both could run code if unpickled.
+
+    A safetensors header (JSON) starts at byte 8, whatever its length's bytes happen to be.
+    """
+    if head[8:9] == b"{":
+        return None
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "a Python pickle"
+    if head[:2] == b"PK":
+        return "a zip archive (a torch.save file?)"
+    return None
+
+
+def _first_line(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     return text[0][:160] if text else error.__class__.__name__
+
+
+def _check_layout(run_dir: Path, config: TrainConfig, shapes: dict[str, tuple[int, ...]]) -> None:
+    """The file's tensor names and shapes against the config's model, built on the meta device (no memory)."""
+    expected = expected_shapes(config)
+    missing = sorted(set(expected) - set(shapes))
+    unexpected = sorted(set(shapes) - set(expected))
+    if missing or unexpected:
+        sample = (missing or unexpected)[0]
+        raise RunError(
+            f"{run_dir.name}: weights do not fit a {config.backbone}/{config.embedding_dim}-d model "
+            f"({len(missing)} missing, {len(unexpected)} unexpected keys, e.g. {sample!r})"
+        )
+    for name, shape in expected.items():
+        if shapes[name] != shape:
+            raise RunError(
+                f"{run_dir.name}: weights do not fit the config: {name} has shape {shapes[name]}, expected {shape}"
+            )
+
+
+def expected_shapes(config: TrainConfig) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor in the state dict of ``config``'s model."""
+    with torch.device("meta"):
+        model = _build_model_for(config)
+    return {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+
+
+def _build_model_for(config: TrainConfig) -> torch.nn.Module:
+    from ecaml.models import build_model  # local: keeps `runs` importable without torchvision at import time
+
+    try:
+        return build_model(config.backbone, config.embedding_dim, in_channels=input_channels(config))
+    except (ImportError, ValueError, RuntimeError) as error:
+        raise RunError(f"cannot build the {config.backbone} model of this run ({_first_line(error)})") from None
+
+
+def checkpoint_step(run_dir: Path, metadata: dict[str, str]) -> int:
+    """The step a weights file was saved at (0 when its metadata has none, as in hand-made files)."""
+    value = metadata.get("step")
+    if value is None:
+        return 0
+    if not (isinstance(value, str) and value.isdigit() and value.isascii()):
+        raise RunError(f"{Path(run_dir).name}: {WEIGHTS_FILE} has an invalid step in its metadata ({value[:40]!r})")
+    return int(value)
 
 
 @dataclass
@@ -233,40 +461,27 @@ class Run:
 
 
 def load_run(run_dir: str | Path) -> Run:
-    """Read and validate every file of a run; the model is rebuilt from the config and its weights checked key by key."""
-    from ecaml.models import build_model  # local: keeps `runs` importable without torchvision at import time
+    """Read and validate every file of a run; the model is rebuilt from the config and its weights checked key by key.
 
+    Every way a run can be unusable (missing, malformed, truncated, foreign or
+    hostile files, a newer format) is a ``RunError`` with a one-line reason.
+    """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise RunError(f"{run_dir}: not a run directory (no such folder)")
     config = read_config(run_dir)
-    state, metadata = read_weights(run_dir)
-    model = build_model(config.backbone, config.embedding_dim, in_channels=input_channels(config))
-    _check_state_matches(run_dir, config, model, state)
-    model.load_state_dict(state)
+    if not (run_dir / HISTORY_FILE).is_file():
+        raise RunError(f"{run_dir.name}: missing {HISTORY_FILE}")
+    history, metrics = read_history(run_dir), read_metrics(run_dir)
+    state, metadata = read_weights(run_dir, config)
+    step = checkpoint_step(run_dir, metadata)
+    model = _build_model_for(config)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:  # names and shapes were checked; only odd dtypes get here
+        raise RunError(f"{run_dir.name}: weights do not load into the model ({_first_line(error)})") from None
     model.eval()
-    step = _int_or_zero(metadata.get("step"))
-    return Run(run_dir, config, model, step, read_history(run_dir), read_metrics(run_dir), read_status(run_dir))
-
-
-def _check_state_matches(run_dir: Path, config: TrainConfig, model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        sample = (missing or unexpected)[0]
-        raise RunError(
-            f"{run_dir.name}: weights do not fit a {config.backbone}/{config.embedding_dim}-d model "
-            f"({len(missing)} missing, {len(unexpected)} unexpected keys, e.g. {sample!r})"
-        )
-    for name, tensor in expected.items():
-        if tuple(state[name].shape) != tuple(tensor.shape):
-            raise RunError(
-                f"{run_dir.name}: weights do not fit the config: {name} has shape {tuple(state[name].shape)}, "
-                f"expected {tuple(tensor.shape)}"
-            )
-        if state[name].is_floating_point() and not torch.isfinite(state[name]).all():
-            raise RunError(f"{run_dir.name}: weights contain NaN or infinite values ({name})")
+    return Run(run_dir, config, model, step, history, metrics, read_status(run_dir))
 
 
 def input_channels(config: TrainConfig) -> int:
@@ -277,20 +492,19 @@ def input_channels(config: TrainConfig) -> int:
     return 1
 
 
-def _int_or_zero(value: str | None) -> int:
-    try:
-        return int(value) if value is not None else 0
-    except ValueError:
-        return 0
+RUN_MARKERS = (CONFIG_FILE, WEIGHTS_FILE, HISTORY_FILE, STATUS_FILE)
 
 
 def find_runs(*roots: str | Path) -> list[Path]:
-    """Folders directly under ``roots`` that look like run directories (have a config.json), sorted by name."""
+    """Folders directly under ``roots`` that look like run directories (have any run file), sorted by name.
+
+    A folder with weights but no config.json is listed too, so that it shows up as unusable, not vanishes.
+    """
     found = []
     for root in roots:
         root = Path(root)
         if root.is_dir():
-            found += sorted(p for p in root.iterdir() if p.is_dir() and (p / CONFIG_FILE).exists())
+            found += sorted(p for p in root.iterdir() if p.is_dir() and any((p / m).exists() for m in RUN_MARKERS))
     return found
 
 
@@ -302,4 +516,33 @@ def scan_runs(*roots: str | Path) -> list[tuple[Path, Run | None, str | None]]:
             results.append((path, load_run(path), None))
         except RunError as error:
             results.append((path, None, str(error)))
+        except OSError as error:  # a folder removed or made unreadable while we looked
+            results.append((path, None, f"{path.name}: {error.strerror or error.__class__.__name__}"))
     return results
+
+
+LOCK_FILE = ".ecaml.lock"
+
+
+@contextmanager
+def hold_run_lock(run_dir: Path):
+    """Exclusive right to write ``run_dir`` for one trainer; a second one gets a RunError instead of a corrupted run.
+
+    An advisory ``flock``: the operating system drops it when its process dies,
+    ``kill -9`` included, so a crash never leaves a stale lock. Where ``fcntl``
+    does not exist (Windows) runs are not locked.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        fcntl = None
+    descriptor = os.open(Path(run_dir) / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise RunError(f"{Path(run_dir).name}: another process is training this run right now") from None
+        yield
+    finally:
+        os.close(descriptor)  # closing releases the lock
