@@ -250,21 +250,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ecaml.data import DatasetError, ImageError
     from ecaml.models import WeightsError
     from ecaml.runs import RunError
+    from ecaml.train import TrainingError
 
     try:
         args = build_parser().parse_args(argv)
         return COMMANDS[args.command](args)
     except (UserError, RunError, DatasetError, ImageError, WeightsError, ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        return report(error, EXIT_USER_ERROR)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except (TrainingError, OSError) as error:  # OSError: a full disk (DiskFullError), a permission, a vanished file
+        return report(error, 1)
     except Exception as error:  # noqa: BLE001 - last resort: still one line, with the kind of failure
-        from ecaml.train import TrainingError
+        return report(error, 1, prefix=f"unexpected {error.__class__.__name__}: ")
 
-        if isinstance(error, TrainingError):
-            print(f"error: {error}", file=sys.stderr)
-            return 1
-        print(f"error: unexpected {error.__class__.__name__}: {error}", file=sys.stderr)
-        return 1
+
+def report(error: BaseException, status: int, prefix: str = "") -> int:
+    """Print ``error`` as exactly one line on stderr (file names may hold newlines) and return ``status``."""
+    text = " ".join(str(error).split()) or error.__class__.__name__
+    print(f"error: {prefix}{text}", file=sys.stderr)
+    return status

@@ -22,8 +22,6 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
 from ecaml.config import TrainConfig
@@ -36,15 +34,20 @@ from ecaml.losses import build_loss
 from ecaml.models import BACKBONES, EmbeddingNet, build_model
 from ecaml.runs import (
     HISTORY_FILE,
+    LOCK_FILE,
     METRICS_FILE,
     TRAINER_STATE_PATTERN,
     WEIGHTS_FILE,
     RunError,
     append_jsonl,
     atomic_write_json,
+    checkpoint_step,
+    hold_run_lock,
     input_channels,
+    open_safetensors,
     read_config,
     read_weights,
+    remove_stale_temp_files,
     save_weights,
     truncate_history,
     write_config,
@@ -202,7 +205,7 @@ class Trainer:
     # ------------------------------------------------------------------ loop
 
     def run(self, stop: StopFlag | None = None, progress: bool = True, on_step: Callable[[dict], None] | None = None) -> TrainResult:
-        stop = stop or StopFlag()
+        stop = stop if stop is not None else StopFlag()
         write_status(self.run_dir, "running", step=self.step, total_steps=self.plan.total_steps)
         bar = _progress_bar(progress, self.plan.total_steps, self.step)
         started = time.perf_counter()
@@ -218,12 +221,18 @@ class Trainer:
             metrics = self.finish()
             return TrainResult(self.run_dir, self.step, "completed", metrics)
         except BaseException as error:
-            message = str(error) or error.__class__.__name__
-            write_status(self.run_dir, "failed", step=self.checkpointed_step, total_steps=self.plan.total_steps, message=message)
+            self._record_failure(error)
             raise
         finally:
             if bar is not None:
                 bar.close()
+
+    def _record_failure(self, error: BaseException) -> None:
+        message = str(error) or error.__class__.__name__
+        try:
+            write_status(self.run_dir, "failed", step=self.checkpointed_step, total_steps=self.plan.total_steps, message=message)
+        except OSError:
+            pass  # the disk may be what failed; the original error is the one to report
 
     def _run_epoch(self, epoch: int, offset: int, stop: StopFlag, bar, started: float, on_step) -> None:
         positions = class_balanced_batches(
@@ -282,7 +291,11 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
 
     def save_checkpoint(self) -> None:
-        """Trainer state for this step first, then the weights (the commit), then older states go."""
+        """Trainer state for this step first, then the weights (the commit), then older states go.
+
+        Weights that went NaN or infinite are never committed: the previous checkpoint stays the last good one.
+        """
+        self._refuse_non_finite_weights()
         state_file = self.run_dir / TRAINER_STATE_PATTERN.format(step=self.step)
         tensors, layout = _flatten_optimizer(self.optimizer.state_dict())
         tensors["rng.torch"] = torch.get_rng_state()
@@ -297,25 +310,61 @@ class Trainer:
                 old.unlink(missing_ok=True)
         self.checkpointed_step = self.step
 
+    def _refuse_non_finite_weights(self) -> None:
+        for name, tensor in self.model.state_dict().items():
+            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                raise TrainingError(
+                    f"weights became NaN or infinite by step {self.step} ({name}); training stopped, "
+                    f"the checkpoint of step {self.checkpointed_step} is kept (try a lower --lr)"
+                )
+
     def restore_checkpoint(self) -> None:
-        state, metadata = read_weights(self.run_dir)
-        step = int(metadata.get("step", "0"))
+        """Everything the last committed checkpoint holds; a damaged or foreign trainer state is a RunError."""
+        weights, metadata = read_weights(self.run_dir, self.config)
+        step = checkpoint_step(self.run_dir, metadata)
+        tensors, saved_meta = self._read_trainer_state(step)
+        try:
+            self._load_states(weights, tensors, saved_meta)
+        except (KeyError, ValueError, TypeError, AttributeError, RuntimeError) as error:
+            reason = (str(error).strip().splitlines() or [error.__class__.__name__])[0][:160]
+            raise RunError(
+                f"{self.run_dir.name}: cannot resume, the trainer state of step {step} does not fit this run ({reason})"
+            ) from None
+        self.step = self.checkpointed_step = step
+        truncate_history(self.run_dir, step)
+
+    def _read_trainer_state(self, step: int) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         state_file = self.run_dir / TRAINER_STATE_PATTERN.format(step=step)
         if not state_file.is_file():
             raise RunError(f"{self.run_dir.name}: cannot resume, the trainer state of step {step} is missing")
-        self.model.load_state_dict(state)
-        saved = load_file(str(state_file))
-        with safe_open(str(state_file), framework="pt") as reader:
-            saved_meta = reader.metadata()
-        self.optimizer.load_state_dict(_unflatten_optimizer(saved, json.loads(saved_meta["optimizer_layout"])))
-        self.scaler.load_state_dict(json.loads(saved_meta["scaler"]))
+        with open_safetensors(state_file) as reader:
+            metadata = reader.metadata() or {}
+            tensors = {name: reader.get_tensor(name) for name in reader.keys()}
+        if metadata.get("step") != str(step):
+            raise RunError(f"{self.run_dir.name}: cannot resume, {state_file.name} does not say it is of step {step}")
+        return tensors, metadata
+
+    def _load_states(
+        self, weights: dict[str, torch.Tensor], saved: dict[str, torch.Tensor], metadata: dict[str, str]
+    ) -> None:
+        self.model.load_state_dict(weights)
+        self.optimizer.load_state_dict(_unflatten_optimizer(saved, json.loads(metadata["optimizer_layout"])))
+        _check_optimizer_shapes(self.optimizer)
+        self.scaler.load_state_dict(json.loads(metadata["scaler"]))
         torch.set_rng_state(saved["rng.torch"])
         self.pair_generator.set_state(saved["rng.pairs"])
         loss_state = {k[len("loss."):]: v for k, v in saved.items() if k.startswith("loss.")}
         if loss_state:
             self.metric_loss.load_state_dict(loss_state)
-        self.step = self.checkpointed_step = step
-        truncate_history(self.run_dir, step)
+
+
+def _check_optimizer_shapes(optimizer: torch.optim.Optimizer) -> None:
+    """Adam's load_state_dict does not compare moment shapes with their parameters; a mismatch fails mid-step."""
+    for parameter, values in optimizer.state.items():
+        for key, value in values.items():
+            if torch.is_tensor(value) and value.dim() > 0 and value.shape != parameter.shape:
+                shapes = f"{tuple(value.shape)}, its parameter {tuple(parameter.shape)}"
+                raise ValueError(f"optimizer {key} has shape {shapes}")
 
 
 def _amp_dtype(device: torch.device) -> torch.dtype | None:
@@ -371,31 +420,41 @@ def _progress_bar(enabled: bool, total: int, initial: int):
 def train(config: TrainConfig, run_dir: str | Path, progress: bool = True, stop: StopFlag | None = None) -> TrainResult:
     """Train a new run into ``run_dir`` (which must be new or empty)."""
     run_dir = Path(run_dir)
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise ValueError(f"{run_dir} already exists and is not empty; pick a new --out or use --resume {run_dir}")
+    _refuse_used_folder(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    trainer = Trainer(config, run_dir)
-    write_config(run_dir, trainer.config)
-    (run_dir / HISTORY_FILE).touch()
-    # A step-0 checkpoint makes the run loadable and resumable even if killed before its first epoch ends.
-    trainer.save_checkpoint()
-    return _run(trainer, progress, stop)
+    with hold_run_lock(run_dir):
+        _refuse_used_folder(run_dir)  # again under the lock: another trainer may have started here meanwhile
+        trainer = Trainer(config, run_dir)
+        write_config(run_dir, trainer.config)
+        (run_dir / HISTORY_FILE).touch()
+        # A step-0 checkpoint makes the run loadable and resumable even if killed before its first epoch ends.
+        trainer.save_checkpoint()
+        return _run(trainer, progress, stop)
+
+
+def _refuse_used_folder(run_dir: Path) -> None:
+    if run_dir.exists() and any(p.name != LOCK_FILE for p in run_dir.iterdir()):
+        raise ValueError(f"{run_dir} already exists and is not empty; pick a new --out or use --resume {run_dir}")
 
 
 def resume(run_dir: str | Path, progress: bool = True, stop: StopFlag | None = None, **overrides: Any) -> TrainResult:
     """Continue a run from its last complete checkpoint; ``overrides`` may extend epochs or max_steps."""
     run_dir = Path(run_dir)
-    config = read_config(run_dir)
-    for key, value in overrides.items():
-        if value is not None:
-            setattr(config, key, value)
-    trainer = Trainer(config, run_dir)
-    trainer.restore_checkpoint()
-    write_config(run_dir, trainer.config)
-    return _run(trainer, progress, stop)
+    if not run_dir.is_dir():
+        raise RunError(f"{run_dir}: no such run directory to resume")
+    with hold_run_lock(run_dir):
+        remove_stale_temp_files(run_dir)  # left by a writer that was killed; safe, we hold the lock
+        config = read_config(run_dir)
+        for key, value in overrides.items():
+            if value is not None:
+                setattr(config, key, value)
+        trainer = Trainer(config, run_dir)
+        trainer.restore_checkpoint()
+        write_config(run_dir, trainer.config)
+        return _run(trainer, progress, stop)
 
 
 def _run(trainer: Trainer, progress: bool, stop: StopFlag | None) -> TrainResult:
-    stop = stop or StopFlag()
+    stop = stop if stop is not None else StopFlag()
     with stop_on_signals(stop):
         return trainer.run(stop, progress)
