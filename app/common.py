@@ -259,6 +259,23 @@ def show_unusable(entries: list[RunEntry]) -> None:
             st.markdown(f"- `{shown_path(entry.path)}`: {entry.problem}")
 
 
+def same_data_only(chosen: list[RunEntry], consequence: str) -> list[RunEntry]:
+    """The runs trained on the same images as the first one; any other is named in a warning ending in ``consequence``.
+
+    Pages that put runs side by side image for image (aligned maps, one query's neighbours) need this.
+    """
+
+    def data_of(entry: RunEntry) -> tuple:
+        config = entry.run.config
+        return (config.dataset, config.data_root, config.val_classes, config.split_seed)
+
+    kept = [entry for entry in chosen if data_of(entry) == data_of(chosen[0])]
+    left_out = [entry.name for entry in chosen if entry not in kept]
+    if left_out:
+        st.warning(f"Left out {', '.join(left_out)}: trained on other data than {chosen[0].name}, {consequence}.")
+    return kept
+
+
 def colour_of(position: int) -> str:
     return RUN_COLOURS[position % len(RUN_COLOURS)]
 

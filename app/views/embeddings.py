@@ -11,6 +11,7 @@ from collections import Counter
 import streamlit as st
 
 from app import charts, common
+from ecaml.projection import project_runs  # imports umap only when a UMAP is computed
 
 METHODS = {
     "umap": "UMAP, aligned across runs (about half a minute the first time, then cached)",
@@ -35,7 +36,7 @@ def render() -> None:
     if not chosen:
         st.info("Choose at least one run above.")
         return
-    chosen = same_split_only(chosen)
+    chosen = common.same_data_only(chosen, "so their maps cannot be aligned with it")
     method = st.radio("Projection", list(METHODS), format_func=METHODS.get, horizontal=True, key="projection_method")
     projections = load_projections(chosen, method)
     if projections is None:
@@ -48,26 +49,8 @@ def render() -> None:
             show_panel(entry, projection)
 
 
-def same_split_only(chosen: list[common.RunEntry]) -> list[common.RunEntry]:
-    """Aligned maps need the same images in every panel: keep the runs that share the first run's data split."""
-
-    def split_key(entry):
-        config = entry.run.config
-        return (config.dataset, config.data_root, config.val_classes, config.split_seed)
-
-    kept = [entry for entry in chosen if split_key(entry) == split_key(chosen[0])]
-    if len(kept) < len(chosen):
-        left_out = ", ".join(entry.name for entry in chosen if entry not in kept)
-        st.warning(
-            f"Left out {left_out}: trained on other data than {chosen[0].name}, so their maps cannot be aligned."
-        )
-    return kept
-
-
 @st.cache_data(max_entries=16, show_spinner=False)
 def _projections(keys: tuple, method: str, _runs: list) -> list:
-    from ecaml.projection import project_runs  # umap is heavy: import it only on this page
-
     return project_runs(
         _runs, part="unseen", method=method, aligned=True, seed=0, max_points=MAX_POINTS, cache_dir=common.cache_dir()
     )

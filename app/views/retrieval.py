@@ -12,6 +12,8 @@ import random
 import streamlit as st
 
 from app import common
+from ecaml.data.images import IMAGE_SUFFIXES, open_image
+from ecaml.retrieval import build_index, disagreement_queries, weights_digest
 
 SOURCES = {
     "browse": "Browse by class",
@@ -19,7 +21,7 @@ SOURCES = {
     "disagree": "Where the runs disagree",
     "upload": "Upload an image",
 }
-UPLOAD_TYPES = ["png", "jpg", "jpeg", "bmp", "gif", "tif", "tiff", "webp", "ppm", "pgm"]
+UPLOAD_TYPES = [suffix.lstrip(".") for suffix in IMAGE_SUFFIXES]
 QUERY_PIXELS = 160
 NEIGHBOUR_PIXELS = 84
 RANDOM_QUERY_KEY = "random_query_index"
@@ -38,7 +40,7 @@ def render() -> None:
     if not chosen:
         st.info("Choose at least one run above.")
         return
-    loaded = load_indexes(same_dataset_only(chosen))
+    loaded = load_indexes(common.same_data_only(chosen, "so its gallery holds other images"))
     if not loaded:
         return
     split = loaded[0][1].split
@@ -54,32 +56,12 @@ def render() -> None:
         show_results(loaded, query, k)
 
 
-def same_dataset_only(chosen: list[common.RunEntry]) -> list[common.RunEntry]:
-    def data_key(entry):
-        config = entry.run.config
-        return (config.dataset, config.data_root, config.val_classes, config.split_seed)
-
-    kept = [entry for entry in chosen if data_key(entry) == data_key(chosen[0])]
-    if len(kept) < len(chosen):
-        left_out = ", ".join(entry.name for entry in chosen if entry not in kept)
-        st.warning(f"Left out {left_out}: trained on other data than {chosen[0].name}, so its gallery differs.")
-    return kept
-
-
 # ----------------------------------------------------------------------------- indexes
-
-
-@st.cache_data(max_entries=64, show_spinner=False)
-def _digest(path: str, fingerprint: tuple, _run) -> str:
-    from ecaml.retrieval import weights_digest
-
-    return weights_digest(_run)
 
 
 @st.cache_resource(max_entries=16, show_spinner=False)
 def _index(path: str, digest: str, _run):
-    from ecaml.retrieval import build_index
-
+    """The run's RunIndex; ``path`` and ``digest`` key the cache (``weights_digest`` is memoised by the library)."""
     return build_index(_run, "unseen", cache_dir=common.cache_dir())
 
 
@@ -88,9 +70,7 @@ def load_indexes(chosen: list[common.RunEntry]) -> list[tuple[common.RunEntry, o
     loaded = []
     with st.spinner("Indexing the unseen images (cached after the first time)…"):
         for entry in chosen:
-            digest = common.attempt(
-                f"read the weights of {entry.name}", _digest, entry.key, common.run_fingerprint(entry.path), entry.run
-            )
+            digest = common.attempt(f"read the weights of {entry.name}", weights_digest, entry.run)
             if digest is None:
                 continue
             index = common.attempt(f"index the unseen images of {entry.name}", _index, entry.key, digest, entry.run)
@@ -133,8 +113,6 @@ def random_query(split) -> int:
 
 @st.cache_data(max_entries=16, show_spinner=False)
 def _disagreements(keys: tuple, _indexes: list) -> list[int]:
-    from ecaml.retrieval import disagreement_queries
-
     return [int(i) for i in disagreement_queries(_indexes, k=4, limit=50)]
 
 
@@ -161,8 +139,6 @@ def disagreement_query(loaded: list, split) -> int | None:
 
 
 def uploaded_query(split):
-    from ecaml.data import open_image
-
     upload = st.file_uploader("An image (kept in memory only)", type=UPLOAD_TYPES, key="query_upload")
     if upload is None:
         st.caption("Any picture works; it is converted to the dataset's format before embedding.")
