@@ -11,8 +11,6 @@ import pandas as pd
 import streamlit as st
 
 from app import charts, common
-from ecaml.metrics import pair_distance_samples
-from ecaml.retrieval import cached_embeddings
 
 DISTANCE_BINS = np.linspace(0.0, 2.0, 51)  # cosine distance 1 - cos lies in [0, 2]
 MAX_PAIRS = 20000
@@ -186,6 +184,11 @@ def show_evaluations(chosen: list[common.RunEntry]) -> None:
 @st.cache_data(max_entries=32, show_spinner=False)
 def distance_histograms(path: str, fingerprint: tuple, _run) -> dict:
     """Density histograms of same-class and different-class cosine distances on one run's unseen images."""
+    # Imported here, not at the top: its first import (scikit-learn, torchvision) takes seconds, and the page's
+    # title, controls and tables should paint before it.
+    from ecaml.metrics import pair_distance_samples
+    from ecaml.retrieval import cached_embeddings
+
     embeddings = cached_embeddings(_run, "unseen", cache_dir=common.cache_dir())
     positive, negative = pair_distance_samples(embeddings.vectors, embeddings.labels, max_pairs=MAX_PAIRS, seed=0)
     return {

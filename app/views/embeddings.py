@@ -11,7 +11,6 @@ from collections import Counter
 import streamlit as st
 
 from app import charts, common
-from ecaml.projection import project_runs  # imports umap only when a UMAP is computed
 
 METHODS = {
     "umap": "UMAP, aligned across runs (about half a minute the first time, then cached)",
@@ -51,6 +50,10 @@ def render() -> None:
 
 @st.cache_data(max_entries=16, show_spinner=False)
 def _projections(keys: tuple, method: str, _runs: list) -> list:
+    # Imported here, not at the top: its first import (scikit-learn, torchvision) takes seconds, and the page's
+    # title, controls and tables should paint before it.
+    from ecaml.projection import project_runs
+
     return project_runs(
         _runs, part="unseen", method=method, aligned=True, seed=0, max_points=MAX_POINTS, cache_dir=common.cache_dir()
     )

@@ -13,7 +13,6 @@ import streamlit as st
 
 from app import common
 from ecaml.data.images import IMAGE_SUFFIXES, open_image
-from ecaml.retrieval import build_index, disagreement_queries, weights_digest
 
 SOURCES = {
     "browse": "Browse by class",
@@ -62,11 +61,17 @@ def render() -> None:
 @st.cache_resource(max_entries=16, show_spinner=False)
 def _index(path: str, digest: str, _run):
     """The run's RunIndex; ``path`` and ``digest`` key the cache (``weights_digest`` is memoised by the library)."""
+    from ecaml.retrieval import build_index
+
     return build_index(_run, "unseen", cache_dir=common.cache_dir())
 
 
 def load_indexes(chosen: list[common.RunEntry]) -> list[tuple[common.RunEntry, object, str]]:
     """(entry, RunIndex, weights digest) of each run that could be indexed; the others get one error line each."""
+    # Imported here, not at the top: its first import (scikit-learn, torchvision) takes seconds, and the page's
+    # title, controls and tables should paint before it.
+    from ecaml.retrieval import weights_digest
+
     loaded = []
     with st.spinner("Indexing the unseen images (cached after the first time)…"):
         for entry in chosen:
@@ -113,6 +118,8 @@ def random_query(split) -> int:
 
 @st.cache_data(max_entries=16, show_spinner=False)
 def _disagreements(keys: tuple, _indexes: list) -> list[int]:
+    from ecaml.retrieval import disagreement_queries
+
     return [int(i) for i in disagreement_queries(_indexes, k=4, limit=50)]
 
 
