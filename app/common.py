@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import streamlit as st
 from PIL import Image, ImageOps
 
-from ecaml.data import ImageError
+from ecaml.data import ImageError, load_split
 from ecaml.jobs import JobError, JobManager
 from ecaml.runs import Run, RunError, find_runs, load_run, read_status
 
@@ -294,8 +294,6 @@ def panels(count: int, per_row: int = 3) -> list:
 
 @st.cache_resource(max_entries=8, show_spinner=False)
 def _split(dataset: str, data_root: str | None, val_classes: float, split_seed: int):
-    from ecaml.data import load_split
-
     return load_split(dataset, data_root, val_classes, split_seed)
 
 
