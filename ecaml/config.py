@@ -17,6 +17,10 @@ from ecaml.confusion import PAIR_MODES, ROUTES
 from ecaml.data import DATASETS
 from ecaml.models import BACKBONES
 
+# Sizes whose model or input transform alone would exhaust memory: refused both when
+# training and when reading a run, so training never makes a run that loading refuses.
+MAX_IMAGE_SIZE, MAX_EMBEDDING_DIM = 4096, 65536
+
 # Sizes that suit each built-in dataset; anything set in a file or a flag wins.
 DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
     "digits": {"image_size": 8, "classes_per_batch": 5, "images_per_class": 12, "epochs": 40, "embedding_dim": 32},
@@ -87,8 +91,9 @@ class TrainConfig:
             (self.weight_decay >= 0, "weight_decay must be >= 0"),
             (self.epochs is None or self.epochs >= 1, "epochs must be at least 1"),
             (self.max_steps is None or self.max_steps >= 1, "max_steps must be at least 1"),
-            (self.embedding_dim is None or self.embedding_dim >= 2, "embedding_dim must be at least 2"),
-            (self.image_size is None or self.image_size >= 4, "image_size must be at least 4"),
+            (self.embedding_dim is None or 2 <= self.embedding_dim <= MAX_EMBEDDING_DIM,
+             f"embedding_dim must be between 2 and {MAX_EMBEDDING_DIM}"),
+            (self.image_size is None or 4 <= self.image_size <= MAX_IMAGE_SIZE, f"image_size must be between 4 and {MAX_IMAGE_SIZE}"),
             (self.classes_per_batch is None or self.classes_per_batch >= 2, "classes_per_batch must be at least 2"),
             (self.images_per_class is None or self.images_per_class >= 2, "images_per_class must be at least 2"),
             (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "device must be auto, cpu or cuda"),

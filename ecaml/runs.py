@@ -49,7 +49,6 @@ MAX_HISTORY_BYTES = 512 * 1024 * 1024  # about two million steps; more is a host
 MAX_SAFETENSORS_HEADER_BYTES = 16 * 1024 * 1024
 # Sizes a run's config may ask for before rebuilding its model or its input transform
 # could exhaust memory; far beyond anything this project trains.
-MAX_IMAGE_SIZE, MAX_EMBEDDING_DIM = 4096, 65536
 TEMP_SUFFIX = ".tmp"
 
 
@@ -239,20 +238,7 @@ def read_config(run_dir: Path) -> TrainConfig:
         config = TrainConfig.from_dict(record).resolved()
     except (TypeError, ValueError, AttributeError) as error:  # wrong types in a hand-edited or hostile file
         raise RunError(f"{run_dir.name}: invalid {CONFIG_FILE}: {error}") from None
-    _check_sizes_are_sane(run_dir, config)
     return config
-
-
-def _check_sizes_are_sane(run_dir: Path, config: TrainConfig) -> None:
-    """Refuse sizes whose model or input transform alone would exhaust memory before any file check could."""
-    if config.image_size > MAX_IMAGE_SIZE:
-        raise RunError(
-            f"{run_dir.name}: invalid {CONFIG_FILE}: image_size {config.image_size} is over {MAX_IMAGE_SIZE}"
-        )
-    if config.embedding_dim > MAX_EMBEDDING_DIM:
-        raise RunError(
-            f"{run_dir.name}: invalid {CONFIG_FILE}: embedding_dim {config.embedding_dim} is over {MAX_EMBEDDING_DIM}"
-        )
 
 
 def read_history(run_dir: Path) -> list[dict[str, Any]]:
