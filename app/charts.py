@@ -156,10 +156,11 @@ def distance_figure(
         barmode="overlay",
         bargap=0,
         height=300,
-        margin={"l": 10, "r": 10, "t": 60, "b": 10},
+        margin={"l": 10, "r": 10, "t": 40, "b": 10},
         xaxis={"title": "cosine distance 1 − cos", "range": [bins[0], bins[-1]]},
         yaxis_title="density",
-        legend={"orientation": "h", "yanchor": "bottom", "y": 1.0, "x": 1, "xanchor": "right"},
+        # Inside the top right corner, where distances near 2 (opposite directions) leave the plot empty.
+        legend={"x": 0.99, "y": 0.98, "xanchor": "right", "yanchor": "top", "bgcolor": "rgba(255,255,255,0.7)"},
     )
     return figure
 

@@ -100,7 +100,8 @@ def show_metrics(chosen: list[common.RunEntry]) -> None:
         .format("{:+.1f}", subset=deltas, na_rep="–")
         .map(delta_style, subset=deltas)
     )
-    left, right = st.columns([3, 2], gap="large")
+    # Two runs fit side by side with their settings; more runs need the full width for their columns.
+    left, right = st.columns([3, 2], gap="large") if len(chosen) <= 2 else (st.container(), st.container())
     left.dataframe(styled, key="metrics_table")
     left.caption(
         "Percent, measured on classes held out of training. Δ columns: points gained (green) or lost (red) "
