@@ -151,10 +151,8 @@ class Trainer:
         self.metric_loss = build_loss(
             self.config.loss, self.config.embedding_dim, len(self.split.train_classes), self.config.loss_params
         ).to(self.device)
-        self.confusion = (
-            EnergyConfusion(self.config.ec_weight, self.config.ec_pairs, self.config.ec_partners, self.config.ec_route)
-            if self.config.ec_weight > 0
-            else None
+        self.confusion = EnergyConfusion(
+            self.config.ec_weight, self.config.ec_pairs, self.config.ec_partners, self.config.ec_route
         )
         self.optimizer = build_optimizer(self.model, self.metric_loss, self.config)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
@@ -172,16 +170,24 @@ class Trainer:
     # ------------------------------------------------------------------ one step
 
     def compute_losses(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Metric loss on z = head(backbone(x)); EC on head(f) with f detached unless route is full."""
+        """Metric loss on z = head(backbone(x)); EC on head(f) with f detached unless route is full.
+
+        E, log E and R(W) are returned with or without EC, for the history.
+        """
         with torch.autocast(device_type=self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
             features = self.model.features(images)
             embeddings = self.model.head(features)
         terms = {"metric_loss": self.metric_loss(embeddings.float(), labels)}
         total = terms["metric_loss"]
-        if self.confusion is not None:
+        if self.config.ec_weight > 0:
             confusion = self.confusion(features.float(), self.model.head, labels, self.pair_generator)
-            terms.update(energy=confusion.energy, log_energy=confusion.log_energy, row_norm=confusion.row_norm)
             total = total + confusion.loss
+        else:
+            # The baseline measures the same energy without gradient (its pair draws use a
+            # private generator, so training is unchanged): curves then compare like with like.
+            with torch.no_grad():
+                confusion = self.confusion(features.float(), self.model.head, labels, self.pair_generator)
+        terms.update(energy=confusion.energy, log_energy=confusion.log_energy, row_norm=confusion.row_norm)
         terms["total_loss"] = total
         return terms
 

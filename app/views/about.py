@@ -99,8 +99,8 @@ def show_reading_guide() -> None:
     st.markdown(
         """
 - **Compare** — the final Recall@K, NMI, MAP@R and R-Precision on the unseen classes, with each run's gain or loss
-  against the first one (green / red); the training curves (the metric loss, and for EC runs the energy E, log E and
-  R(W)); Recall@K during training; and histograms of the cosine distances between pairs of unseen images of the same
+  against the first one (green / red); the training curves (the metric loss, and the energy E, log E and R(W), which
+  EC-off runs measure too without training on them); Recall@K during training; and histograms of the cosine distances between pairs of unseen images of the same
   class and of different classes — the less they overlap, the better retrieval works.
 - **Embeddings** — the unseen-class embeddings mapped to 2-D, one panel per run, aligned so an image sits in about the
   same place in each. Compare how tight and how separate the classes are; lasso points to see their images.

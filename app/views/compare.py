@@ -134,14 +134,15 @@ def show_training_curves(chosen: list[common.RunEntry]) -> None:
     st.plotly_chart(charts.curve_figure(lines, quantity, smoothing, log_scale), key="curve_chart")
     missing = [line.name for line in lines if not charts.has_values(line.records, quantity)]
     if missing and quantity in charts.EC_ONLY_CURVES:
-        st.caption(f"Not drawn: {', '.join(missing)} (EC off, so E, log E and R(W) were not logged).")
+        st.caption(f"Not drawn: {', '.join(missing)} (trained before baselines logged E, log E and R(W)).")
     elif missing:
         st.caption(f"No step records for {', '.join(missing)}.")
     if log_scale and quantity == "log_energy":
         st.caption("log E can be zero or negative; such values are not drawn on a log axis.")
     st.caption(
         "The metric loss trains the backbone and the embedding head; λ·log E and R(W) train the head only. "
-        "With EC on, a falling log E means the head pulls different classes together, as the method intends."
+        "With EC on, a falling log E means the head pulls different classes together, as the method intends; "
+        "EC-off runs log the same energy without training on it, so the two can be compared directly."
     )
 
 
