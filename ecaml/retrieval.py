@@ -35,7 +35,7 @@ from ecaml.data import ClassSplit, SPLIT_PARTS
 from ecaml.data.images import _convert as convert_image_mode
 from ecaml.evaluate import Embeddings, embed_part, eval_transform, split_for
 from ecaml.metrics import l2_normalise
-from ecaml.runs import WEIGHTS_FILE, Run, RunError, atomic_write_bytes, input_channels
+from ecaml.runs import WEIGHTS_FILE, Run, RunError, atomic_write_bytes, input_channels, open_safetensors
 
 # Bumped when the layout of a cached embeddings file changes; old files are then ignored.
 EMBEDDINGS_CACHE_FORMAT = 1
@@ -148,12 +148,10 @@ def weights_match_file(run: Run) -> bool:
 
 
 def _weights_step_on_disk(run: Run) -> int | None:
-    from safetensors import safe_open
-
     try:
-        with safe_open(str(Path(run.path) / WEIGHTS_FILE), framework="pt") as handle:
+        with open_safetensors(Path(run.path) / WEIGHTS_FILE) as handle:
             return int((handle.metadata() or {}).get("step", "0"))
-    except Exception:  # noqa: BLE001 - an unreadable file just means "do not cache"
+    except (RunError, ValueError, OSError):  # an unreadable file just means "do not cache"
         return None
 
 
