@@ -66,7 +66,7 @@ def _opened(source: str | os.PathLike | bytes, name: str | None):
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageError(f"{label}: image too large (over {MAX_IMAGE_PIXELS:,} pixels), refused") from None
     except UnidentifiedImageError:
-        raise ImageError(f"{label}: not an image file PIL can read") from None
+        raise ImageError(f"{label}: not an image (unrecognised format; use PNG, JPEG, BMP, GIF, TIFF or WebP)") from None
     except FileNotFoundError:
         raise ImageError(f"{label}: no such file") from None
     except (OSError, SyntaxError, ValueError, EOFError) as error:

@@ -55,8 +55,8 @@ def make_folder(root, classes: int = 4, per_class: int = 3):
 BAD_FILES = {
     "truncated.png": (lambda: png_bytes(Image.effect_noise((64, 64), 50))[:-300], "unreadable or truncated image"),
     "truncated.jpg": (lambda: noisy_jpeg()[: len(noisy_jpeg()) * 2 // 3], "unreadable or truncated image"),
-    "random.jpg": (lambda: np.random.default_rng(1).bytes(2048), "not an image file PIL can read"),
-    "text.png": (lambda: b"this is not a picture\n", "not an image file PIL can read"),
+    "random.jpg": (lambda: np.random.default_rng(1).bytes(2048), "not an image (unrecognised format; use PNG, JPEG, BMP, GIF, TIFF or WebP)"),
+    "text.png": (lambda: b"this is not a picture\n", "not an image (unrecognised format; use PNG, JPEG, BMP, GIF, TIFF or WebP)"),
     "empty.png": (lambda: b"", "the file is empty"),
     "bomb.png": (lambda: png_claiming(50_000, 50_000), "image too large"),
     "just-over-limit.png": (lambda: png_claiming(7_000, 7_000), "image too large (7000x7000 pixels), refused"),
