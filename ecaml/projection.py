@@ -12,6 +12,12 @@ Results are cached as ``.npz`` files (never pickles) under
 parameter; a second call with the same inputs only reads that file. umap is
 imported only when a projection is actually computed (importing it costs
 seconds: numba).
+
+``is_projection_cached`` says, without computing anything, whether a call with
+the same arguments would only read that file, and ``warm_projection_cache``
+computes and stores one ahead of time (an app can run it in a background thread
+when it starts). Within one process, calls with the same inputs compute once:
+a second caller waits for the first and then reads its file.
 """
 
 from __future__ import annotations
@@ -19,7 +25,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import threading
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -39,7 +47,15 @@ from ecaml.retrieval import (
 )
 from ecaml.runs import Run
 
-__all__ = ["METHODS", "Projection", "default_cache_dir", "project_runs", "projection_key"]
+__all__ = [
+    "METHODS",
+    "Projection",
+    "default_cache_dir",
+    "is_projection_cached",
+    "project_runs",
+    "projection_key",
+    "warm_projection_cache",
+]
 
 METHODS = ("umap", "pca")
 # Bumped when the layout of a cached projection file (or how one is computed) changes.
@@ -75,14 +91,102 @@ def project_runs(
     ``n_epochs`` is UMAP's (None: umap's default); ``seed`` fixes everything, so
     the same inputs give the same coordinates.
     """
-    _validate(runs, part, method, n_neighbors, min_dist, max_points, n_epochs)
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    key = projection_key(runs, part, method, aligned, n_neighbors, min_dist, seed, max_points, n_epochs)
-    path = cache_dir / "projections" / f"{key}.npz"
+    path = _cache_path(runs, part, method, aligned, n_neighbors, min_dist, seed, max_points, cache_dir, n_epochs)
     cached = _read_projections(path, runs)
     if cached is not None:
         return cached
-    embeddings = [cached_embeddings(run, part, cache_dir) for run in runs]
+    with _computing(path):  # another thread computing the same projection: wait for it, then read its file
+        cached = _read_projections(path, runs)
+        if cached is not None:
+            return cached
+        embeddings = [cached_embeddings(run, part, cache_dir) for run in runs]
+        return _compute(path, runs, embeddings, method, aligned, n_neighbors, min_dist, seed, max_points, n_epochs)
+
+
+def is_projection_cached(
+    runs: list[Run],
+    part: str = "unseen",
+    method: str = "umap",
+    aligned: bool = True,
+    n_neighbors: int = 15,
+    min_dist: float = 0.1,
+    seed: int = 0,
+    max_points: int | None = 3000,
+    cache_dir: Path | None = None,
+    n_epochs: int | None = None,
+) -> bool:
+    """Whether ``project_runs`` with these arguments would only read its cache file (nothing is computed).
+
+    Cheap: it hashes the runs' weights files (remembered per file) and reads the
+    small cache file if there is one; a missing, unreadable or malformed file
+    is "not cached", just as ``project_runs`` would recompute it.
+    """
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    path = _cache_path(runs, part, method, aligned, n_neighbors, min_dist, seed, max_points, cache_dir, n_epochs)
+    return _read_projections(path, runs) is not None
+
+
+def warm_projection_cache(
+    runs: list[Run],
+    part: str = "unseen",
+    method: str = "umap",
+    aligned: bool = True,
+    n_neighbors: int = 15,
+    min_dist: float = 0.1,
+    seed: int = 0,
+    max_points: int | None = 3000,
+    cache_dir: Path | None = None,
+    n_epochs: int | None = None,
+) -> bool:
+    """Compute and store the projection ``project_runs`` would give for these arguments, unless already cached.
+
+    Returns True when it computed one, False when the cache already held it. Errors
+    are those of ``project_runs``; a caller running this in a background thread
+    should catch and log them. Runs still training (weights newer on disk than in
+    memory) are projected but, as with ``project_runs``, not cached.
+    """
+    arguments = dict(part=part, method=method, aligned=aligned, n_neighbors=n_neighbors, min_dist=min_dist,
+                     seed=seed, max_points=max_points, cache_dir=cache_dir, n_epochs=n_epochs)
+    if is_projection_cached(runs, **arguments):
+        return False
+    project_runs(runs, **arguments)
+    return True
+
+
+def _cache_path(runs, part, method, aligned, n_neighbors, min_dist, seed, max_points, cache_dir: Path, n_epochs) -> Path:
+    """The cache file of a projection under ``cache_dir``, after checking the arguments."""
+    _validate(runs, part, method, n_neighbors, min_dist, max_points, n_epochs)
+    key = projection_key(runs, part, method, aligned, n_neighbors, min_dist, seed, max_points, n_epochs)
+    return cache_dir / "projections" / f"{key}.npz"
+
+
+_locks_guard = threading.Lock()
+_locks: dict[str, list] = {}  # cache file -> [lock, number of threads using it]
+
+
+@contextmanager
+def _computing(path: Path):
+    """Hold the lock of one cache file while its projection is computed; the lock goes when no thread needs it."""
+    name = str(path)
+    with _locks_guard:
+        entry = _locks.setdefault(name, [threading.Lock(), 0])
+        entry[1] += 1
+    try:
+        with entry[0]:
+            yield
+    finally:
+        with _locks_guard:
+            entry[1] -= 1
+            if entry[1] == 0:
+                del _locks[name]
+
+
+def _compute(
+    path: Path, runs: list[Run], embeddings: list[Embeddings], method, aligned, n_neighbors, min_dist, seed, max_points,
+    n_epochs,
+) -> list[Projection]:
+    """The projections of the runs' embeddings, stored at ``path`` when the runs' weights are those on disk."""
     if _same_points(runs):
         rows = _shared_rows(embeddings, max_points, seed)
         vectors = [e.vectors[r] for e, r in zip(embeddings, rows)]

@@ -15,7 +15,7 @@ import pytest
 from ecaml import projection
 from ecaml.config import TrainConfig
 from ecaml.evaluate import split_for
-from ecaml.projection import Projection, default_cache_dir, project_runs
+from ecaml.projection import Projection, default_cache_dir, is_projection_cached, project_runs, warm_projection_cache
 from ecaml.runs import load_run
 from ecaml.train import train
 
@@ -115,6 +115,78 @@ def test_a_second_call_reads_the_cache_instead_of_projecting(runs, tmp_path, mon
         project_runs(runs, method="pca", max_points=101, cache_dir=tmp_path)
     with pytest.raises(AssertionError, match="projected again"):
         project_runs(runs[::-1], method="pca", max_points=100, cache_dir=tmp_path)
+
+
+def test_is_projection_cached_answers_without_computing(runs, tmp_path, monkeypatch):
+    def no_projection(*args, **kwargs):
+        raise AssertionError("is_projection_cached computed something")
+
+    with monkeypatch.context() as patched:
+        for name in ("_pca", "_umap", "_aligned_umap", "cached_embeddings"):
+            patched.setattr(projection, name, no_projection)
+        assert not is_projection_cached(runs, method="pca", max_points=100, cache_dir=tmp_path)
+        assert not is_projection_cached(runs, method="umap", max_points=100, cache_dir=tmp_path)
+        assert not (tmp_path / "projections").exists() and not (tmp_path / "embeddings").exists()
+    project_runs(runs, method="pca", max_points=100, cache_dir=tmp_path)
+    assert is_projection_cached(runs, method="pca", max_points=100, cache_dir=tmp_path)
+    # The same key as project_runs: any other argument (or order of runs) is another entry.
+    assert not is_projection_cached(runs, method="pca", max_points=101, cache_dir=tmp_path)
+    assert not is_projection_cached(runs[::-1], method="pca", max_points=100, cache_dir=tmp_path)
+    assert not is_projection_cached(runs, method="pca", aligned=False, max_points=100, cache_dir=tmp_path)
+    assert not is_projection_cached(runs, method="umap", max_points=100, cache_dir=tmp_path)
+    # A file that project_runs would recompute does not count as cached.
+    (path,) = (tmp_path / "projections").glob("*.npz")
+    path.write_bytes(b"\x00not a zip file")
+    assert not is_projection_cached(runs, method="pca", max_points=100, cache_dir=tmp_path)
+    with pytest.raises(ValueError, match="unknown projection method"):
+        is_projection_cached(runs, method="tsne", cache_dir=tmp_path)
+
+
+def test_the_default_cache_dir_is_used_when_none_is_given(runs, tmp_path, monkeypatch):
+    monkeypatch.setenv("ECAML_CACHE_DIR", str(tmp_path))
+    assert not is_projection_cached(runs, method="pca", max_points=50)
+    project_runs(runs, method="pca", max_points=50)
+    assert is_projection_cached(runs, method="pca", max_points=50)
+    assert is_projection_cached(runs, method="pca", max_points=50, cache_dir=tmp_path)
+
+
+def test_warm_projection_cache_fills_the_cache_once(runs, tmp_path, monkeypatch):
+    assert warm_projection_cache(runs, method="pca", max_points=100, cache_dir=tmp_path) is True
+    assert is_projection_cached(runs, method="pca", max_points=100, cache_dir=tmp_path)
+    monkeypatch.setattr(projection, "_pca", lambda *args: pytest.fail("warmed again although cached"))
+    assert warm_projection_cache(runs, method="pca", max_points=100, cache_dir=tmp_path) is False
+    warmed = project_runs(runs, method="pca", max_points=100, cache_dir=tmp_path)  # reads what the warm-up stored
+    assert [p.coords.shape for p in warmed] == [(100, 2), (100, 2)]
+
+
+def test_concurrent_calls_with_the_same_inputs_compute_once(runs, tmp_path, monkeypatch):
+    import threading
+    import time
+
+    calls = []
+    real_pca = projection._pca
+
+    def slow_pca(vectors):
+        calls.append(threading.get_ident())
+        time.sleep(0.3)  # long enough for the other thread to arrive while this one computes
+        return real_pca(vectors)
+
+    monkeypatch.setattr(projection, "_pca", slow_pca)
+    results = []
+    threads = [
+        threading.Thread(
+            target=lambda: results.append(project_runs(runs, method="pca", max_points=80, cache_dir=tmp_path))
+        )
+        for _ in range(2)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert len(results) == 2
+    assert len(set(calls)) == 1 and len(calls) == len(runs)  # one thread projected (one PCA per run)
+    assert_same_projections(results[0], results[1])
+    assert not projection._locks  # nothing left behind
 
 
 def test_a_corrupt_projection_cache_file_is_recomputed(runs, tmp_path):
