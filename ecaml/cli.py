@@ -95,10 +95,15 @@ def _add_train(commands) -> None:
 def _add_evaluate(commands) -> None:
     evaluate = commands.add_parser("evaluate", help="metrics of a run on a split",
                                    description="Recall@K, NMI, MAP@R and R-Precision of RUN on a class split.")
-    evaluate.add_argument("run", help="run directory")
-    evaluate.add_argument("--split", default="unseen", choices=SPLIT_PARTS, help="which classes (default unseen)")
+    _add_run_split_device(evaluate)
     evaluate.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    evaluate.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+
+
+def _add_run_split_device(parser: argparse.ArgumentParser) -> None:
+    """The arguments of every command that embeds one run's split."""
+    parser.add_argument("run", help="run directory")
+    parser.add_argument("--split", default="unseen", choices=SPLIT_PARTS, help="which classes (default unseen)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
 
 
 def _add_compare(commands) -> None:
@@ -111,10 +116,8 @@ def _add_compare(commands) -> None:
 def _add_embed(commands) -> None:
     embed = commands.add_parser("embed", help="export embeddings to .npz",
                                 description="Write arrays embeddings (L2-normalised), labels and indices of a split.")
-    embed.add_argument("run", help="run directory")
-    embed.add_argument("--split", default="unseen", choices=SPLIT_PARTS, help="which classes (default unseen)")
+    _add_run_split_device(embed)
     embed.add_argument("--out", required=True, help="output .npz file")
-    embed.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
 
 
 # ----------------------------------------------------------------------------- commands
@@ -190,6 +193,9 @@ def command_evaluate(args: argparse.Namespace) -> int:
 
 def command_compare(args: argparse.Namespace) -> int:
     from ecaml.runs import load_run
+
+    if len(args.runs) < 2:
+        raise UserError("compare: give at least two run directories (the first is the reference)")
 
     table = {}
     for run_dir in args.runs:
