@@ -16,6 +16,7 @@ import random
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import forked_training
@@ -56,7 +57,15 @@ def forkserver():
 
 def start(context, target, *args):
     process = context.Process(target=target, args=args, daemon=True)
-    process.start()
+    # Streamlit's AppTest (tests/app, run earlier in the same session) leaves the app's
+    # script registered as __main__; a forkserver child would re-run it. Start the child
+    # with a bare __main__ instead.
+    real_main = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        process.start()
+    finally:
+        sys.modules["__main__"] = real_main
     return process
 
 
