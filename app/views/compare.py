@@ -2,6 +2,9 @@
 
 Everything shown comes from the run folders (metrics.json, history.jsonl) or
 from ``ecaml.retrieval`` / ``ecaml.metrics``; this page only tabulates and plots.
+The first screen holds the tables and the training curves; the distance
+histograms (which embed every unseen image the first time) are drawn only when
+their expander is opened, so the page paints quickly.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from app import charts, common
 
 DISTANCE_BINS = np.linspace(0.0, 2.0, 51)  # cosine distance 1 - cos lies in [0, 2]
 MAX_PAIRS = 20000
+DISTANCES_KEY = "distances_open"
 
 
 def render() -> None:
@@ -52,16 +56,35 @@ def final_metrics(run) -> dict[str, float]:
     return {k: v for k, v in evaluations[-1].items() if k in charts.METRIC_NAMES} if evaluations else {}
 
 
+def delta_column(name: str) -> str:
+    return f"Δ {name}"
+
+
 def metrics_table(chosen: list[common.RunEntry]) -> pd.DataFrame:
-    """Rows: metrics in percent; columns: the runs, then each later run's difference from the first."""
+    """Rows: metrics in percent; columns: the runs, each later one followed by its difference from the first."""
     table = pd.DataFrame({entry.name: final_metrics(entry.run) for entry in chosen}).mul(100)
     known = [key for key in charts.METRIC_NAMES if key in table.index]
     table = table.reindex(known + [key for key in table.index if key not in charts.METRIC_NAMES])
     reference = chosen[0].name
+    columns = [reference]
     for entry in chosen[1:]:
-        table[f"Δ {entry.name}"] = table[entry.name] - table[reference]
+        if entry.name in table:
+            table[delta_column(entry.name)] = table[entry.name] - table[reference]
+            columns += [entry.name, delta_column(entry.name)]
+    table = table[[column for column in columns if column in table]]
     table.index = [charts.metric_name(key) for key in table.index]
     return table
+
+
+def metrics_columns(chosen: list[common.RunEntry]) -> dict:
+    """Each Δ column is headed by a narrow "Δ" (the run it belongs to is the column on its left), its tooltip in full."""
+    reference = chosen[0].name
+    return {
+        delta_column(entry.name): st.column_config.Column(
+            "Δ", width="small", help=f"Points gained or lost by {entry.name} against {reference}."
+        )
+        for entry in chosen[1:]
+    }
 
 
 def delta_style(value: float) -> str:
@@ -74,6 +97,7 @@ def delta_style(value: float) -> str:
 
 
 def settings_table(chosen: list[common.RunEntry]) -> pd.DataFrame:
+    """One row per run (so more runs make it longer, never wider), short columns."""
     rows = {}
     for entry in chosen:
         config = entry.run.config
@@ -82,10 +106,11 @@ def settings_table(chosen: list[common.RunEntry]) -> pd.DataFrame:
             "backbone": f"{config.backbone}, {config.embedding_dim}-d",
             "loss": config.loss,
             "Energy Confusion": common.ec_summary(config.ec_weight),
+            "evaluated": f"every {config.eval_every} epochs" if config.eval_every else "at the end",
             "steps": f"{entry.run.step:,}",
             "seed": str(config.seed),
         }
-    return pd.DataFrame(rows)
+    return pd.DataFrame.from_dict(rows, orient="index")
 
 
 def show_metrics(chosen: list[common.RunEntry]) -> None:
@@ -100,15 +125,14 @@ def show_metrics(chosen: list[common.RunEntry]) -> None:
         .format("{:+.1f}", subset=deltas, na_rep="–")
         .map(delta_style, subset=deltas)
     )
-    # Two runs fit side by side with their settings; more runs need the full width for their columns.
-    left, right = st.columns([3, 2], gap="large") if len(chosen) <= 2 else (st.container(), st.container())
-    left.dataframe(styled, key="metrics_table")
-    left.caption(
-        "Percent, measured on classes held out of training. Δ columns: points gained (green) or lost (red) "
-        f"against **{chosen[0].name}**, the first run picked."
+    # Full width, with the settings under it: run names are long, and a column cut off at the right edge hid the Δs.
+    st.dataframe(styled, key="metrics_table", column_config=metrics_columns(chosen), width="content")
+    st.caption(
+        "Percent, measured on classes held out of training. Each **Δ** column: the points the run on its left gained "
+        f"(green) or lost (red) against **{chosen[0].name}**, the first run picked."
     )
-    right.dataframe(settings_table(chosen), key="settings_table")
-    right.caption("How each run was trained.")
+    with st.expander("How each run was trained: dataset, backbone, loss, Energy Confusion, evaluations, steps, seed"):
+        st.dataframe(settings_table(chosen), key="settings_table")
 
 
 # ----------------------------------------------------------------------------- training curves
@@ -172,12 +196,54 @@ def show_evaluations(chosen: list[common.RunEntry]) -> None:
     )
     lines = series(chosen, lambda run: run.eval_records(split))
     st.plotly_chart(charts.evaluation_figure(lines, metric), key="evaluation_chart")
-    only_final = all(len(line.records) <= 1 for line in lines)
-    st.caption(
-        "Only the final evaluation was recorded (the runs were trained with --eval-every 0)."
-        if only_final
-        else "Each point evaluates the embedding on classes never used for training; the last is the final metric."
-    )
+    if any(len(line.records) > 1 for line in lines):
+        st.caption(
+            "Each point evaluates the embedding on classes never used for training; the last is the final metric."
+        )
+    gaps = evaluation_gaps(chosen, split)
+    if gaps:
+        st.caption(f"Only the final evaluation was recorded for {'; '.join(gaps)}.")
+
+
+def epochs_trained(run) -> int:
+    """Epochs the run's step records reach into (a stopped run's last, partial epoch counts)."""
+    epochs = [record.get("epoch") for record in run.step_records()]
+    return max((epoch for epoch in epochs if isinstance(epoch, int)), default=-1) + 1
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
+def evaluation_gaps(chosen: list[common.RunEntry], split: str) -> list[str]:
+    """Why each run with at most one evaluation on ``split`` has no more, from its config and history."""
+    without_interval, phrases = [], []
+    for entry in chosen:
+        records = entry.run.eval_records(split)
+        if len(records) > 1:
+            continue
+        every, epochs = entry.run.config.eval_every, epochs_trained(entry.run)
+        if not records:
+            phrases.append(f"**{entry.name}**: none at all on these classes")
+        elif every == 0:
+            without_interval.append(f"**{entry.name}**")
+        elif epochs <= every:
+            comparison = "shorter than" if epochs < every else "as long as"
+            phrases.append(
+                f"**{entry.name}**: it trained for {plural(epochs, 'epoch')}, {comparison} its evaluation interval "
+                f"of {plural(every, 'epoch')}"
+            )
+        else:
+            phrases.append(f"**{entry.name}**: its history holds no evaluation before the final one")
+    if without_interval:
+        subject = "it was" if len(without_interval) == 1 else "they were"
+        phrases.insert(0, f"{joined(without_interval)}: {subject} trained with --eval-every 0")
+    return phrases
+
+
+def joined(names: list[str]) -> str:
+    """'a', 'a and b', 'a, b and c'."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
 # ----------------------------------------------------------------------------- pair distances
@@ -202,25 +268,37 @@ def distance_histograms(path: str, fingerprint: tuple, _run) -> dict:
 
 def show_distance_histograms(chosen: list[common.RunEntry]) -> None:
     st.subheader("Distances between unseen images")
-    with st.spinner("Embedding the unseen images (cached after the first time)…"):
-        for panel, entry in zip(common.panels(len(chosen)), chosen):
-            histograms = common.attempt(
-                f"embed the unseen images of {entry.name}",
-                distance_histograms,
-                entry.key,
-                common.run_fingerprint(entry.path),
-                entry.run,
-            )
-            if histograms is not None:
-                figure = charts.distance_figure(
-                    DISTANCE_BINS, histograms["positive"], histograms["negative"], histograms["medians"], entry.name
-                )
-                panel.plotly_chart(figure, key=f"distances_{entry.key}")
-    st.caption(
-        f"Cosine distances of up to {MAX_PAIRS:,} random pairs of unseen-class images: two images of the same class "
-        "(green) and of different classes (orange); dotted lines mark the medians. The less the two overlap, the "
-        "better nearest-neighbour retrieval works on classes the network never saw."
+    # Drawn only once opened (the expander reruns the page when toggled): the first paint stays light, and the
+    # first time these embed every unseen image.
+    expander = st.expander(
+        "Same-class against different-class distances, one histogram per run",
+        key=DISTANCES_KEY,
+        on_change="rerun",
+        icon=":material/bar_chart:",
     )
+    if not expander.open:
+        st.caption("Open to see how far apart the embedding puts images of one class and of different classes.")
+        return
+    with expander:
+        with st.spinner("Embedding the unseen images (cached after the first time)…"):
+            for panel, entry in zip(common.panels(len(chosen)), chosen):
+                histograms = common.attempt(
+                    f"embed the unseen images of {entry.name}",
+                    distance_histograms,
+                    entry.key,
+                    common.run_fingerprint(entry.path),
+                    entry.run,
+                )
+                if histograms is not None:
+                    figure = charts.distance_figure(
+                        DISTANCE_BINS, histograms["positive"], histograms["negative"], histograms["medians"], entry.name
+                    )
+                    panel.plotly_chart(figure, key=f"distances_{entry.key}")
+        st.caption(
+            f"Cosine distances of up to {MAX_PAIRS:,} random pairs of unseen-class images: two images of the same "
+            "class (green) and of different classes (orange); dotted lines mark the medians. The less the two "
+            "overlap, the better nearest-neighbour retrieval works on classes the network never saw."
+        )
 
 
 # Streamlit runs a page file as "__main__"; importing it (as the tests do) only defines its functions.

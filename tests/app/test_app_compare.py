@@ -19,7 +19,54 @@ def test_opens_on_the_shipped_pair_with_a_delta_column(shipped_runs):
     assert picker.value == [run_key(shipped_runs, "digits-ec-off"), run_key(shipped_runs, "digits-ec-on")]
     assert metrics_columns(app) == ["digits-ec-off", "digits-ec-on", "Δ digits-ec-on"]
     assert "Recall@1" in list(app.dataframe[0].value.index)
-    assert len(plotly_specs(app)) == 4  # curves, recall over training, one distance histogram per run
+    # The first screen: curves and recall over training; the distance histograms wait in a closed expander.
+    assert len(plotly_specs(app)) == 2
+    assert [expander.label.split(":")[0].split(",")[0] for expander in app.expander] == [
+        "How each run was trained",
+        "Same-class against different-class distances",
+    ]
+
+
+def test_the_distance_histograms_are_drawn_once_their_expander_is_open():
+    app = open_page("compare", {"distances_open": True})
+    assert_clean(app)
+    specs = [json.loads(spec) for spec in plotly_specs(app)]
+    assert len(specs) == 4  # curves, recall over training, one distance histogram per run
+    titles = [spec["layout"].get("title", {}).get("text") for spec in specs[2:]]
+    assert titles == ["digits-ec-off", "digits-ec-on"]
+    assert {trace["name"] for trace in specs[2]["data"]} == {"same class", "different classes"}
+
+
+def test_the_settings_table_has_one_row_per_run(shipped_runs):
+    app = open_page("compare")
+    settings = app.dataframe[1].value
+    assert list(settings.index) == ["digits-ec-off", "digits-ec-on"]
+    assert list(settings.columns) == ["dataset", "backbone", "loss", "Energy Confusion", "evaluated", "steps", "seed"]
+    assert list(settings["Energy Confusion"]) == ["EC off", "EC λ=0.13"]
+    assert list(settings["evaluated"]) == ["at the end", "at the end"]  # trained with --eval-every 0
+
+
+def evaluation_captions(app) -> list[str]:
+    return [caption.value for caption in app.caption if "final evaluation" in caption.value]
+
+
+def test_the_single_evaluation_is_explained_by_each_runs_settings(checkpoints_copy):
+    app = open_page("compare")
+    assert evaluation_captions(app) == [
+        "Only the final evaluation was recorded for **digits-ec-off** and **digits-ec-on**: "
+        "they were trained with --eval-every 0."
+    ]
+    # A run that evaluates every 5 epochs but trained for fewer: not blamed on --eval-every 0.
+    config_path = checkpoints_copy / "digits-ec-on" / "config.json"
+    config = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps({**config, "eval_every": 5}))
+    app.run()
+    assert_clean(app)
+    (caption,) = evaluation_captions(app)
+    assert caption.startswith("Only the final evaluation was recorded for **digits-ec-off**: it was trained with "
+                              "--eval-every 0; **digits-ec-on**: it trained for ")
+    assert caption.endswith(", shorter than its evaluation interval of 5 epochs.")
+    assert "every 5 epochs" in list(app.dataframe[1].value["evaluated"])
 
 
 def test_changing_the_runs_changes_the_table(shipped_runs):
