@@ -34,25 +34,26 @@ def render() -> None:
         f"Training runs in its own process and writes to `{common.shown_path(common.runs_dir())}/`; you can browse "
         "the other pages meanwhile. A finished run appears on the Compare page."
     )
-    show_job()
+    running = show_job()
     st.subheader("New run")
-    show_form()
+    show_form(running)
 
 
 # ----------------------------------------------------------------------------- the job
 
 
-def show_job() -> None:
-    """The running job (also after a page reload), else how this session's last job ended."""
+def show_job() -> Path | None:
+    """The running job (also after a page reload), else how this session's last job ended; the running job's folder."""
     running = common.current_job()
     if running is not None:
         st.session_state[LAST_JOB_KEY] = str(running)
         live_panel(str(running))
-        return
+        return running
     last = st.session_state.get(LAST_JOB_KEY)
     progress = common.job_progress(Path(last)) if last else None
     if progress is not None:
         finished_panel(Path(last), progress)
+    return None
 
 
 @st.fragment(run_every=2.0)
@@ -129,7 +130,8 @@ def default_epochs_help() -> str:
     return f"Empty: the dataset's default ({defaults})."
 
 
-def show_form() -> None:
+def show_form(running: Path | None) -> None:
+    """The settings of a new run; its Start button is disabled while a job runs (the page redraws when it ends)."""
     with st.form("train_form", border=True):
         first, second, third = st.columns(3)
         dataset = first.selectbox(
@@ -189,7 +191,15 @@ def show_form() -> None:
                 key="train_eval_every",
                 help="0: only at the end. Evaluations draw the Recall@K-over-training chart.",
             )
-        submitted = st.form_submit_button("Start training", type="primary", icon=":material/play_arrow:")
+        submitted = st.form_submit_button(
+            "Start training",
+            type="primary",
+            icon=":material/play_arrow:",
+            disabled=running is not None,
+            help="One job at a time: this becomes available when the running job ends." if running else None,
+        )
+        if running is not None:
+            st.caption(f"A job is running: **{running.name}**. You can start a new run when it ends or is stopped.")
     if not submitted:
         return
     config = TrainConfig(
@@ -224,6 +234,7 @@ def start(config: TrainConfig, name: str | None) -> None:
         config.data_root = confined_data_root(config.data_root)
         if config.data_root is None:
             return
+    # The job manager refuses a second job (one started from another tab since this page was drawn) with a JobError.
     run_dir = common.attempt("start training", common.job_manager().start, config, name=name)
     if run_dir is not None:
         st.session_state[LAST_JOB_KEY] = str(run_dir)

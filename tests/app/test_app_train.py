@@ -1,4 +1,5 @@
-"""The Train page: the form starts a job in its own process, a second one is refused, stop works, the run shows up."""
+"""The Train page: the form starts a job in its own process, Start is disabled while it runs (and a second job from
+another tab is refused), stop works, the run shows up."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 
 from apptest_support import assert_clean, open_page
 
+from app import common  # the repository root is on sys.path (conftest.py)
 from ecaml.jobs import JobManager
 
 JOB_TIMEOUT_S = 120
@@ -19,8 +21,12 @@ def fill_form(app, name: str, max_steps: int) -> None:
     app.number_input(key="train_eval_every").set_value(0)
 
 
+def start_button(app):
+    return next(button for button in app.button if button.label == "Start training")
+
+
 def submit(app) -> None:
-    next(button for button in app.button if button.label == "Start training").click().run()
+    start_button(app).click().run()
 
 
 def wait_until_idle(runs: Path) -> None:
@@ -31,20 +37,30 @@ def wait_until_idle(runs: Path) -> None:
         time.sleep(0.5)
 
 
-def test_the_form_starts_a_job_refuses_a_second_and_the_run_appears_in_compare(app_environment):
+def test_the_form_starts_a_job_refuses_a_second_and_the_run_appears_in_compare(app_environment, monkeypatch):
     runs = app_environment.resolve()
     app = open_page("train")
     assert_clean(app)
+    assert not start_button(app).disabled
     fill_form(app, "tiny-job", max_steps=40)
     submit(app)
     assert not app.exception
     assert (runs / "tiny-job").exists() or list(runs.glob(".tiny-job.*"))
     assert any("Training tiny-job" in header.value for header in app.subheader)
     assert app.get("progress"), "the live panel shows a progress bar"
+    # While the job runs, this tab cannot start another one, and says why.
+    assert start_button(app).disabled
+    assert any("A job is running: **tiny-job**" in caption.value for caption in app.caption)
 
-    app.text_input(key="train_name").set_value("second-job")
-    submit(app)
-    assert len(app.error) == 1 and "already running" in app.error[0].value
+    # A tab that has not seen the job yet (another tab started it between this tab's two runs) still submits:
+    # the job manager refuses the second job.
+    with monkeypatch.context() as patched:
+        patched.setattr(common, "current_job", lambda: None)
+        other_tab = open_page("train")
+        fill_form(other_tab, "second-job", max_steps=40)
+        submit(other_tab)
+    assert len(other_tab.error) == 1 and "already running" in other_tab.error[0].value
+    assert not (runs / "second-job").exists()
 
     reloaded = open_page("train")  # a new browser session re-attaches to the running job
     assert any("Training tiny-job" in header.value for header in reloaded.subheader)
@@ -55,6 +71,8 @@ def test_the_form_starts_a_job_refuses_a_second_and_the_run_appears_in_compare(a
     app.run()
     assert not app.exception
     assert any("tiny-job" in success.value and "finished" in success.value for success in app.success)
+    assert not start_button(app).disabled
+    assert not any("A job is running" in caption.value for caption in app.caption)
 
     compare = open_page("compare")
     assert_clean(compare)
@@ -63,7 +81,9 @@ def test_the_form_starts_a_job_refuses_a_second_and_the_run_appears_in_compare(a
     app.button(key="compare_finished").click().run()
     assert_clean(app)
     assert app.title[0].value == "Compare runs"
-    assert list(app.dataframe[0].value.columns)[:3] == ["digits-ec-off", "digits-ec-on", "tiny-job (yours)"]
+    assert list(app.dataframe[0].value.columns) == [
+        "digits-ec-off", "digits-ec-on", "Δ digits-ec-on", "tiny-job (yours)", "Δ tiny-job (yours)"
+    ]
 
 
 def test_the_stop_button_stops_the_job(app_environment):
