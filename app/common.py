@@ -1,4 +1,5 @@
-"""Plumbing every page shares: where runs live, loading them once, picking them, errors, pictures, the training job.
+"""Plumbing every page shares: where runs live, loading them once, picking them, errors, pictures, the training job,
+and projections computed in background threads.
 
 Pages import this module and ``ecaml``; nothing here trains, embeds or scores.
 Loaded runs are cached per process with ``st.cache_resource``, keyed by the run
@@ -10,8 +11,10 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,6 +28,7 @@ from ecaml.runs import Run, RunError, find_runs, load_run, read_status
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINTS_ENV, RUNS_ENV, CACHE_ENV = "ECAML_CHECKPOINTS_DIR", "ECAML_RUNS_DIR", "ECAML_CACHE_DIR"
 DATA_ENV = "ECAML_DATA_DIR"
+WARM_CACHE_ENV = "ECAML_WARM_CACHE"  # 0: no warm-up at start; pca: warm the PCA maps only; else the aligned UMAP
 
 # Errors the library raises with a one-line, user-facing message.
 USER_ERRORS = (RunError, ImageError, JobError, ValueError, OSError)
@@ -259,17 +263,22 @@ def show_unusable(entries: list[RunEntry]) -> None:
             st.markdown(f"- `{shown_path(entry.path)}`: {entry.problem}")
 
 
-def same_data_only(chosen: list[RunEntry], consequence: str) -> list[RunEntry]:
-    """The runs trained on the same images as the first one; any other is named in a warning ending in ``consequence``.
-
-    Pages that put runs side by side image for image (aligned maps, one query's neighbours) need this.
-    """
+def same_data(chosen: list[RunEntry]) -> list[RunEntry]:
+    """The runs trained on the same images as the first one."""
 
     def data_of(entry: RunEntry) -> tuple:
         config = entry.run.config
         return (config.dataset, config.data_root, config.val_classes, config.split_seed)
 
-    kept = [entry for entry in chosen if data_of(entry) == data_of(chosen[0])]
+    return [entry for entry in chosen if data_of(entry) == data_of(chosen[0])]
+
+
+def same_data_only(chosen: list[RunEntry], consequence: str) -> list[RunEntry]:
+    """The runs trained on the same images as the first one; any other is named in a warning ending in ``consequence``.
+
+    Pages that put runs side by side image for image (aligned maps, one query's neighbours) need this.
+    """
+    kept = same_data(chosen)
     left_out = [entry.name for entry in chosen if entry not in kept]
     if left_out:
         st.warning(f"Left out {', '.join(left_out)}: trained on other data than {chosen[0].name}, {consequence}.")
@@ -370,3 +379,143 @@ def progress_text(progress) -> str:
     if progress.state == "starting" or not progress.total_steps:
         return "starting: loading the libraries and the data…"
     return f"step {progress.step:,} of {progress.total_steps:,}"
+
+
+# ----------------------------------------------------------------------------- projections in the background
+
+# The projection the Embeddings page shows (with method "umap" or "pca"); a warm-up must compute exactly this one.
+PROJECTION = {"part": "unseen", "aligned": True, "seed": 0, "max_points": 3000}
+MAX_FINISHED_JOBS = 16
+
+
+@dataclass
+class ProjectionJob:
+    """A projection being computed (and cached on disk) by a background thread; the page polls it."""
+
+    run_names: list[str]
+    method: str
+    started: float = field(default_factory=time.monotonic)
+    error: Exception | None = None
+    thread: threading.Thread | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.thread is not None and self.thread.is_alive()
+
+    @property
+    def seconds(self) -> float:
+        return time.monotonic() - self.started
+
+
+@st.cache_resource(show_spinner=False)
+def _projection_jobs() -> dict[tuple, ProjectionJob]:
+    """Per process: job key -> its latest job, shared by every session (the disk cache is shared too)."""
+    return {}
+
+
+_jobs_lock = threading.Lock()
+
+
+def projection_job_key(chosen: list[RunEntry], method: str) -> tuple:
+    """Which projection a job computes: the runs (their files as they are now), the method and the cache."""
+    return (method, str(cache_dir()), tuple((entry.key, run_fingerprint(entry.path)) for entry in chosen))
+
+
+def projection_job(chosen: list[RunEntry], method: str) -> ProjectionJob | None:
+    return projection_job_by_key(projection_job_key(chosen, method))
+
+
+def projection_job_by_key(key: tuple) -> ProjectionJob | None:
+    return _projection_jobs().get(key)
+
+
+def forget_projection_job(chosen: list[RunEntry], method: str) -> None:
+    with _jobs_lock:
+        _projection_jobs().pop(projection_job_key(chosen, method), None)
+
+
+def project_in_background(chosen: list[RunEntry], method: str) -> ProjectionJob:
+    """The job computing this projection into the disk cache: the one already known, else a thread started now."""
+    key = projection_job_key(chosen, method)
+    with _jobs_lock:
+        jobs = _projection_jobs()
+        if key in jobs:
+            return jobs[key]
+        for old in [k for k, job in jobs.items() if not job.running][: max(0, len(jobs) - MAX_FINISHED_JOBS)]:
+            del jobs[old]
+        job = ProjectionJob([entry.name for entry in chosen], method)
+        job.thread = threading.Thread(
+            target=_compute_projection,
+            args=(job, [entry.run for entry in chosen], cache_dir()),
+            name=f"ecaml-{method}-projection",
+            daemon=True,  # never holds up the server's exit
+        )
+        job.thread.start()  # before it is listed: a listed job that is not running has ended
+        jobs[key] = job
+        return job
+
+
+def _compute_projection(job: ProjectionJob, runs: list[Run], cache: Path) -> None:
+    """The body of a background job: never raises, so the thread cannot take anything down; failures are logged."""
+    try:
+        _lower_thread_priority()
+        from ecaml.projection import warm_projection_cache  # slow first import (scikit-learn, umap): off the page
+
+        computed = warm_projection_cache(runs, method=job.method, cache_dir=cache, **PROJECTION)
+        LOG.info(
+            "%s projection of %s %s in %.1f s",
+            job.method, ", ".join(job.run_names), "computed and cached" if computed else "was already cached",
+            job.seconds,
+        )
+    except Exception as error:  # noqa: BLE001 - a background thread must never take the app down
+        job.error = error
+        LOG.exception("computing the %s projection of %s in the background failed", job.method, job.run_names)
+
+
+def _lower_thread_priority() -> None:
+    """Let the pages' own threads go first on a busy CPU (Linux: a nice value per thread); elsewhere nothing."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+    except (AttributeError, OSError):
+        pass
+
+
+def warm_projection_setting() -> str | None:
+    """The method the start-up warm-up computes, or None when ``ECAML_WARM_CACHE`` turns it off."""
+    value = os.environ.get(WARM_CACHE_ENV, "").strip().lower()
+    if value in ("0", "false", "no", "off"):
+        return None
+    return "pca" if value == "pca" else "umap"
+
+
+def start_projection_warmup() -> ProjectionJob | None:
+    """Once per server process (and cache folder): project the default pair in the background, as Embeddings shows it.
+
+    Called by main.py after the first page has run, so the aligned UMAP (half a minute the first
+    time) is usually cached by the time someone opens Embeddings. Off with ``ECAML_WARM_CACHE=0``.
+    """
+    method = warm_projection_setting()
+    if method is None:
+        return None
+    try:
+        return _start_warmup(method, str(cache_dir()), str(checkpoints_dir()), str(runs_dir()))
+    except _NothingToWarm:
+        return None  # not remembered: the next page load looks again
+    except Exception:  # noqa: BLE001 - a warm-up is an optimisation: it must never break a page
+        LOG.exception("could not start warming the projection cache")
+        return None
+
+
+class _NothingToWarm(Exception):
+    pass
+
+
+@st.cache_resource(show_spinner=False)
+def _start_warmup(method: str, cache: str, checkpoints: str, runs: str) -> ProjectionJob:
+    # The folders are arguments only to key the cache: another configuration is another warm-up.
+    entries = scan_all_runs()
+    by_key = {entry.key: entry for entry in usable(entries)}
+    chosen = [by_key[key] for key in default_selection(entries) if key in by_key]
+    if not chosen:
+        raise _NothingToWarm
+    return project_in_background(same_data(chosen), method)

@@ -42,3 +42,7 @@ except Exception as error:  # st.rerun and st.stop are BaseExceptions and pass t
     # Library errors are caught where they happen; this is the net for bugs: log the traceback, show one sentence.
     logging.getLogger("ecaml.app").exception("page %s failed", page.title)
     st.error(f"This page hit an unexpected error ({error.__class__.__name__}). The server log has the details.")
+
+# Once per server process, after the first page has drawn: compute the default pair's aligned UMAP in a background
+# thread, so Embeddings usually finds it cached (ECAML_WARM_CACHE=0 turns this off).
+common.start_projection_warmup()

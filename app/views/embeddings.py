@@ -1,7 +1,10 @@
 """The Embeddings page: 2-D maps of the unseen-class embeddings, one panel per run, aligned across runs.
 
-Projections come from ``ecaml.projection.project_runs`` (disk-cached by the
-library); selecting points with the lasso, the box or a click shows their images.
+Projections come from ``ecaml.projection`` (disk-cached by the library). The
+page opens on the aligned UMAP only when it is cached (the app warms it for the
+shipped pair when it starts); otherwise it opens on PCA at once, and the UMAP is
+computed in a background thread on request while the PCA maps stay usable.
+Selecting points with the lasso, the box or a click shows their images.
 """
 
 from __future__ import annotations
@@ -12,11 +15,8 @@ import streamlit as st
 
 from app import charts, common
 
-METHODS = {
-    "umap": "UMAP, aligned across runs (about half a minute the first time, then cached)",
-    "pca": "PCA (instant)",
-}
-MAX_POINTS = 3000
+METHOD_KEY = "projection_method"
+COMPUTE_UMAP = "Compute aligned UMAP (about half a minute the first time; cached afterwards)"
 MAX_SHOWN_IMAGES = 60
 THUMBNAIL_PIXELS = 56
 
@@ -36,32 +36,102 @@ def render() -> None:
         st.info("Choose at least one run above.")
         return
     chosen = common.same_data_only(chosen, "so their maps cannot be aligned with it")
-    method = st.radio("Projection", list(METHODS), format_func=METHODS.get, horizontal=True, key="projection_method")
-    projections = load_projections(chosen, method)
+    umap_ready = common.attempt("look up the projection cache", umap_cached, chosen)
+    if umap_ready is None:  # the runs' files cannot be read: no map can be drawn either
+        return
+    if METHOD_KEY not in st.session_state:  # each visit opens on UMAP only when it shows at once
+        st.session_state[METHOD_KEY] = "umap" if umap_ready else "pca"
+    method = st.radio(
+        "Projection",
+        ["umap", "pca"],
+        format_func=lambda m: method_label(m, umap_ready),
+        horizontal=True,
+        key=METHOD_KEY,
+    )
+    shown = method if method == "pca" or umap_ready else umap_in_background(chosen)
+    if method == "pca" and not umap_ready:
+        offer_umap(chosen)
+    projections = load_projections(chosen, shown)
     if projections is None:
         return
     st.caption(
-        "Hover over a point for its class and image number; click, lasso or box-select points to see their images."
+        "**Click a point or lasso a group to see the images** (box select works too); hovering only shows a "
+        "point's class and image number."
     )
     for panel, entry, projection in zip(common.panels(len(chosen), per_row=2), chosen, projections):
         with panel:
             show_panel(entry, projection)
 
 
+def method_label(method: str, umap_ready: bool | None) -> str:
+    if method == "pca":
+        return "PCA (instant)"
+    return "UMAP, aligned across runs" + (" (ready)" if umap_ready else " (about half a minute the first time)")
+
+
+def umap_cached(chosen: list[common.RunEntry]) -> bool:
+    """Whether the aligned UMAP of these runs is on disk already (a cheap look-up: nothing is computed)."""
+    # Imported here, not at the top: its first import (scikit-learn, torchvision) takes seconds, and the page's
+    # title and controls should paint before it.
+    from ecaml.projection import is_projection_cached
+
+    runs = [entry.run for entry in chosen]
+    return is_projection_cached(runs, method="umap", cache_dir=common.cache_dir(), **common.PROJECTION)
+
+
+def choose_umap() -> None:
+    st.session_state[METHOD_KEY] = "umap"
+
+
+def offer_umap(chosen: list[common.RunEntry]) -> None:
+    """The button that asks for the aligned UMAP, and whether the start-up warm-up is computing it already."""
+    st.button(COMPUTE_UMAP, icon=":material/scatter_plot:", key="compute_umap", on_click=choose_umap)
+    job = common.projection_job(chosen, "umap")
+    if job is not None and job.running:
+        st.caption(
+            f"It is being computed in the background already (for {job.seconds:.0f} s), so it may take less."
+        )
+
+
+def umap_in_background(chosen: list[common.RunEntry]) -> str:
+    """Start (or follow) the aligned UMAP's background job; the method to show meanwhile ("umap" once it is done)."""
+    job = common.project_in_background(chosen, "umap")
+    if job.running:
+        st.info(
+            "Computing the aligned UMAP maps in the background (about half a minute the first time, cached "
+            "afterwards). Meanwhile the PCA maps show below; the page switches to UMAP by itself when it is ready.",
+            icon=":material/hourglass_top:",
+        )
+        follow_job(common.projection_job_key(chosen, job.method))
+        return "pca"
+    if job.error is not None:
+        st.error(f"Could not compute the aligned UMAP: {common.one_sentence(job.error)} Showing the PCA maps.")
+        if st.button("Try again", key="retry_umap"):
+            common.forget_projection_job(chosen, "umap")
+            st.rerun()
+        return "pca"
+    return "umap"  # done; computed here if the cache could not keep it (a read-only cache, a run still training)
+
+
+@st.fragment(run_every=2.0)
+def follow_job(job_key: tuple) -> None:
+    """Redraw the page once the background job ends; until then, say for how long it has been running."""
+    job = common.projection_job_by_key(job_key)
+    if job is None or not job.running:
+        st.rerun()
+    st.caption(f"Computing for {job.seconds:.0f} s…")
+
+
 @st.cache_data(max_entries=16, show_spinner=False)
 def _projections(keys: tuple, method: str, _runs: list) -> list:
-    # Imported here, not at the top: its first import (scikit-learn, torchvision) takes seconds, and the page's
-    # title, controls and tables should paint before it.
     from ecaml.projection import project_runs
 
-    return project_runs(
-        _runs, part="unseen", method=method, aligned=True, seed=0, max_points=MAX_POINTS, cache_dir=common.cache_dir()
-    )
+    return project_runs(_runs, method=method, cache_dir=common.cache_dir(), **common.PROJECTION)
 
 
 def load_projections(chosen: list[common.RunEntry], method: str):
     keys = tuple((entry.key, common.run_fingerprint(entry.path)) for entry in chosen)
-    message = "Projecting…" if method == "pca" else "Computing aligned UMAP maps (half a minute the first time)…"
+    message = "Projecting…" if method == "pca" else "Loading the aligned UMAP maps…"
     with st.spinner(message):
         return common.attempt("project the embeddings", _projections, keys, method, [entry.run for entry in chosen])
 

@@ -71,12 +71,25 @@ def session_cache(tmp_path_factory) -> Path:
 
 @pytest.fixture(autouse=True)
 def app_environment(monkeypatch, tmp_path, shipped_runs, session_cache) -> Path:
-    """Point the app at the fixture runs, an empty runs folder of this test's own, and the session's cache."""
+    """Point the app at the fixture runs, an empty runs folder of this test's own, and the session's cache.
+
+    The app's start-up warm-up (a background thread computing the aligned UMAP) is off, so that what a page
+    shows never depends on how far that thread got; the tests that want it turn it on.
+    """
     runs = tmp_path / "runs"
     monkeypatch.setenv("ECAML_CHECKPOINTS_DIR", str(shipped_runs))
     monkeypatch.setenv("ECAML_RUNS_DIR", str(runs))
     monkeypatch.setenv("ECAML_CACHE_DIR", str(session_cache))
+    monkeypatch.setenv("ECAML_WARM_CACHE", "0")
     return runs
+
+
+@pytest.fixture
+def fresh_cache(monkeypatch, tmp_path) -> Path:
+    """An empty cache folder of this test's own (nothing embedded or projected yet)."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("ECAML_CACHE_DIR", str(cache))
+    return cache
 
 
 @pytest.fixture
