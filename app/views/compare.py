@@ -155,7 +155,7 @@ def show_training_curves(chosen: list[common.RunEntry]) -> None:
     )
     log_scale = controls[2].toggle("Log scale", key="curve_log")
     lines = series(chosen, lambda run: run.step_records())
-    st.plotly_chart(charts.curve_figure(lines, quantity, smoothing, log_scale), key="curve_chart")
+    st.altair_chart(charts.curve_chart(lines, quantity, smoothing, log_scale), key="curve_chart", width="stretch")
     missing = [line.name for line in lines if not charts.has_values(line.records, quantity)]
     if missing and quantity in charts.EC_ONLY_CURVES:
         st.caption(f"Not drawn: {', '.join(missing)} (trained before baselines logged E, log E and R(W)).")
@@ -195,7 +195,7 @@ def show_evaluations(chosen: list[common.RunEntry]) -> None:
         help="unseen: the test classes; val: seen classes held out for tuning (when the run has them).",
     )
     lines = series(chosen, lambda run: run.eval_records(split))
-    st.plotly_chart(charts.evaluation_figure(lines, metric), key="evaluation_chart")
+    st.altair_chart(charts.evaluation_chart(lines, metric), key="evaluation_chart", width="stretch")
     if any(len(line.records) > 1 for line in lines):
         st.caption(
             "Each point evaluates the embedding on classes never used for training; the last is the final metric."
@@ -290,10 +290,10 @@ def show_distance_histograms(chosen: list[common.RunEntry]) -> None:
                     entry.run,
                 )
                 if histograms is not None:
-                    figure = charts.distance_figure(
+                    chart = charts.distance_chart(
                         DISTANCE_BINS, histograms["positive"], histograms["negative"], histograms["medians"], entry.name
                     )
-                    panel.plotly_chart(figure, key=f"distances_{entry.key}")
+                    panel.altair_chart(chart, key=f"distances_{entry.key}", width="stretch")
         st.caption(
             f"Cosine distances of up to {MAX_PAIRS:,} random pairs of unseen-class images: two images of the same "
             "class (green) and of different classes (orange); dotted lines mark the medians. The less the two "

@@ -88,8 +88,8 @@ def show_live_curves(steps: list[dict]) -> None:
             column.caption("log E appears here when EC is on.")
             continue
         colours = [common.colour_of(i) for i in range(len(present))]
-        figure = charts.quantities_figure(steps, present, colours, smoothing=0.6, height=280)
-        column.plotly_chart(figure, key=f"live_{'_'.join(present)}")
+        chart = charts.quantities_chart(steps, present, colours, smoothing=0.6, height=280)
+        column.altair_chart(chart, key=f"live_{'_'.join(present)}", width="stretch")
 
 
 def stop_job(run_dir: str) -> None:

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import base64
+import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
 from streamlit.testing.v1 import AppTest
 
 MAIN_SCRIPT = Path(__file__).resolve().parents[2] / "app" / "main.py"
@@ -30,6 +34,36 @@ def assert_clean(app: AppTest) -> None:
 
 def plotly_specs(app: AppTest) -> list[str]:
     return [element.proto.spec for element in app.get("plotly_chart")]
+
+
+@dataclass
+class VegaChart:
+    """A Vega-Lite chart (st.altair_chart) as the page sent it: its spec and its data sets by name."""
+
+    spec: dict
+    datasets: dict[str, pd.DataFrame]
+
+    @property
+    def layers(self) -> list[dict]:
+        return self.spec.get("layer", [self.spec])
+
+    def data(self, layer: int = 0) -> pd.DataFrame:
+        """The data of one layer (or of the chart, when it has no layers)."""
+        view = self.layers[layer]
+        return self.datasets[(view.get("data") or self.spec["data"])["name"]]
+
+    @property
+    def title(self) -> str | None:
+        title = self.spec.get("title")
+        return title.get("text") if isinstance(title, dict) else title
+
+
+def vega_charts(app: AppTest) -> list[VegaChart]:
+    charts = []
+    for element in app.get("vega_lite_chart"):
+        datasets = {d.name: convert_arrow_bytes_to_pandas_df(d.data.data) for d in element.proto.datasets}
+        charts.append(VegaChart(json.loads(element.proto.spec), datasets))
+    return charts
 
 
 def image_captions(app: AppTest) -> list[list[str]]:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from apptest_support import assert_clean, open_page, plotly_specs, run_key
+import numpy as np
+from apptest_support import assert_clean, open_page, plotly_specs, run_key, vega_charts
 
 
 def metrics_columns(app) -> list[str]:
@@ -20,7 +21,8 @@ def test_opens_on_the_shipped_pair_with_a_delta_column(shipped_runs):
     assert metrics_columns(app) == ["digits-ec-off", "digits-ec-on", "Δ digits-ec-on"]
     assert "Recall@1" in list(app.dataframe[0].value.index)
     # The first screen: curves and recall over training; the distance histograms wait in a closed expander.
-    assert len(plotly_specs(app)) == 2
+    assert len(vega_charts(app)) == 2
+    assert not plotly_specs(app)  # Vega-Lite only: Plotly's browser bundle would slow the first paint
     assert [expander.label.split(":")[0].split(",")[0] for expander in app.expander] == [
         "How each run was trained",
         "Same-class against different-class distances",
@@ -30,11 +32,16 @@ def test_opens_on_the_shipped_pair_with_a_delta_column(shipped_runs):
 def test_the_distance_histograms_are_drawn_once_their_expander_is_open():
     app = open_page("compare", {"distances_open": True})
     assert_clean(app)
-    specs = [json.loads(spec) for spec in plotly_specs(app)]
-    assert len(specs) == 4  # curves, recall over training, one distance histogram per run
-    titles = [spec["layout"].get("title", {}).get("text") for spec in specs[2:]]
-    assert titles == ["digits-ec-off", "digits-ec-on"]
-    assert {trace["name"] for trace in specs[2]["data"]} == {"same class", "different classes"}
+    charts = vega_charts(app)
+    assert len(charts) == 4  # curves, recall over training, one distance histogram per run
+    assert [chart.title for chart in charts[2:]] == ["digits-ec-off", "digits-ec-on"]
+    bars = charts[2].data(0)
+    assert set(bars["kind"]) == {"same class", "different classes"}
+    for kind, group in bars.groupby("kind"):  # densities: each histogram integrates to 1
+        assert abs(float(((group["right"] - group["left"]) * group["density"]).sum()) - 1) < 1e-6, kind
+    medians = charts[2].data(1)
+    assert list(medians["kind"]) == ["same class", "different classes"]
+    assert medians["median"].iloc[0] < medians["median"].iloc[1]  # same-class pairs are closer
 
 
 def test_the_settings_table_has_one_row_per_run(shipped_runs):
@@ -79,18 +86,27 @@ def test_changing_the_runs_changes_the_table(shipped_runs):
     assert any("Choose at least one run" in info.value for info in app.info)
 
 
-def curve_traces(app) -> list[dict]:
-    return json.loads(plotly_specs(app)[0])["data"]
+def curve_marks(app) -> list[tuple[str, str]]:
+    """(mark, y field) of each layer of the training-curve chart."""
+    chart = vega_charts(app)[0]
+    return [(layer["mark"]["type"], layer["encoding"].get("y", {}).get("field")) for layer in chart.layers]
 
 
 def test_smoothing_changes_the_plotted_curve():
     app = open_page("compare")
-    smoothed = [trace["y"] for trace in curve_traces(app) if trace.get("showlegend") is not False]
+    # The raw values faint behind the smoothed lines, and the hover rule.
+    assert curve_marks(app) == [("line", "value"), ("line", "smoothed"), ("rule", None)]
+    smoothed = vega_charts(app)[0].data(1)
+    assert sorted(set(smoothed["series"])) == ["digits-ec-off", "digits-ec-on"]
+    assert not np.allclose(smoothed["smoothed"], smoothed["value"])
     app.slider(key="curve_smoothing").set_value(0.0).run()
     assert_clean(app)
-    raw = [trace["y"] for trace in curve_traces(app)]
-    assert len(raw) == 2  # one line per run, no faint raw copy when not smoothing
-    assert raw != smoothed
+    assert curve_marks(app) == [("line", "smoothed"), ("rule", None)]  # no faint raw copy when not smoothing
+    raw = vega_charts(app)[0].data(0)
+    assert np.allclose(raw["smoothed"], raw["value"])
+    # The hover rule's tooltip names every run, with its value at the hovered step.
+    rule = vega_charts(app)[0].layers[1]
+    assert [tip.get("title") for tip in rule["encoding"]["tooltip"]] == ["step", "digits-ec-off", "digits-ec-on"]
 
 
 def test_energy_is_drawn_for_both_runs_and_log_scale_applies():
@@ -98,10 +114,10 @@ def test_energy_is_drawn_for_both_runs_and_log_scale_applies():
     app.selectbox(key="curve_quantity").set_value("energy").run()
     app.toggle(key="curve_log").set_value(True).run()
     assert_clean(app)
-    spec = json.loads(plotly_specs(app)[0])
+    chart = vega_charts(app)[0]
     # The baseline logs the energy without training on it, so both curves are there to compare.
-    assert {trace.get("name") for trace in spec["data"] if trace.get("name")} == {"digits-ec-off", "digits-ec-on"}
-    assert spec["layout"]["yaxis"]["type"] == "log"
+    assert set(chart.data(1)["series"]) == {"digits-ec-off", "digits-ec-on"}
+    assert chart.layers[1]["encoding"]["y"]["scale"]["type"] == "log"
     assert not any("Not drawn" in caption.value for caption in app.caption)
 
 
@@ -124,3 +140,15 @@ def test_a_new_run_appears_without_restarting(checkpoints_copy):
     assert_clean(app)
     options = app.multiselect(key="runs_compare").options
     assert any("digits-ec-on-renamed" in option for option in options)
+
+
+def test_on_a_log_axis_values_that_cannot_show_are_left_out():
+    app = open_page("compare")
+    app.selectbox(key="curve_quantity").set_value("log_energy").run()
+    every_value = vega_charts(app)[0].data(1)
+    app.toggle(key="curve_log").set_value(True).run()
+    assert_clean(app)
+    shown = vega_charts(app)[0].data(1)
+    assert (shown["value"] > 0).all() and (shown["smoothed"] > 0).all()
+    assert len(shown) == int(((every_value["value"] > 0) & (every_value["smoothed"] > 0)).sum())
+    assert any("not drawn on a log axis" in caption.value for caption in app.caption)
