@@ -41,7 +41,9 @@ SAME_CLASS, DIFFERENT_CLASSES = ("same class", "#009E73"), ("different classes",
 # SVG rather than Streamlit's default canvas: crisp, and its text (legends, titles) is in the page.
 SVG = {"embedOptions": {"renderer": "svg"}}
 TOP_LEGEND = alt.Legend(orient="top", title=None, labelLimit=400, symbolStrokeWidth=3, symbolOpacity=1)
-STEP_AXIS = alt.X("step:Q", title="training step", scale=alt.Scale(zero=False, nice=False), axis=alt.Axis(tickMinStep=1))
+STEP_AXIS = alt.X(
+    "step:Q", title="training step", scale=alt.Scale(zero=False, nice=False), axis=alt.Axis(tickMinStep=1, format=",d")
+)
 
 @dataclass
 class Series:
@@ -158,7 +160,7 @@ def evaluation_chart(lines: list[Series], metric: str, height: int = 340) -> alt
         .mark_line(strokeWidth=2.5, point=alt.OverlayMarkDef(size=70, filled=True))
         .encode(
             x=STEP_AXIS,
-            y=alt.Y("value:Q", title=title, scale=alt.Scale(zero=False)),
+            y=alt.Y("value:Q", title=title, scale=alt.Scale(zero=False), axis=alt.Axis(format=".1f")),
             color=alt.Color(
                 "series:N", scale=alt.Scale(domain=list(colours), range=list(colours.values())), legend=TOP_LEGEND
             ),
@@ -247,7 +249,9 @@ def projection_figure(
         margin={"l": 10, "r": 10, "t": 40, "b": 10},
         showlegend=len(classes) <= MAX_CLASSES_IN_LEGEND,
         legend={"title": "class", "itemsizing": "constant"},
-        dragmode="lasso",
+        # Zoom on drag: Streamlit then selects a clicked point; with dragmode lasso it ignores clicks. The lasso and
+        # the box are one click away in the toolbar.
+        dragmode="zoom",
     )
     # Projection axes have no units: only the relative positions mean anything.
     figure.update_xaxes(showticklabels=False, showgrid=False, title=None, zeroline=False)
