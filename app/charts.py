@@ -97,7 +97,8 @@ def _lines_chart(
     base = alt.Chart(frame).encode(x=STEP_AXIS, color=colour)
     layers = [base.mark_line(strokeWidth=2.5).encode(y=alt.Y("smoothed:Q", scale=y_scale, title=y_title))]
     if smoothing > 0:  # behind the smoothed lines (the legend draws its symbols opaque)
-        layers.insert(0, base.mark_line(strokeWidth=1, opacity=0.25).encode(y=alt.Y("value:Q", scale=y_scale, title=y_title)))
+        raw = base.mark_line(strokeWidth=1, opacity=0.25).encode(y=alt.Y("value:Q", scale=y_scale, title=y_title))
+        layers.insert(0, raw)
     layers.append(_hover_rule(frame, list(colours)))
     return alt.layer(*layers).properties(height=height, usermeta=SVG)
 

@@ -154,7 +154,9 @@ def warm_projection_cache(
     return True
 
 
-def _cache_path(runs, part, method, aligned, n_neighbors, min_dist, seed, max_points, cache_dir: Path, n_epochs) -> Path:
+def _cache_path(
+    runs, part, method, aligned, n_neighbors, min_dist, seed, max_points, cache_dir: Path, n_epochs
+) -> Path:
     """The cache file of a projection under ``cache_dir``, after checking the arguments."""
     _validate(runs, part, method, n_neighbors, min_dist, max_points, n_epochs)
     key = projection_key(runs, part, method, aligned, n_neighbors, min_dist, seed, max_points, n_epochs)

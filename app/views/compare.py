@@ -77,7 +77,7 @@ def metrics_table(chosen: list[common.RunEntry]) -> pd.DataFrame:
 
 
 def metrics_columns(chosen: list[common.RunEntry]) -> dict:
-    """Each Δ column is headed by a narrow "Δ" (the run it belongs to is the column on its left), its tooltip in full."""
+    """Each Δ column is headed by a narrow "Δ" (its run is the column on its left), with a tooltip in full."""
     reference = chosen[0].name
     return {
         delta_column(entry.name): st.column_config.Column(

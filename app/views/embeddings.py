@@ -56,7 +56,8 @@ def render() -> None:
         return
     st.caption(
         "**Click a point or lasso a group to see the images.** The lasso and the box are in each map's toolbar "
-        "(top right); dragging zooms in, a double click zooms out. Hovering only shows a point's class and image number."
+        "(top right); dragging zooms in, a double click zooms out. Hovering only shows a point's class and image "
+        "number."
     )
     for panel, entry, projection in zip(common.panels(len(chosen), per_row=2), chosen, projections):
         with panel:
