@@ -9,6 +9,8 @@ is picked up on the next rerun while an unchanged one is never read twice.
 
 from __future__ import annotations
 
+import json
+
 import logging
 import os
 import threading
@@ -48,6 +50,10 @@ T = TypeVar("T")
 
 
 # ----------------------------------------------------------------------------- where things live
+
+
+# Names the shipped runs the app opens on, so the first screen shows the clearest comparison.
+FEATURED_FILE = "featured.json"
 
 
 def _configured(variable: str, default: Path) -> Path:
@@ -195,16 +201,26 @@ def usable(entries: list[RunEntry]) -> list[RunEntry]:
     return [entry for entry in entries if entry.run is not None]
 
 
+def featured_run_names() -> list[str]:
+    """Run names listed in ``checkpoints/featured.json`` (the pair the app opens on); [] when absent or unreadable."""
+    try:
+        names = json.loads((checkpoints_dir() / FEATURED_FILE).read_text(encoding="utf-8")).get("runs", [])
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [name for name in names if isinstance(name, str)] if isinstance(names, list) else []
+
+
 def default_selection(entries: list[RunEntry]) -> list[str]:
-    """The shipped EC-off / EC-on pair of the first dataset that has both; else the first two runs."""
+    """The featured shipped runs; else the first shipped EC-off / EC-on pair of one dataset and loss; else two runs."""
     candidates = [e for e in usable(entries) if e.shipped] or usable(entries)
-    datasets = list(dict.fromkeys(e.run.config.dataset for e in candidates))
-    for dataset in datasets:
-        same = [e for e in candidates if e.run.config.dataset == dataset]
-        off = [e for e in same if e.run.config.ec_weight == 0]
-        on = [e for e in same if e.run.config.ec_weight > 0]
-        if off and on:
-            return [off[0].key, on[0].key]
+    by_name = {e.path.name: e for e in candidates if e.shipped}
+    featured = [by_name[name].key for name in featured_run_names() if name in by_name]
+    if len(featured) >= 2:
+        return featured
+    for off in (e for e in candidates if e.run.config.ec_weight == 0):
+        for on in (e for e in candidates if e.run.config.ec_weight > 0):
+            if (on.run.config.dataset, on.run.config.loss) == (off.run.config.dataset, off.run.config.loss):
+                return [off.key, on.key]
     return [e.key for e in candidates[:2]]
 
 
