@@ -15,6 +15,7 @@ import streamlit as st
 
 from app import charts, common
 
+METHODS = {"umap": "UMAP, aligned across runs", "pca": "PCA (instant)"}
 METHOD_KEY = "projection_method"
 COMPUTE_UMAP = "Compute aligned UMAP (about half a minute the first time; cached afterwards)"
 MAX_SHOWN_IMAGES = 60
@@ -41,13 +42,8 @@ def render() -> None:
         return
     if METHOD_KEY not in st.session_state:  # each visit opens on UMAP only when it shows at once
         st.session_state[METHOD_KEY] = "umap" if umap_ready else "pca"
-    method = st.radio(
-        "Projection",
-        ["umap", "pca"],
-        format_func=lambda m: method_label(m, umap_ready),
-        horizontal=True,
-        key=METHOD_KEY,
-    )
+    # Fixed labels: a label that changed with the cache would make the radio another widget and lose its choice.
+    method = st.radio("Projection", list(METHODS), format_func=METHODS.get, horizontal=True, key=METHOD_KEY)
     shown = method if method == "pca" or umap_ready else umap_in_background(chosen)
     if method == "pca" and not umap_ready:
         offer_umap(chosen)
@@ -62,12 +58,6 @@ def render() -> None:
     for panel, entry, projection in zip(common.panels(len(chosen), per_row=2), chosen, projections):
         with panel:
             show_panel(entry, projection)
-
-
-def method_label(method: str, umap_ready: bool | None) -> str:
-    if method == "pca":
-        return "PCA (instant)"
-    return "UMAP, aligned across runs" + (" (ready)" if umap_ready else " (about half a minute the first time)")
 
 
 def umap_cached(chosen: list[common.RunEntry]) -> bool:

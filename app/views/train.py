@@ -195,8 +195,7 @@ def show_form(running: Path | None) -> None:
             "Start training",
             type="primary",
             icon=":material/play_arrow:",
-            disabled=running is not None,
-            help="One job at a time: this becomes available when the running job ends." if running else None,
+            disabled=running is not None,  # the caption below says why
         )
         if running is not None:
             st.caption(f"A job is running: **{running.name}**. You can start a new run when it ends or is stopped.")
