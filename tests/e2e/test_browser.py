@@ -1,7 +1,8 @@
 """End to end: the real Streamlit server, driven by headless Chromium through every page.
 
 The tests run in file order and share one browser tab (one Streamlit session, as a person's would be):
-Compare; Train, starting a tiny job; Embeddings and Retrieval while it trains (the sidebar shows its progress);
+Compare; Train, starting a tiny job; Embeddings (PCA at once, then the aligned UMAP computed in the background)
+and Retrieval while it trains (the sidebar shows its progress);
 Train again, where the job has finished, and Compare with the new run; About. Each checks
 the rendered text and elements, that no exception or error box shows, that the browser reported no
 uncaught error and that nothing tried to leave the machine, and saves a full-page screenshot to
@@ -27,10 +28,12 @@ NEW_RUN = "e2e-tiny"
 
 PAGES = {"Compare": "", "Embeddings": "embeddings", "Retrieval": "retrieval", "Train": "train", "About": "about"}
 MAIN = '[data-testid="stMain"]'
-PLOTS = f'{MAIN} [data-testid="stPlotlyChart"] .js-plotly-plot'
+PLOTS = f'{MAIN} [data-testid="stPlotlyChart"] .js-plotly-plot'  # Embeddings' maps (Plotly, for the lasso)
+CHARTS = f'{MAIN} [data-testid="stVegaLiteChart"]'  # Compare's and Train's charts (Vega-Lite, drawn as SVG)
+WIDE = {"width": 1920, "height": 1080}
 SETTLE_S = 0.5  # how long the app must stay idle to count as rendered
 PAGE_TIMEOUT_S = 60
-UMAP_TIMEOUT_S = 120  # the first aligned UMAP of a session compiles numba code
+UMAP_TIMEOUT_S = 120  # the first aligned UMAP of a process compiles numba code
 TRAIN_TIMEOUT_S = 120
 
 # Streamlit itself probes <page>/_stcore/health and <page>/_stcore/host-config when a page is opened by its URL
@@ -155,6 +158,51 @@ def plot_texts(page) -> str:
     return " | ".join(page.locator(f"{PLOTS} .main-svg").all_text_contents())
 
 
+def chart_count(page) -> int:
+    """Vega-Lite charts that have drawn their SVG."""
+    return page.locator(f"{CHARTS} svg.marks").count()
+
+
+def wait_for_charts(page, count: int, timeout: float = PAGE_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout
+    while chart_count(page) < count:
+        assert time.monotonic() < deadline, f"expected {count} drawn Vega-Lite charts, found {chart_count(page)}"
+        time.sleep(0.2)
+
+
+def chart_texts(page) -> str:
+    """Titles, legends and axis labels of every Vega-Lite chart on the page."""
+    return " | ".join(page.locator(f"{CHARTS} svg.marks").all_text_contents())
+
+
+def assert_fits(page, frame, where: str) -> None:
+    """The data grid shows every column: nothing to scroll sideways, and its right edge inside the page's column."""
+    box = frame.evaluate(
+        """f => {
+            const scroller = f.querySelector('.dvn-scroller');
+            const block = f.closest('[data-testid="stMainBlockContainer"]') || f.closest('[data-testid="stMain"]');
+            return {scroll: scroller ? scroller.scrollWidth : -1, client: scroller ? scroller.clientWidth : -1,
+                    right: f.getBoundingClientRect().right, limit: block.getBoundingClientRect().right};
+        }"""
+    )
+    assert box["client"] > 0, f"{where}: the data grid is not laid out"
+    assert box["scroll"] <= box["client"] + 1, f"{where}: columns cut off, the grid scrolls sideways: {box}"
+    assert box["right"] <= box["limit"] + 1, f"{where}: the grid sticks out of the page's column: {box}"
+
+
+def assert_tables_fit(page, frames: list, where: str) -> None:
+    """Each data grid fits, at the test's viewport (1400 wide) and on a 1920x1080 screen."""
+    viewport = page.viewport_size
+    try:
+        for size in (viewport, WIDE):
+            page.set_viewport_size(size)
+            time.sleep(0.5)  # let the grids lay out again
+            for index, frame in enumerate(frames):
+                assert_fits(page, frame, f"{where}, table {index + 1} at {size['width']}x{size['height']}")
+    finally:
+        page.set_viewport_size(viewport)
+
+
 def dataframe_cells(frame) -> tuple[list[str], list[str]]:
     """(column headers, cells row by row) from the data grid's accessible table."""
     return frame.locator('[role="columnheader"]').all_inner_texts(), frame.locator('[role="gridcell"]').all_inner_texts()
@@ -186,21 +234,49 @@ def test_compare(page, app_server, errors):
 
     frames = page.locator(f'{MAIN} [data-testid="stDataFrame"]')
     assert frames.count() == 2, "expected the metrics table and the settings table"
+    frames.nth(0).locator('[role="gridcell"]').first.wait_for(state="attached")  # the grid's chunk loads lazily
     headers, cells = dataframe_cells(frames.nth(0))
-    assert RUN_OFF in headers and RUN_ON in headers and f"Δ {RUN_ON}" in headers, headers
+    assert headers[1:] == [RUN_OFF, RUN_ON, "Δ"], headers  # each Δ column right of its run, headed "Δ"
     rows = {cells[i]: cells[i + 1:i + len(headers)] for i in range(0, len(cells), len(headers))}
     for metric in ("Recall@1", "Recall@8", "NMI", "MAP@R", "R-Precision"):
         assert metric in rows, f"metrics table lacks {metric}: {list(rows)}"
         off, on = (float(value) for value in rows[metric][:2])
         assert 0 <= off <= 100 and 0 <= on <= 100, (metric, rows[metric])
+        assert abs(float(rows[metric][2]) - (on - off)) < 1e-6, (metric, rows[metric])  # the grid's raw values
+    # The settings, one row per run, behind an expander.
+    page.locator(MAIN).get_by_text("How each run was trained").click()
+    frames.nth(1).locator('[role="gridcell"]').first.wait_for(state="attached")
     headers, cells = dataframe_cells(frames.nth(1))
-    assert "digits" in cells and "EC off" in cells and "EC λ=0.13" in cells, cells
+    assert headers[1:] == ["dataset", "backbone", "loss", "Energy Confusion", "evaluated", "steps", "seed"], headers
+    assert RUN_OFF in cells and "digits" in cells and "EC off" in cells and "EC λ=0.13" in cells, cells
+    assert cells.count("at the end") == 2, cells  # the fixture runs are trained with --eval-every 0
+    assert_tables_fit(page, [frames.nth(0), frames.nth(1)], "Compare")
 
-    # Training curve, evaluations over training, and one distance histogram per run.
-    wait_for_plots(page, 4)
-    legends = plot_texts(page)
+    # Training curves and evaluations over training, in Vega-Lite: no Plotly on this page.
+    wait_for_charts(page, 2)
+    legends = chart_texts(page)
     assert RUN_OFF in legends and RUN_ON in legends, legends
-    assert "same class" in legends and "different classes" in legends, legends
+    assert page.locator(f'{MAIN} [data-testid="stPlotlyChart"]').count() == 0
+    text = main_text(page)
+    assert (f"Only the final evaluation was recorded for {RUN_OFF} and {RUN_ON}: they were trained with "
+            "--eval-every 0.") in text, text
+    # Hovering the curves: a tooltip with every run's value at that step.
+    curves = page.locator(CHARTS).first
+    curves.scroll_into_view_if_needed()
+    box = curves.bounding_box()
+    page.mouse.move(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.6)
+    tooltip = page.locator("#vg-tooltip-element.visible")
+    tooltip.wait_for(state="visible", timeout=10_000)
+    assert "step" in tooltip.inner_text() and RUN_OFF in tooltip.inner_text() and RUN_ON in tooltip.inner_text()
+    page.mouse.move(0, 0)
+
+    # The distance histograms are drawn once their expander is opened.
+    assert chart_count(page) == 2
+    page.locator(MAIN).get_by_text("Same-class against different-class distances").click()
+    settle(page)
+    wait_for_charts(page, 4)
+    texts = chart_texts(page)
+    assert "same class" in texts and "different classes" in texts, texts
 
     assert_no_error_boxes(page, "Compare")
     screenshot(page, "compare")
@@ -243,6 +319,12 @@ def test_train_form_starts_a_job(page, app_server, errors):
         assert progress.count() == 1
         print(f"live panel: {progress.inner_text()!r}")
         assert page.locator(MAIN).get_by_role("button", name="Stop").count() == 1
+        # One job at a time: Start is disabled while it runs, and the form says why.
+        settle(page)
+        disabled, note = start.is_disabled(), form.inner_text()
+        if not finished.count():
+            assert disabled, "Start training is enabled while a job runs"
+            assert f"A job is running: {NEW_RUN}" in note, note
         screenshot(page, "train-progress")
     errors.check()
 
@@ -268,27 +350,52 @@ def test_embeddings(page, app_server, errors):
             f"the job is {job_state(app_server)!r} but the sidebar shows no progress"
         )
 
-    settle(page, UMAP_TIMEOUT_S)  # opens on the aligned UMAP, the slow choice
+    # The aligned UMAP is not cached yet (and the server's warm-up is off): the page opens on PCA, at once.
+    settle(page)
     wait_for_text(page, "Embeddings of unseen classes")
-    wait_for_plots(page, 2, timeout=UMAP_TIMEOUT_S)
+    radios = page.locator(f'{MAIN} [data-testid="stRadio"] input[type="radio"]')
+    assert radios.nth(1).is_checked(), "the page did not open on PCA"
+    compute = page.locator(MAIN).get_by_role("button", name=re.compile("Compute aligned UMAP"))
+    assert compute.count() == 1, "no button to compute the aligned UMAP"
+    wait_for_plots(page, 2)
     titles = plot_texts(page)
     assert f"{RUN_OFF} · EC off" in titles and f"{RUN_ON} · EC λ=0.13" in titles, titles
-    assert page.locator(f"{PLOTS} .scatterlayer .point").count() > 100, "the projection panels have no points"
-    assert_no_error_boxes(page, "Embeddings (UMAP)")
-    screenshot(page, "embeddings")
-
-    umap_points = point_positions(page)
-    page.locator(MAIN).get_by_text("PCA (instant)").click()
-    settle(page)
-    assert page.locator(f'{MAIN} [data-testid="stRadio"] input[type="radio"]').nth(1).is_checked()
-    wait_for_plots(page, 2)
-    deadline = time.monotonic() + PAGE_TIMEOUT_S
-    while point_positions(page) == umap_points:  # the panels now show the PCA maps
-        assert time.monotonic() < deadline, "choosing PCA did not redraw the panels"
-        time.sleep(0.2)
     assert page.locator(f"{PLOTS} .scatterlayer .point").count() > 100, "the PCA panels have no points"
+    assert "Click a point or lasso a group to see the images." in main_text(page)
     assert_no_error_boxes(page, "Embeddings (PCA)")
     screenshot(page, "embeddings-pca")
+
+    # The button computes the UMAP in the background; the PCA maps stay usable meanwhile.
+    pca_points = point_positions(page)
+    compute.click()
+    computing = page.locator(MAIN).get_by_text("Computing the aligned UMAP maps in the background")
+    computing.wait_for(timeout=PAGE_TIMEOUT_S * 1000)
+    assert radios.nth(0).is_checked()
+    settle(page)  # the page is not blocked while the UMAP computes
+    if computing.count():
+        assert plot_count(page) == 2 and point_positions(page) == pca_points, "the PCA maps went away meanwhile"
+    # When it is done the page switches by itself.
+    computing.wait_for(state="detached", timeout=UMAP_TIMEOUT_S * 1000)
+    settle(page)
+    wait_for_plots(page, 2)
+    deadline = time.monotonic() + PAGE_TIMEOUT_S
+    while point_positions(page) == pca_points:  # the panels now show the UMAP maps
+        assert time.monotonic() < deadline, "the finished UMAP did not replace the PCA maps"
+        time.sleep(0.2)
+    assert radios.nth(0).is_checked()
+    assert page.locator(MAIN).get_by_role("button", name=re.compile("Compute aligned UMAP")).count() == 0
+    assert page.locator(f"{PLOTS} .scatterlayer .point").count() > 100, "the UMAP panels have no points"
+
+    # Hovering cannot show images; a click on a point does, under its map.
+    point = page.locator(f"{PLOTS} .scatterlayer .point").nth(40)
+    point.scroll_into_view_if_needed()
+    box = point.bounding_box()
+    page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    wait_for_text(page, "1 selected")
+    settle(page)
+    assert page.locator(f'{MAIN} [data-testid="stImage"] img').count() == 1, "the clicked point's image is missing"
+    assert_no_error_boxes(page, "Embeddings (UMAP)")
+    screenshot(page, "embeddings")
     errors.check()
 
 
@@ -344,10 +451,19 @@ def test_trained_run_finishes_and_shows_in_compare(page, app_server, errors):
     wait_for_text(page, "Compare runs")
     chosen = page.locator(f'{MAIN} [data-testid="stMultiSelect"]').inner_text()
     assert f"{NEW_RUN} (yours)" in chosen and RUN_OFF in chosen and RUN_ON in chosen, chosen
-    headers, _ = dataframe_cells(page.locator(f'{MAIN} [data-testid="stDataFrame"]').first)
-    assert f"{NEW_RUN} (yours)" in headers, headers
-    wait_for_plots(page, 5)  # curves, evaluations and three histograms
-    assert f"{NEW_RUN} (yours)" in plot_texts(page)
+    frames = page.locator(f'{MAIN} [data-testid="stDataFrame"]')
+    frames.first.locator('[role="gridcell"]').first.wait_for(state="attached")
+    headers, _ = dataframe_cells(frames.first)
+    assert headers[1:] == [RUN_OFF, RUN_ON, "Δ", f"{NEW_RUN} (yours)", "Δ"], headers
+    assert_tables_fit(page, [frames.first], "Compare with the new run")
+    wait_for_charts(page, 2)  # curves and evaluations
+    assert f"{NEW_RUN} (yours)" in chart_texts(page)
+    # The new run evaluates every 5 epochs (the form's default) but trained for 1: that is why it has one point.
+    assert (f"{NEW_RUN} (yours): it trained for 1 epoch, shorter than its evaluation interval of 5 epochs."
+            in main_text(page)), main_text(page)
+    page.locator(MAIN).get_by_text("Same-class against different-class distances").click()
+    settle(page)
+    wait_for_charts(page, 5)  # and three histograms
     assert_no_error_boxes(page, "Compare with the new run")
     screenshot(page, "compare-new-run")
     errors.check()
