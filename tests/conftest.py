@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from ecaml.config import TrainConfig
@@ -13,6 +15,18 @@ def train_tiny(run_dir, **overrides):
     values = dict(dataset="digits", max_steps=6, eval_every=0, seed=0, ec_weight=0.13)
     values.update(overrides)
     return train(TrainConfig(**values), run_dir, progress=False)
+
+
+def tiny_run_pair(tmp_path_factory) -> list[Path]:
+    """Two real digits runs of 3 steps (EC on, seed 0; EC off, seed 1), trained once per session and shared."""
+    root = tmp_path_factory.getbasetemp() / "tiny-digits-runs"
+    dirs = []
+    for name, seed, ec_weight in (("ec", 0, 0.13), ("base", 1, 0.0)):
+        run_dir = root / name
+        if not (run_dir / "metrics.json").is_file():
+            train_tiny(run_dir, max_steps=3, seed=seed, ec_weight=ec_weight)
+        dirs.append(run_dir)
+    return dirs
 
 
 @pytest.fixture(scope="session")

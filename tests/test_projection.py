@@ -13,31 +13,17 @@ import numpy as np
 import pytest
 
 from ecaml import projection
-from ecaml.config import TrainConfig
 from ecaml.evaluate import split_for
 from ecaml.projection import Projection, default_cache_dir, is_projection_cached, project_runs, warm_projection_cache
 from ecaml.runs import load_run
-from ecaml.train import train
+from tests.conftest import tiny_run_pair
 
 UMAP_POINTS, UMAP_EPOCHS = 150, 10
 
 
-def tiny_runs(tmp_path_factory) -> list[Path]:
-    """Two real digits runs of 3 steps (different seeds), trained once per session and shared by the test files."""
-    root = tmp_path_factory.getbasetemp() / "tiny-digits-runs"
-    dirs = []
-    for name, seed, ec_weight in (("ec", 0, 0.13), ("base", 1, 0.0)):
-        run_dir = root / name
-        if not (run_dir / "metrics.json").is_file():
-            config = TrainConfig(dataset="digits", max_steps=3, eval_every=0, seed=seed, ec_weight=ec_weight)
-            train(config, run_dir, progress=False)
-        dirs.append(run_dir)
-    return dirs
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    return [load_run(path) for path in tiny_runs(tmp_path_factory)]
+    return [load_run(path) for path in tiny_run_pair(tmp_path_factory)]
 
 
 @pytest.fixture(scope="module")
