@@ -248,6 +248,20 @@ def pick_runs(entries: list[RunEntry], page: str, help_text: str | None = None) 
     return [choices[key] for key in chosen]
 
 
+def choose_runs(page: str) -> list[RunEntry]:
+    """The run picker every page opens with: runs found, the user's choice, the unusable ones listed.
+
+    Returns [] (after saying what to do) when nothing is chosen.
+    """
+    entries = scan_all_runs()
+    require_runs(entries)
+    chosen = pick_runs(entries, page)
+    show_unusable(entries)
+    if not chosen:
+        st.info("Choose at least one run above.")
+    return chosen
+
+
 def require_runs(entries: list[RunEntry]) -> None:
     """Stop the page with directions when there is no usable run at all; say so when only shipped runs are missing."""
     if any(entry.shipped for entry in usable(entries)):

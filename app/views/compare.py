@@ -26,12 +26,8 @@ def render() -> None:
         "Train on seen classes, test on unseen ones: does the Energy Confusion term make the embedding "
         "generalise better? Pick runs (by default the shipped pair, EC off and EC on) and compare them."
     )
-    entries = common.scan_all_runs()
-    common.require_runs(entries)
-    chosen = common.pick_runs(entries, "compare")
-    common.show_unusable(entries)
+    chosen = common.choose_runs("compare")
     if not chosen:
-        st.info("Choose at least one run above.")
         return
     if len({entry.run.config.dataset for entry in chosen}) > 1:
         st.warning("These runs use different datasets, so their numbers are not comparable.")

@@ -29,12 +29,8 @@ def render() -> None:
         "per class. Tight, well separated clusters mean the embedding generalises. The maps are aligned, so the "
         "same image sits in roughly the same place in every panel."
     )
-    entries = common.scan_all_runs()
-    common.require_runs(entries)
-    chosen = common.pick_runs(entries, "embeddings")
-    common.show_unusable(entries)
+    chosen = common.choose_runs("embeddings")
     if not chosen:
-        st.info("Choose at least one run above.")
         return
     chosen = common.same_data_only(chosen, "so their maps cannot be aligned with it")
     umap_ready = common.attempt("look up the projection cache", umap_cached, chosen)

@@ -32,12 +32,8 @@ def render() -> None:
         "Pick a query image from classes no run saw in training, or upload your own: each run returns its nearest "
         "neighbours by cosine similarity. Green frames share the query's class, red ones do not."
     )
-    entries = common.scan_all_runs()
-    common.require_runs(entries)
-    chosen = common.pick_runs(entries, "retrieval")
-    common.show_unusable(entries)
+    chosen = common.choose_runs("retrieval")
     if not chosen:
-        st.info("Choose at least one run above.")
         return
     loaded = load_indexes(common.same_data_only(chosen, "so its gallery holds other images"))
     if not loaded:
