@@ -1,6 +1,7 @@
 """Entry point of the app (``streamlit run app/main.py``): page settings, navigation, and the last-resort error net.
 
-Each page lives in ``app/views/``; what they share lives in ``app/common.py``.
+Each page lives in ``app/views/``; what they share lives in modules of ``app/`` named for what they hold
+(``run_catalog``, ``run_picker``, ``training_job``, ``projection_jobs``, ``errors``, ``locations``, ...).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from app import common
+from app import projection_jobs, training_job
 
 st.set_page_config(page_title="ECAML explorer", page_icon="⚡", layout="wide")
 
@@ -34,7 +35,7 @@ st.sidebar.caption(
     "see what the Energy Confusion term does to an embedding."
 )
 if page.title != "Train":  # the Train page shows the job in full
-    common.show_training_in_sidebar()
+    training_job.show_training_in_sidebar()
 
 try:
     page.run()
@@ -45,4 +46,4 @@ except Exception as error:  # st.rerun and st.stop are BaseExceptions and pass t
 
 # Once per server process, after the first page has drawn: compute the default pair's aligned UMAP in a background
 # thread, so Embeddings usually finds it cached (ECAML_WARM_CACHE=0 turns this off).
-common.start_projection_warmup()
+projection_jobs.start_projection_warmup()

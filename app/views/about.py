@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app import common
+from app import locations
 
 # Forward edges in grey; each gradient is drawn as a dashed arrow running back along the edges it flows through,
 # so the picture shows at a glance which parameters each loss updates.
@@ -115,9 +115,9 @@ def show_reading_guide() -> None:
 def show_sources() -> None:
     st.header("Where the runs come from")
     st.markdown(
-        f"Shipped runs: `{common.shown_path(common.checkpoints_dir())}/` (read only). Your runs: "
-        f"`{common.shown_path(common.runs_dir())}/`. Embeddings and projections are cached in "
-        f"`{common.shown_path(common.cache_dir())}/`. Paper: B. Chen and W. Deng, *Energy Confused Adversarial Metric "
+        f"Shipped runs: `{locations.shown_path(locations.checkpoints_dir())}/` (read only). Your runs: "
+        f"`{locations.shown_path(locations.runs_dir())}/`. Embeddings and projections are cached in "
+        f"`{locations.shown_path(locations.cache_dir())}/`. Paper: B. Chen and W. Deng, *Energy Confused Adversarial Metric "
         "Learning for Zero-Shot Image Retrieval and Clustering*, AAAI 2019 (arXiv:1901.07169)."
     )
 

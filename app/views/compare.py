@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from app import charts, common
+from app import charts, errors, layout, locations, run_catalog, run_picker
 
 DISTANCE_BINS = np.linspace(0.0, 2.0, 51)  # cosine distance 1 - cos lies in [0, 2]
 MAX_PAIRS = 20000
@@ -26,7 +26,7 @@ def render() -> None:
         "Train on seen classes, test on unseen ones: does the Energy Confusion term make the embedding "
         "generalise better? Pick runs (by default the shipped pair, EC off and EC on) and compare them."
     )
-    chosen = common.choose_runs("compare")
+    chosen = run_picker.choose_runs("compare")
     if not chosen:
         return
     if len({entry.run.config.dataset for entry in chosen}) > 1:
@@ -37,8 +37,8 @@ def render() -> None:
     show_distance_histograms(chosen)
 
 
-def series(chosen: list[common.RunEntry], records_of) -> list[charts.Series]:
-    return [charts.Series(e.name, common.colour_of(i), records_of(e.run)) for i, e in enumerate(chosen)]
+def series(chosen: list[run_catalog.RunEntry], records_of) -> list[charts.Series]:
+    return [charts.Series(e.name, layout.colour_of(i), records_of(e.run)) for i, e in enumerate(chosen)]
 
 
 # ----------------------------------------------------------------------------- final metrics
@@ -56,7 +56,7 @@ def delta_column(name: str) -> str:
     return f"Δ {name}"
 
 
-def metrics_table(chosen: list[common.RunEntry]) -> pd.DataFrame:
+def metrics_table(chosen: list[run_catalog.RunEntry]) -> pd.DataFrame:
     """Rows: metrics in percent; columns: the runs, each later one followed by its difference from the first."""
     table = pd.DataFrame({entry.name: final_metrics(entry.run) for entry in chosen}).mul(100)
     known = [key for key in charts.METRIC_NAMES if key in table.index]
@@ -72,7 +72,7 @@ def metrics_table(chosen: list[common.RunEntry]) -> pd.DataFrame:
     return table
 
 
-def metrics_columns(chosen: list[common.RunEntry]) -> dict:
+def metrics_columns(chosen: list[run_catalog.RunEntry]) -> dict:
     """Each Δ column is headed by a narrow "Δ" (its run is the column on its left), with a tooltip in full."""
     reference = chosen[0].name
     return {
@@ -92,7 +92,7 @@ def delta_style(value: float) -> str:
     return "color: #b03a2e; background-color: rgba(213,94,0,0.14); font-weight: 600"
 
 
-def settings_table(chosen: list[common.RunEntry]) -> pd.DataFrame:
+def settings_table(chosen: list[run_catalog.RunEntry]) -> pd.DataFrame:
     """One row per run (so more runs make it longer, never wider), short columns."""
     rows = {}
     for entry in chosen:
@@ -101,7 +101,7 @@ def settings_table(chosen: list[common.RunEntry]) -> pd.DataFrame:
             "dataset": config.dataset,
             "backbone": f"{config.backbone}, {config.embedding_dim}-d",
             "loss": config.loss,
-            "Energy Confusion": common.ec_summary(config.ec_weight),
+            "Energy Confusion": run_catalog.ec_summary(config.ec_weight),
             "evaluated": f"every {config.eval_every} epochs" if config.eval_every else "at the end",
             "steps": f"{entry.run.step:,}",
             "seed": str(config.seed),
@@ -109,7 +109,7 @@ def settings_table(chosen: list[common.RunEntry]) -> pd.DataFrame:
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
-def show_metrics(chosen: list[common.RunEntry]) -> None:
+def show_metrics(chosen: list[run_catalog.RunEntry]) -> None:
     st.subheader("Retrieval and clustering on unseen classes")
     table = metrics_table(chosen)
     if table.empty:
@@ -134,7 +134,7 @@ def show_metrics(chosen: list[common.RunEntry]) -> None:
 # ----------------------------------------------------------------------------- training curves
 
 
-def show_training_curves(chosen: list[common.RunEntry]) -> None:
+def show_training_curves(chosen: list[run_catalog.RunEntry]) -> None:
     st.subheader("Training curves")
     controls = st.columns([2, 2, 1], vertical_alignment="bottom")
     quantity = controls[0].selectbox(
@@ -169,12 +169,12 @@ def show_training_curves(chosen: list[common.RunEntry]) -> None:
 # ----------------------------------------------------------------------------- evaluations over training
 
 
-def evaluated_metrics(chosen: list[common.RunEntry]) -> list[str]:
+def evaluated_metrics(chosen: list[run_catalog.RunEntry]) -> list[str]:
     found = (key for e in chosen for record in e.run.eval_records("unseen") for key in record)
     return [key for key in dict.fromkeys(found) if key in charts.METRIC_NAMES]
 
 
-def show_evaluations(chosen: list[common.RunEntry]) -> None:
+def show_evaluations(chosen: list[run_catalog.RunEntry]) -> None:
     st.subheader("Retrieval quality during training")
     metrics = evaluated_metrics(chosen)
     if not metrics:
@@ -211,7 +211,7 @@ def plural(count: int, noun: str) -> str:
     return f"{count} {noun}" + ("" if count == 1 else "s")
 
 
-def evaluation_gaps(chosen: list[common.RunEntry], split: str) -> list[str]:
+def evaluation_gaps(chosen: list[run_catalog.RunEntry], split: str) -> list[str]:
     """Why each run with at most one evaluation on ``split`` has no more, from its config and history."""
     without_interval, phrases = [], []
     for entry in chosen:
@@ -253,7 +253,7 @@ def distance_histograms(path: str, fingerprint: tuple, _run) -> dict:
     from ecaml.metrics import pair_distance_samples
     from ecaml.retrieval import cached_embeddings
 
-    embeddings = cached_embeddings(_run, "unseen", cache_dir=common.cache_dir())
+    embeddings = cached_embeddings(_run, "unseen", cache_dir=locations.cache_dir())
     positive, negative = pair_distance_samples(embeddings.vectors, embeddings.labels, max_pairs=MAX_PAIRS, seed=0)
     return {
         "positive": np.histogram(positive, bins=DISTANCE_BINS, density=True)[0],
@@ -262,7 +262,7 @@ def distance_histograms(path: str, fingerprint: tuple, _run) -> dict:
     }
 
 
-def show_distance_histograms(chosen: list[common.RunEntry]) -> None:
+def show_distance_histograms(chosen: list[run_catalog.RunEntry]) -> None:
     st.subheader("Distances between unseen images")
     # Drawn only once opened (the expander reruns the page when toggled): the first paint stays light, and the
     # first time these embed every unseen image.
@@ -277,12 +277,12 @@ def show_distance_histograms(chosen: list[common.RunEntry]) -> None:
         return
     with expander:
         with st.spinner("Embedding the unseen images (cached after the first time)…"):
-            for panel, entry in zip(common.panels(len(chosen)), chosen):
-                histograms = common.attempt(
+            for panel, entry in zip(layout.panels(len(chosen)), chosen):
+                histograms = errors.attempt(
                     f"embed the unseen images of {entry.name}",
                     distance_histograms,
                     entry.key,
-                    common.run_fingerprint(entry.path),
+                    run_catalog.run_fingerprint(entry.path),
                     entry.run,
                 )
                 if histograms is not None:

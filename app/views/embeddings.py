@@ -13,7 +13,7 @@ from collections import Counter
 
 import streamlit as st
 
-from app import charts, common
+from app import charts, errors, layout, locations, pictures, projection_jobs, run_catalog, run_picker, splits
 
 METHODS = {"umap": "UMAP, aligned across runs", "pca": "PCA (instant)"}
 METHOD_KEY = "projection_method"
@@ -29,11 +29,11 @@ def render() -> None:
         "per class. Tight, well separated clusters mean the embedding generalises. The maps are aligned, so the "
         "same image sits in roughly the same place in every panel."
     )
-    chosen = common.choose_runs("embeddings")
+    chosen = run_picker.choose_runs("embeddings")
     if not chosen:
         return
-    chosen = common.same_data_only(chosen, "so their maps cannot be aligned with it")
-    umap_ready = common.attempt("look up the projection cache", umap_cached, chosen)
+    chosen = run_picker.same_data_only(chosen, "so their maps cannot be aligned with it")
+    umap_ready = errors.attempt("look up the projection cache", umap_cached, chosen)
     if umap_ready is None:  # the runs' files cannot be read: no map can be drawn either
         return
     if METHOD_KEY not in st.session_state:  # each visit opens on UMAP only when it shows at once
@@ -51,50 +51,50 @@ def render() -> None:
         "(top right); dragging zooms in, a double click zooms out. Hovering only shows a point's class and image "
         "number."
     )
-    for panel, entry, projection in zip(common.panels(len(chosen), per_row=2), chosen, projections):
+    for panel, entry, projection in zip(layout.panels(len(chosen), per_row=2), chosen, projections):
         with panel:
             show_panel(entry, projection)
 
 
-def umap_cached(chosen: list[common.RunEntry]) -> bool:
+def umap_cached(chosen: list[run_catalog.RunEntry]) -> bool:
     """Whether the aligned UMAP of these runs is on disk already (a cheap look-up: nothing is computed)."""
     # Imported here, not at the top: its first import (scikit-learn, torchvision) takes seconds, and the page's
     # title and controls should paint before it.
     from ecaml.projection import is_projection_cached
 
     runs = [entry.run for entry in chosen]
-    return is_projection_cached(runs, method="umap", cache_dir=common.cache_dir(), **common.PROJECTION)
+    return is_projection_cached(runs, method="umap", cache_dir=locations.cache_dir(), **projection_jobs.PROJECTION)
 
 
 def choose_umap() -> None:
     st.session_state[METHOD_KEY] = "umap"
 
 
-def offer_umap(chosen: list[common.RunEntry]) -> None:
+def offer_umap(chosen: list[run_catalog.RunEntry]) -> None:
     """The button that asks for the aligned UMAP, and whether the start-up warm-up is computing it already."""
     st.button(COMPUTE_UMAP, icon=":material/scatter_plot:", key="compute_umap", on_click=choose_umap)
-    job = common.projection_job(chosen, "umap")
+    job = projection_jobs.projection_job(chosen, "umap")
     if job is not None and job.running:
         st.caption(
             f"It is being computed in the background already (for {job.seconds:.0f} s), so it may take less."
         )
 
 
-def umap_in_background(chosen: list[common.RunEntry]) -> str:
+def umap_in_background(chosen: list[run_catalog.RunEntry]) -> str:
     """Start (or follow) the aligned UMAP's background job; the method to show meanwhile ("umap" once it is done)."""
-    job = common.project_in_background(chosen, "umap")
+    job = projection_jobs.project_in_background(chosen, "umap")
     if job.running:
         st.info(
             "Computing the aligned UMAP maps in the background (about half a minute the first time, cached "
             "afterwards). Meanwhile the PCA maps show below; the page switches to UMAP by itself when it is ready.",
             icon=":material/hourglass_top:",
         )
-        follow_job(common.projection_job_key(chosen, job.method))
+        follow_job(projection_jobs.projection_job_key(chosen, job.method))
         return "pca"
     if job.error is not None:
-        st.error(f"Could not compute the aligned UMAP: {common.one_sentence(job.error)} Showing the PCA maps.")
+        st.error(f"Could not compute the aligned UMAP: {errors.one_sentence(job.error)} Showing the PCA maps.")
         if st.button("Try again", key="retry_umap"):
-            common.forget_projection_job(chosen, "umap")
+            projection_jobs.forget_projection_job(chosen, "umap")
             st.rerun()
         return "pca"
     return "umap"  # done; computed here if the cache could not keep it (a read-only cache, a run still training)
@@ -103,7 +103,7 @@ def umap_in_background(chosen: list[common.RunEntry]) -> str:
 @st.fragment(run_every=2.0)
 def follow_job(job_key: tuple) -> None:
     """Redraw the page once the background job ends; until then, say for how long it has been running."""
-    job = common.projection_job_by_key(job_key)
+    job = projection_jobs.projection_job_by_key(job_key)
     if job is None or not job.running:
         st.rerun()
     st.caption(f"Computing for {job.seconds:.0f} s…")
@@ -113,24 +113,24 @@ def follow_job(job_key: tuple) -> None:
 def _projections(keys: tuple, method: str, _runs: list) -> list:
     from ecaml.projection import project_runs
 
-    return project_runs(_runs, method=method, cache_dir=common.cache_dir(), **common.PROJECTION)
+    return project_runs(_runs, method=method, cache_dir=locations.cache_dir(), **projection_jobs.PROJECTION)
 
 
-def load_projections(chosen: list[common.RunEntry], method: str):
-    keys = tuple((entry.key, common.run_fingerprint(entry.path)) for entry in chosen)
+def load_projections(chosen: list[run_catalog.RunEntry], method: str):
+    keys = tuple((entry.key, run_catalog.run_fingerprint(entry.path)) for entry in chosen)
     message = "Projecting…" if method == "pca" else "Loading the aligned UMAP maps…"
     with st.spinner(message):
-        return common.attempt("project the embeddings", _projections, keys, method, [entry.run for entry in chosen])
+        return errors.attempt("project the embeddings", _projections, keys, method, [entry.run for entry in chosen])
 
 
-def show_panel(entry: common.RunEntry, projection) -> None:
-    split = common.split_of(entry.run)
+def show_panel(entry: run_catalog.RunEntry, projection) -> None:
+    split = splits.split_of(entry.run)
     figure = charts.projection_figure(
         projection.coords,
         projection.labels,
         projection.indices,
         split.dataset.class_names,
-        f"{entry.name} · {common.ec_summary(entry.run.config.ec_weight)}",
+        f"{entry.name} · {run_catalog.ec_summary(entry.run.config.ec_weight)}",
     )
     event = st.plotly_chart(
         figure,
@@ -165,7 +165,7 @@ def show_selected_images(indices: list[int], split) -> None:
     st.markdown(f"**{len(indices)} selected** — classes: {summary}")
     shown = indices[:MAX_SHOWN_IMAGES]
     st.image(
-        [common.framed(split.dataset.image(index), None, THUMBNAIL_PIXELS, border=2) for index in shown],
+        [pictures.framed(split.dataset.image(index), None, THUMBNAIL_PIXELS, border=2) for index in shown],
         caption=[split.dataset.class_name(index) for index in shown],
         width=THUMBNAIL_PIXELS,
     )

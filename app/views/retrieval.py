@@ -11,7 +11,7 @@ import random
 
 import streamlit as st
 
-from app import common
+from app import errors, layout, locations, pictures, run_catalog, run_picker, splits
 from ecaml.data.images import IMAGE_SUFFIXES, open_image
 
 SOURCES = {
@@ -32,10 +32,10 @@ def render() -> None:
         "Pick a query image from classes no run saw in training, or upload your own: each run returns its nearest "
         "neighbours by cosine similarity. Green frames share the query's class, red ones do not."
     )
-    chosen = common.choose_runs("retrieval")
+    chosen = run_picker.choose_runs("retrieval")
     if not chosen:
         return
-    loaded = load_indexes(common.same_data_only(chosen, "so its gallery holds other images"))
+    loaded = load_indexes(run_picker.same_data_only(chosen, "so its gallery holds other images"))
     if not loaded:
         return
     split = loaded[0][1].split
@@ -59,10 +59,10 @@ def _index(path: str, digest: str, _run):
     """The run's RunIndex; ``path`` and ``digest`` key the cache (``weights_digest`` is memoised by the library)."""
     from ecaml.retrieval import build_index
 
-    return build_index(_run, "unseen", cache_dir=common.cache_dir())
+    return build_index(_run, "unseen", cache_dir=locations.cache_dir())
 
 
-def load_indexes(chosen: list[common.RunEntry]) -> list[tuple[common.RunEntry, object, str]]:
+def load_indexes(chosen: list[run_catalog.RunEntry]) -> list[tuple[run_catalog.RunEntry, object, str]]:
     """(entry, RunIndex, weights digest) of each run that could be indexed; the others get one error line each."""
     # Imported here, not at the top: its first import (scikit-learn, torchvision) takes seconds, and the page's
     # title, controls and tables should paint before it.
@@ -71,10 +71,10 @@ def load_indexes(chosen: list[common.RunEntry]) -> list[tuple[common.RunEntry, o
     loaded = []
     with st.spinner("Indexing the unseen images (cached after the first time)…"):
         for entry in chosen:
-            digest = common.attempt(f"read the weights of {entry.name}", weights_digest, entry.run)
+            digest = errors.attempt(f"read the weights of {entry.name}", weights_digest, entry.run)
             if digest is None:
                 continue
-            index = common.attempt(f"index the unseen images of {entry.name}", _index, entry.key, digest, entry.run)
+            index = errors.attempt(f"index the unseen images of {entry.name}", _index, entry.key, digest, entry.run)
             if index is not None:
                 loaded.append((entry, index, digest))
     return loaded
@@ -125,7 +125,7 @@ def disagreement_query(loaded: list, split) -> int | None:
         return None
     keys = tuple((entry.key, digest) for entry, _, digest in loaded)
     with st.spinner("Finding the queries where the runs disagree…"):
-        candidates = common.attempt(
+        candidates = errors.attempt(
             "find where the runs disagree", _disagreements, keys, [index for _, index, _ in loaded]
         )
     if not candidates:
@@ -146,18 +146,18 @@ def uploaded_query(split):
     if upload is None:
         st.caption("Any picture works; it is converted to the dataset's format before embedding.")
         return None
-    return common.attempt("read this upload", open_image, upload.getvalue(), split.dataset.mode, upload.name)
+    return errors.attempt("read this upload", open_image, upload.getvalue(), split.dataset.mode, upload.name)
 
 
 def show_query(query, split) -> None:
     if isinstance(query, int):
         st.image(
-            common.enlarged(split.dataset.image(query), QUERY_PIXELS),
+            pictures.enlarged(split.dataset.image(query), QUERY_PIXELS),
             caption=f"query: class {split.dataset.class_name(query)}",
         )
         st.caption(f"Dataset image {query}. It is left out of its own neighbour list.")
     else:
-        st.image(common.enlarged(query, QUERY_PIXELS), caption="query: your upload")
+        st.image(pictures.enlarged(query, QUERY_PIXELS), caption="query: your upload")
         st.caption("Its class is unknown, so neighbours get grey frames.")
 
 
@@ -166,8 +166,8 @@ def show_query(query, split) -> None:
 
 def ask(index, query, k: int):
     if isinstance(query, int):
-        return common.attempt(f"query {index.run.name}", index.query_by_index, query, k)
-    return common.attempt(f"query {index.run.name}", index.query_by_image, query, k)
+        return errors.attempt(f"query {index.run.name}", index.query_by_index, query, k)
+    return errors.attempt(f"query {index.run.name}", index.query_by_image, query, k)
 
 
 def show_results(loaded: list, query, k: int) -> None:
@@ -176,14 +176,14 @@ def show_results(loaded: list, query, k: int) -> None:
         "Best match first. Under each image: ✓ or ✗ (same class as the query or not), its class, and its cosine "
         "similarity to the query."
     )
-    for panel, (entry, index, _) in zip(common.panels(len(loaded)), loaded):
+    for panel, (entry, index, _) in zip(layout.panels(len(loaded)), loaded):
         with panel:
             result = ask(index, query, k)
             if result is not None:
                 show_neighbours(entry, result)
 
 
-def show_neighbours(entry: common.RunEntry, result) -> None:
+def show_neighbours(entry: run_catalog.RunEntry, result) -> None:
     st.markdown(f"#### {entry.name}")
     verdicts = [n.correct for n in result.neighbours]
     score = (
@@ -191,10 +191,10 @@ def show_neighbours(entry: common.RunEntry, result) -> None:
         if None not in verdicts
         else ""
     )
-    st.caption(f"{common.ec_summary(entry.run.config.ec_weight)} · {score}answered in {1000 * result.seconds:.1f} ms")
-    split = common.split_of(entry.run)
+    st.caption(f"{run_catalog.ec_summary(entry.run.config.ec_weight)} · {score}answered in {1000 * result.seconds:.1f} ms")
+    split = splits.split_of(entry.run)
     st.image(
-        [common.framed(split.dataset.image(n.dataset_index), n.correct, NEIGHBOUR_PIXELS) for n in result.neighbours],
+        [pictures.framed(split.dataset.image(n.dataset_index), n.correct, NEIGHBOUR_PIXELS) for n in result.neighbours],
         caption=[neighbour_caption(n) for n in result.neighbours],
         width=NEIGHBOUR_PIXELS + 10,  # the thumbnail and its frame
     )

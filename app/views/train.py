@@ -10,7 +10,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from app import charts, common
+from app import charts, errors, layout, locations, run_catalog, run_picker, training_job
 from ecaml.config import DATASET_DEFAULTS, TrainConfig
 from ecaml.paths import PathError, confine
 from ecaml.runs import read_metrics
@@ -31,7 +31,7 @@ STOPPING_KEY = "stop_requested_for"  # the job this session asked to stop (it en
 def render() -> None:
     st.title("Train a run")
     st.caption(
-        f"Training runs in its own process and writes to `{common.shown_path(common.runs_dir())}/`; you can browse "
+        f"Training runs in its own process and writes to `{locations.shown_path(locations.runs_dir())}/`; you can browse "
         "the other pages meanwhile. A finished run appears on the Compare page."
     )
     running = show_job()
@@ -44,13 +44,13 @@ def render() -> None:
 
 def show_job() -> Path | None:
     """The running job (also after a page reload), else how this session's last job ended; the running job's folder."""
-    running = common.current_job()
+    running = training_job.current_job()
     if running is not None:
         st.session_state[LAST_JOB_KEY] = str(running)
         live_panel(str(running))
         return running
     last = st.session_state.get(LAST_JOB_KEY)
-    progress = common.job_progress(Path(last)) if last else None
+    progress = training_job.job_progress(Path(last)) if last else None
     if progress is not None:
         finished_panel(Path(last), progress)
     return None
@@ -58,11 +58,11 @@ def show_job() -> Path | None:
 
 @st.fragment(run_every=2.0)
 def live_panel(run_dir: str) -> None:
-    progress = common.job_progress(Path(run_dir))
-    if progress is None or progress.state not in common.LIVE_STATES:
+    progress = training_job.job_progress(Path(run_dir))
+    if progress is None or progress.state not in run_catalog.LIVE_STATES:
         st.rerun()  # finished: redraw the page once, without this refresher
     st.subheader(f"Training {Path(run_dir).name}")
-    st.progress(common.progress_fraction(progress), text=common.progress_text(progress))
+    st.progress(training_job.progress_fraction(progress), text=training_job.progress_text(progress))
     steps = [record for record in progress.history if record.get("kind") == "step"]
     show_live_curves(steps)
     stopping = st.session_state.get(STOPPING_KEY) == run_dir
@@ -87,25 +87,25 @@ def show_live_curves(steps: list[dict]) -> None:
         if not present:
             column.caption("log E appears here when EC is on.")
             continue
-        colours = [common.colour_of(i) for i in range(len(present))]
+        colours = [layout.colour_of(i) for i in range(len(present))]
         chart = charts.quantities_chart(steps, present, colours, smoothing=0.6, height=280)
         column.altair_chart(chart, key=f"live_{'_'.join(present)}", width="stretch")
 
 
 def stop_job(run_dir: str) -> None:
     st.session_state[STOPPING_KEY] = run_dir
-    common.attempt("stop the training job", common.job_manager().stop)
+    errors.attempt("stop the training job", training_job.job_manager().stop)
 
 
 def finished_panel(run_dir: Path, progress) -> None:
     name = run_dir.name
     if progress.state == "failed":
-        log = f" Its log: `{common.shown_path(progress.log_path)}`." if progress.log_path else ""
+        log = f" Its log: `{locations.shown_path(progress.log_path)}`." if progress.log_path else ""
         st.error(
-            f"Training {name} failed: {common.one_sentence(Exception(progress.message or 'no reason given'))}{log}"
+            f"Training {name} failed: {errors.one_sentence(Exception(progress.message or 'no reason given'))}{log}"
         )
         return
-    metrics = common.attempt("read the final metrics", read_metrics, run_dir) if progress.state == "completed" else None
+    metrics = errors.attempt("read the final metrics", read_metrics, run_dir) if progress.state == "completed" else None
     summary = f" Unseen Recall@1 {100 * metrics['recall@1']:.1f}%." if metrics and "recall@1" in metrics else ""
     if progress.state == "completed":
         st.success(f"Last run **{name}** finished.{summary}", icon=":material/check_circle:")
@@ -116,9 +116,9 @@ def finished_panel(run_dir: Path, progress) -> None:
 
 
 def compare_with_defaults(run_dir: Path) -> None:
-    entries = common.scan_all_runs()
-    selection = [key for key in common.default_selection(entries) if key != str(run_dir)] + [str(run_dir)]
-    st.session_state[common.SELECTION_KEY] = selection
+    entries = run_catalog.scan_all_runs()
+    selection = [key for key in run_catalog.default_selection(entries) if key != str(run_dir)] + [str(run_dir)]
+    st.session_state[run_picker.SELECTION_KEY] = selection
     st.switch_page("views/compare.py")
 
 
@@ -145,7 +145,7 @@ def show_form(running: Path | None) -> None:
             "Data root (folder dataset only)",
             key="train_data_root",
             placeholder="my-images",
-            help=f"A folder inside `{common.shown_path(common.data_dir())}/` (set ECAML_DATA_DIR to allow another) "
+            help=f"A folder inside `{locations.shown_path(locations.data_dir())}/` (set ECAML_DATA_DIR to allow another) "
             "with one sub-folder of images per class.",
         )
         loss = second.selectbox("Base metric loss", LOSSES, key="train_loss")
@@ -219,9 +219,9 @@ def show_form(running: Path | None) -> None:
 def confined_data_root(text: str) -> str | None:
     """The data root typed in, resolved inside the allowed data folder; None (after an error) when outside."""
     try:
-        return str(confine(text, [common.data_dir()], base=common.data_dir()))
+        return str(confine(text, [locations.data_dir()], base=locations.data_dir()))
     except PathError as error:
-        st.error(f"Could not use this data root: {common.one_sentence(error)}")
+        st.error(f"Could not use this data root: {errors.one_sentence(error)}")
         return None
 
 
@@ -234,7 +234,7 @@ def start(config: TrainConfig, name: str | None) -> None:
         if config.data_root is None:
             return
     # The job manager refuses a second job (one started from another tab since this page was drawn) with a JobError.
-    run_dir = common.attempt("start training", common.job_manager().start, config, name=name)
+    run_dir = errors.attempt("start training", training_job.job_manager().start, config, name=name)
     if run_dir is not None:
         st.session_state[LAST_JOB_KEY] = str(run_dir)
         st.toast(f"Started {Path(run_dir).name}.", icon=":material/rocket_launch:")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from apptest_support import assert_clean, open_page, plotly_array, plotly_specs, run_key
 
-from app import common
+from app import projection_jobs
 from app.views import embeddings  # the repository root is on sys.path (conftest.py)
 from ecaml import projection
 from ecaml.runs import load_run
@@ -60,10 +60,10 @@ def button_labels(app) -> list[str]:
     return [button.label for button in app.button]
 
 
-def wait_for_jobs(cache=None) -> list[common.ProjectionJob]:
+def wait_for_jobs(cache=None) -> list[projection_jobs.ProjectionJob]:
     """The background projection jobs of this process (writing into ``cache`` when given), once finished."""
     cache = str(cache.resolve()) if cache is not None else None
-    jobs = [job for key, job in common._projection_jobs().items() if cache is None or key[1] == cache]
+    jobs = [job for key, job in projection_jobs._projection_jobs().items() if cache is None or key[1] == cache]
     for job in jobs:
         job.thread.join(timeout=JOB_TIMEOUT_S)
         assert not job.running, "the background projection did not finish in time"
@@ -81,7 +81,7 @@ def test_without_a_cached_umap_the_page_opens_on_pca_with_a_button(fresh_cache):
     assert embeddings.COMPUTE_UMAP in button_labels(app)
     assert embeddings.COMPUTE_UMAP == "Compute aligned UMAP (about half a minute the first time; cached afterwards)"
     assert panel_titles(app) == ["digits-ec-off · EC off", "digits-ec-on · EC λ=0.13"]
-    started = [key for key in common._projection_jobs() if key[:2] == ("umap", str(fresh_cache.resolve()))]
+    started = [key for key in projection_jobs._projection_jobs() if key[:2] == ("umap", str(fresh_cache.resolve()))]
     assert not started, "opening the page must not start the UMAP"
 
 
@@ -113,7 +113,7 @@ def test_the_button_computes_the_aligned_umap_in_the_background_then_the_page_op
     assert again.radio(key="projection_method").value == "umap"
     assert again.radio(key="projection_method").options == ["UMAP, aligned across runs", "PCA (instant)"]
     assert embeddings.COMPUTE_UMAP not in button_labels(again)
-    assert projection.is_projection_cached(shipped(shipped_runs), method="umap", **common.PROJECTION)
+    assert projection.is_projection_cached(shipped(shipped_runs), method="umap", **projection_jobs.PROJECTION)
 
 
 def test_a_failing_background_projection_shows_an_error_and_the_pca_maps(monkeypatch, fresh_cache, caplog):
@@ -137,21 +137,21 @@ def test_a_failing_background_projection_shows_an_error_and_the_pca_maps(monkeyp
 
 def test_the_app_warms_the_projection_cache_once_in_the_background(monkeypatch, fresh_cache, shipped_runs):
     runs = shipped(shipped_runs)
-    assert not projection.is_projection_cached(runs, method="pca", cache_dir=fresh_cache, **common.PROJECTION)
+    assert not projection.is_projection_cached(runs, method="pca", cache_dir=fresh_cache, **projection_jobs.PROJECTION)
     monkeypatch.setenv("ECAML_WARM_CACHE", "pca")  # the PCA maps: the same machinery as the UMAP, in a second
     app = open_page("compare")
     assert_clean(app)
-    warmup = common.start_projection_warmup()
+    warmup = projection_jobs.start_projection_warmup()
     assert warmup is not None and warmup.method == "pca" and warmup.run_names == ["digits-ec-off", "digits-ec-on"]
     warmup.thread.join(timeout=JOB_TIMEOUT_S)
     assert warmup.error is None
-    assert projection.is_projection_cached(runs, method="pca", cache_dir=fresh_cache, **common.PROJECTION)
+    assert projection.is_projection_cached(runs, method="pca", cache_dir=fresh_cache, **projection_jobs.PROJECTION)
     open_page("retrieval")
-    assert common.start_projection_warmup() is warmup  # once per process (and cache folder)
+    assert projection_jobs.start_projection_warmup() is warmup  # once per process (and cache folder)
 
 
 def test_no_warm_up_when_turned_off(fresh_cache):
-    assert common.warm_projection_setting() is None  # ECAML_WARM_CACHE=0 (conftest.py)
+    assert projection_jobs.warm_projection_setting() is None  # ECAML_WARM_CACHE=0 (conftest.py)
     assert_clean(open_page("compare"))
-    assert common.start_projection_warmup() is None
+    assert projection_jobs.start_projection_warmup() is None
     assert not (fresh_cache / "projections").exists()

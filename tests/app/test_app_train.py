@@ -8,7 +8,7 @@ from pathlib import Path
 
 from apptest_support import assert_clean, open_page
 
-from app import common  # the repository root is on sys.path (conftest.py)
+from app import training_job  # the repository root is on sys.path (conftest.py)
 from ecaml.jobs import JobManager
 
 JOB_TIMEOUT_S = 120
@@ -55,7 +55,7 @@ def test_the_form_starts_a_job_refuses_a_second_and_the_run_appears_in_compare(a
     # A tab that has not seen the job yet (another tab started it between this tab's two runs) still submits:
     # the job manager refuses the second job.
     with monkeypatch.context() as patched:
-        patched.setattr(common, "current_job", lambda: None)
+        patched.setattr(training_job, "current_job", lambda: None)
         other_tab = open_page("train")
         fill_form(other_tab, "second-job", max_steps=40)
         submit(other_tab)

@@ -1,0 +1,151 @@
+"""The runs the app knows: every run folder under checkpoints/ and runs/, each loaded once per process.
+
+Loaded runs are cached per process with ``st.cache_resource``, keyed by the run
+folder and the modification times of its files, so a finished or re-trained run
+is picked up on the next rerun while an unchanged one is never read twice.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import streamlit as st
+
+from app.errors import one_sentence
+from app.locations import checkpoints_dir, runs_dir
+from ecaml.runs import Run, RunError, find_runs, load_run, read_status
+
+
+# The files whose change means a run must be read again (a checkpoint, a finished evaluation...).
+RUN_FILES = ("config.json", "model.safetensors", "history.jsonl", "metrics.json", "status.json")
+
+
+LIVE_STATES = ("starting", "running")
+
+
+# Names the shipped runs the app opens on, so the first screen shows the clearest comparison.
+FEATURED_FILE = "featured.json"
+
+
+@dataclass(frozen=True)
+class RunEntry:
+    """One folder under a run root: its run when usable, else why not."""
+
+    path: Path
+    shipped: bool  # under checkpoints/ (read-only) rather than runs/
+    run: Run | None
+    problem: str | None = None
+
+    @property
+    def key(self) -> str:
+        return str(self.path)
+
+    @property
+    def name(self) -> str:
+        return self.path.name if self.shipped else f"{self.path.name} (yours)"
+
+    @property
+    def label(self) -> str:
+        """Name plus what matters for the comparison: dataset, loss and whether EC is on."""
+        if self.run is None:
+            return self.name
+        config = self.run.config
+        training = " · training…" if (self.run.status or {}).get("state") in LIVE_STATES else ""
+        return f"{self.name} · {config.dataset} · {config.loss} · {ec_summary(config.ec_weight)}{training}"
+
+
+def ec_summary(ec_weight: float) -> str:
+    return "EC off" if ec_weight == 0 else f"EC λ={ec_weight:g}"
+
+
+def run_fingerprint(path: Path) -> tuple:
+    """(name, mtime, size) of each run file, so any change to the run gives a new cache key."""
+    stamps = []
+    for name in RUN_FILES:
+        try:
+            stat = (path / name).stat()
+            stamps.append((name, stat.st_mtime_ns, stat.st_size))
+        except OSError:
+            stamps.append((name, None, None))
+    return tuple(stamps)
+
+
+@st.cache_resource(show_spinner=False)
+def _loaded_runs() -> dict[str, tuple[tuple, Run | None, str | None]]:
+    """Per process: run folder -> (fingerprint, run, problem) of its latest load.
+
+    One entry per folder, so a run that checkpoints every epoch replaces its model instead of piling up copies.
+    """
+    return {}
+
+
+def _load_run(path: Path) -> tuple[Run | None, str | None]:
+    """(run, None) or (None, reason), read again only when one of the run's files changed."""
+    fingerprint = run_fingerprint(path)
+    known = _loaded_runs().get(str(path))
+    if known is not None and known[0] == fingerprint:
+        return known[1], known[2]
+    try:
+        run, problem = load_run(path), None
+    except RunError as error:
+        run, problem = None, str(error)
+    except (OSError, ValueError) as error:  # a folder vanishing while read, an odd file system
+        run, problem = None, f"{path.name}: {one_sentence(error)}"
+    _loaded_runs()[str(path)] = (fingerprint, run, problem)
+    return run, problem
+
+
+def scan_all_runs() -> list[RunEntry]:
+    """Every run folder under checkpoints/ then runs/, loaded through the cache (listing itself is cheap)."""
+    entries = []
+    for root, shipped in ((checkpoints_dir(), True), (runs_dir(), False)):
+        for path in find_runs(root):
+            run, problem = _load_run(path)
+            if run is None and _still_training(path):
+                problem = "still training: it becomes usable at its first checkpoint"
+            entries.append(RunEntry(path, shipped, run, problem))
+    return entries
+
+
+def _still_training(path: Path) -> bool:
+    status = read_status(path) or {}
+    return status.get("state") in LIVE_STATES
+
+
+def usable(entries: list[RunEntry]) -> list[RunEntry]:
+    return [entry for entry in entries if entry.run is not None]
+
+
+def featured_run_names() -> list[str]:
+    """Run names listed in ``checkpoints/featured.json`` (the pair the app opens on); [] when absent or unreadable."""
+    try:
+        names = json.loads((checkpoints_dir() / FEATURED_FILE).read_text(encoding="utf-8")).get("runs", [])
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [name for name in names if isinstance(name, str)] if isinstance(names, list) else []
+
+
+def default_selection(entries: list[RunEntry]) -> list[str]:
+    """The featured shipped runs; else the first shipped EC-off / EC-on pair of one dataset and loss; else two runs."""
+    candidates = [e for e in usable(entries) if e.shipped] or usable(entries)
+    by_name = {e.path.name: e for e in candidates if e.shipped}
+    featured = [by_name[name].key for name in featured_run_names() if name in by_name]
+    if len(featured) >= 2:
+        return featured
+    for off in (e for e in candidates if e.run.config.ec_weight == 0):
+        for on in (e for e in candidates if e.run.config.ec_weight > 0):
+            if (on.run.config.dataset, on.run.config.loss) == (off.run.config.dataset, off.run.config.loss):
+                return [off.key, on.key]
+    return [e.key for e in candidates[:2]]
+
+
+def same_data(chosen: list[RunEntry]) -> list[RunEntry]:
+    """The runs trained on the same images as the first one."""
+
+    def data_of(entry: RunEntry) -> tuple:
+        config = entry.run.config
+        return (config.dataset, config.data_root, config.val_classes, config.split_seed)
+
+    return [entry for entry in chosen if data_of(entry) == data_of(chosen[0])]

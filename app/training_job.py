@@ -1,0 +1,64 @@
+"""The runs folder's one training job, as the pages see it: its state, its progress, the sidebar bar."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from app.errors import LOG, USER_ERRORS
+from app.locations import runs_dir
+from app.run_catalog import LIVE_STATES
+from ecaml.jobs import JobManager
+
+
+def job_manager() -> JobManager:
+    """The manager of the runs folder's one training job; it keeps its state in that folder, so any instance will do."""
+    return JobManager(runs_dir())
+
+
+def current_job() -> Path | None:
+    """The run directory of the job training now, or None."""
+    try:
+        return job_manager().current()
+    except USER_ERRORS as error:
+        LOG.warning("cannot read the training job: %s", error)
+        return None
+
+
+def job_progress(run_dir: Path):
+    try:
+        return job_manager().progress(run_dir)
+    except USER_ERRORS as error:
+        LOG.warning("cannot read the progress of %s: %s", run_dir, error)
+        return None
+
+
+def show_training_in_sidebar() -> None:
+    """A small progress bar in the sidebar while a job trains, refreshed every two seconds."""
+    run_dir = current_job()
+    progress = job_progress(run_dir) if run_dir else None
+    if progress is None or progress.state not in LIVE_STATES:
+        return
+    with st.sidebar:
+        _sidebar_progress(str(run_dir))
+
+
+@st.fragment(run_every=2.0)
+def _sidebar_progress(run_dir: str) -> None:
+    progress = job_progress(Path(run_dir))
+    if progress is None or progress.state not in LIVE_STATES:
+        st.rerun()  # the job ended: redraw the whole page once, without this refresher
+    st.caption(f"Training **{Path(run_dir).name}**")
+    st.progress(progress_fraction(progress), text=progress_text(progress))
+
+
+def progress_fraction(progress) -> float:
+    total = progress.total_steps or 0
+    return min(1.0, progress.step / total) if total else 0.0
+
+
+def progress_text(progress) -> str:
+    if progress.state == "starting" or not progress.total_steps:
+        return "starting: loading the libraries and the data…"
+    return f"step {progress.step:,} of {progress.total_steps:,}"
