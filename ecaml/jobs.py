@@ -50,8 +50,8 @@ _LOCK_WRITE_GRACE_S = 10.0
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 _REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
 
-# Popen objects of the jobs this process started, kept so that they are reaped (poll) and not
-# garbage-collected while running; keyed by pid.
+# Popen objects of the jobs this process started and that have not ended yet, keyed by pid. Each has a
+# reaper thread that waits for it, so a finished job never lingers as a zombie, whether or not a page asks.
 _children: dict[int, subprocess.Popen] = {}
 _children_lock = threading.Lock()
 
@@ -134,8 +134,7 @@ class JobManager:
                     command, cwd=_REPOSITORY_ROOT, env=environment, stdin=subprocess.DEVNULL, stdout=log,
                     stderr=subprocess.STDOUT, start_new_session=True,
                 )
-            with _children_lock:
-                _children[process.pid] = process
+            _watch_child(process)
             record = {"pid": process.pid, "run_dir": str(run_dir), "started": time.time(),
                       "proc_start_time": _proc_start_time(process.pid)}
             atomic_write_json(self.lock_path, record)
@@ -441,6 +440,23 @@ def _proc_stat(pid: int) -> tuple[str, int] | None:
 def _proc_start_time(pid: int) -> int | None:
     stat = _proc_stat(pid)
     return stat[1] if stat else None
+
+
+def _watch_child(process: subprocess.Popen) -> None:
+    """Keep ``process`` and reap it the moment it exits, from a daemon thread.
+
+    Pages poll a job only while someone looks at them (and a crashed page never polls again), so waiting must
+    not depend on them: the thread's ``wait`` collects the exit status as soon as the job ends.
+    """
+    with _children_lock:
+        _children[process.pid] = process
+
+    def wait_then_forget() -> None:
+        process.wait()
+        with _children_lock:
+            _children.pop(process.pid, None)
+
+    threading.Thread(target=wait_then_forget, name=f"ecaml-reaper-{process.pid}", daemon=True).start()
 
 
 def _reap(pid: int) -> None:

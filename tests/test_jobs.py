@@ -239,3 +239,34 @@ def test_config_flags_rebuild_the_config_exactly():
     ).resolved()
     args = build_parser().parse_args(["train", *config_flags(config), "--out=x"])
     assert TrainConfig.from_dict(_flag_values(args)).resolved() == config
+
+
+def children_of_this_process() -> dict[int, str]:
+    """pid -> state letter of every process whose parent is this one, from /proc."""
+    found = {}
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat_file.read_text()
+        except OSError:
+            continue
+        fields = text[text.rindex(")") + 2:].split()
+        if int(fields[1]) == os.getpid():
+            found[int(stat_file.parent.name)] = fields[0]
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_finished_jobs_are_reaped_without_anyone_polling(root):
+    """Several jobs end while no page asks about them: none is left as a defunct child of the server."""
+    manager = JobManager(root)
+    for seed in range(3):
+        run_dir = manager.start(TrainConfig(**QUICK, seed=seed), name=f"reaped-{seed}")
+        pid = json.loads((root / jobs.LOCK_NAME).read_text())["pid"]
+        assert pid in children_of_this_process()
+        deadline = time.monotonic() + 90
+        # Only the run folder is read while the job runs: no manager call that could reap it on the way.
+        while pid in children_of_this_process():
+            assert time.monotonic() < deadline, f"job {seed} still a child: {children_of_this_process()}"
+            time.sleep(0.1)
+        assert json.loads((run_dir / "status.json").read_text())["state"] == "completed"
+    assert "Z" not in children_of_this_process().values()
