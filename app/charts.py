@@ -176,9 +176,17 @@ def evaluation_chart(lines: list[Series], metric: str, height: int = 340) -> alt
 
 
 def distance_chart(
-    bins: np.ndarray, positive: np.ndarray, negative: np.ndarray, medians: tuple[float, float], title: str
+    bins: np.ndarray,
+    positive: np.ndarray,
+    negative: np.ndarray,
+    medians: tuple[float, float],
+    title: str,
+    density_max: float | None = None,
 ) -> alt.LayerChart:
-    """Overlaid density histograms (already binned) of same-class and different-class pair distances, medians dotted."""
+    """Overlaid density histograms (already binned) of same-class and different-class pair distances, medians dotted.
+
+    The x axis spans ``bins``; ``density_max`` fixes the top of the y axis, so that panels side by side share it.
+    """
     kinds = ((SAME_CLASS, positive, medians[0]), (DIFFERENT_CLASSES, negative, medians[1]))
     bars = pd.concat(
         [
@@ -191,17 +199,20 @@ def distance_chart(
     colour = alt.Color(
         "kind:N",
         scale=alt.Scale(domain=[name for (name, _), _, _ in kinds], range=[c for (_, c), _, _ in kinds]),
-        # Inside the top right corner, where distances near 2 (opposite directions) leave the plot empty.
-        legend=alt.Legend(orient="top-right", title=None, fillColor="rgba(255,255,255,0.7)"),
+        legend=alt.Legend(orient="top", title=None),
     )
-    x_scale = alt.Scale(domain=[float(bins[0]), float(bins[-1])])
+    x_scale = alt.Scale(domain=[float(bins[0]), float(bins[-1])], nice=False)
     histogram = (
         alt.Chart(bars)
         .mark_rect(opacity=0.6)
         .encode(
             x=alt.X("left:Q", title="cosine distance 1 − cos", scale=x_scale),
             x2="right:Q",
-            y=alt.Y("density:Q", title="density"),
+            y=alt.Y(
+                "density:Q",
+                title="density",
+                scale=alt.Scale(domain=[0, density_max]) if density_max else alt.Undefined,
+            ),
             y2=alt.datum(0),
             color=colour,
             tooltip=[

@@ -13,11 +13,20 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from app import charts, errors, layout, locations, run_catalog, run_picker
+from app import charts, comparisons, errors, guided_path, layout, locations, run_catalog, run_picker
 
-DISTANCE_BINS = np.linspace(0.0, 2.0, 51)  # cosine distance 1 - cos lies in [0, 2]
+DISTANCE_BIN_COUNT = 50
 MAX_PAIRS = 20000
 DISTANCES_KEY = "distances_open"
+BASELINE_KEY = "compare_baseline"
+FIRST_CURVE = "log_energy"  # the term's signature: it falls with EC on and rises with EC off
+# The evaluation splits a history may hold, best for reading a curve first; any other name is shown as it is.
+SPLIT_LABELS = {
+    "val": "validation classes (held-out seen classes: for model selection)",
+    "seen_test": "seen classes, held-out images",
+    "unseen": "test classes — not for model selection",
+    "train": "training images",
+}
 
 
 def render() -> None:
@@ -26,15 +35,33 @@ def render() -> None:
         "Train on seen classes, test on unseen ones: does the Energy Confusion term make the embedding "
         "generalise better? Pick runs (by default the shipped pair, EC off and EC on) and compare them."
     )
+    guided_path.show_guided_path()
     chosen = run_picker.choose_runs("compare")
     if not chosen:
         return
-    if len({entry.run.config.dataset for entry in chosen}) > 1:
-        st.warning("These runs use different datasets, so their numbers are not comparable.")
-    show_metrics(chosen)
+    baseline = choose_baseline(chosen)
+    show_metrics(chosen, baseline)
+    show_seed_spread(chosen)
     show_training_curves(chosen)
     show_evaluations(chosen)
     show_distance_histograms(chosen)
+
+
+def choose_baseline(chosen: list[run_catalog.RunEntry]) -> run_catalog.RunEntry:
+    """The run every Δ is measured against: chosen by the user, by default the first EC-off run picked."""
+    by_key = {entry.key: entry for entry in chosen}
+    if st.session_state.get(BASELINE_KEY) not in by_key:  # first visit, or its run was unpicked
+        st.session_state[BASELINE_KEY] = comparisons.default_baseline(chosen).key
+    if len(chosen) == 1:
+        return chosen[0]
+    key = st.selectbox(
+        "Baseline (each Δ is measured against it)",
+        list(by_key),
+        format_func=lambda key: by_key[key].label,
+        key=BASELINE_KEY,
+        help="Only runs with the same data set, class split and base loss as the baseline get a Δ.",
+    )
+    return by_key[key]
 
 
 def series(chosen: list[run_catalog.RunEntry], records_of) -> list[charts.Series]:
@@ -56,30 +83,34 @@ def delta_column(name: str) -> str:
     return f"Δ {name}"
 
 
-def metrics_table(chosen: list[run_catalog.RunEntry]) -> pd.DataFrame:
-    """Rows: metrics in percent; columns: the runs, each later one followed by its difference from the first."""
-    table = pd.DataFrame({entry.name: final_metrics(entry.run) for entry in chosen}).mul(100)
+def metrics_table(chosen: list[run_catalog.RunEntry], baseline: run_catalog.RunEntry) -> pd.DataFrame:
+    """Rows: metrics in percent; columns: the baseline, then each other run followed by its Δ against the baseline,
+    for the runs that may be compared with it (same data, split and base loss) only."""
+    ordered = [baseline] + [entry for entry in chosen if entry is not baseline]
+    table = pd.DataFrame({entry.name: final_metrics(entry.run) for entry in ordered}).mul(100)
     known = [key for key in charts.METRIC_NAMES if key in table.index]
     table = table.reindex(known + [key for key in table.index if key not in charts.METRIC_NAMES])
-    reference = chosen[0].name
-    columns = [reference]
-    for entry in chosen[1:]:
-        if entry.name in table:
-            table[delta_column(entry.name)] = table[entry.name] - table[reference]
-            columns += [entry.name, delta_column(entry.name)]
+    columns = [baseline.name]
+    for entry in ordered[1:]:
+        if entry.name not in table:
+            continue
+        columns.append(entry.name)
+        if comparisons.mismatch(entry, baseline) is None:
+            table[delta_column(entry.name)] = table[entry.name] - table[baseline.name]
+            columns.append(delta_column(entry.name))
     table = table[[column for column in columns if column in table]]
     table.index = [charts.metric_name(key) for key in table.index]
     return table
 
 
-def metrics_columns(chosen: list[run_catalog.RunEntry]) -> dict:
+def metrics_columns(chosen: list[run_catalog.RunEntry], baseline: run_catalog.RunEntry) -> dict:
     """Each Δ column is headed by a narrow "Δ" (its run is the column on its left), with a tooltip in full."""
-    reference = chosen[0].name
     return {
         delta_column(entry.name): st.column_config.Column(
-            "Δ", width="small", help=f"Points gained or lost by {entry.name} against {reference}."
+            "Δ", width="small", help=f"Points gained or lost by {entry.name} against {baseline.name}."
         )
-        for entry in chosen[1:]
+        for entry in chosen
+        if entry is not baseline
     }
 
 
@@ -109,9 +140,9 @@ def settings_table(chosen: list[run_catalog.RunEntry]) -> pd.DataFrame:
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
-def show_metrics(chosen: list[run_catalog.RunEntry]) -> None:
+def show_metrics(chosen: list[run_catalog.RunEntry], baseline: run_catalog.RunEntry) -> None:
     st.subheader("Retrieval and clustering on unseen classes")
-    table = metrics_table(chosen)
+    table = metrics_table(chosen, baseline)
     if table.empty:
         st.info("None of these runs has final metrics yet.")
         return
@@ -122,13 +153,58 @@ def show_metrics(chosen: list[run_catalog.RunEntry]) -> None:
         .map(delta_style, subset=deltas)
     )
     # Full width, with the settings under it: run names are long, and a column cut off at the right edge hid the Δs.
-    st.dataframe(styled, key="metrics_table", column_config=metrics_columns(chosen), width="content")
-    st.caption(
-        "Percent, measured on classes held out of training. Each **Δ** column: the points the run on its left gained "
-        f"(green) or lost (red) against **{chosen[0].name}**, the first run picked."
-    )
+    st.dataframe(styled, key="metrics_table", column_config=metrics_columns(chosen, baseline), width="content")
+    caption = "Percent, measured on classes held out of training (test classes)."
+    if deltas:
+        caption += (
+            " Each **Δ** column: the points the run on its left gained (green) or lost (red) against the baseline "
+            f"**{baseline.name}**."
+        )
+    seeds = {entry.run.config.seed for entry in chosen}
+    if len(seeds) == 1:
+        caption += f" Every run here is one seed (seed {seeds.pop()}): a Δ of a point or two can be chance."
+    st.caption(caption)
+    show_missing_deltas(chosen, baseline)
     with st.expander("How each run was trained: dataset, backbone, loss, Energy Confusion, evaluations, steps, seed"):
         st.dataframe(settings_table(chosen), key="settings_table")
+
+
+def show_missing_deltas(chosen: list[run_catalog.RunEntry], baseline: run_catalog.RunEntry) -> None:
+    """Name each run shown without a Δ, and why: a Δ across data, splits or losses would mislead."""
+    reasons = [
+        f"**{entry.name}** ({reason})"
+        for entry in chosen
+        if entry is not baseline and (reason := comparisons.mismatch(entry, baseline))
+    ]
+    if reasons:
+        st.warning(
+            f"No Δ for {'; '.join(reasons)}: a difference means something only between runs of the same data set, "
+            f"class split and base loss as the baseline **{baseline.name}**. Pick another baseline to compare them.",
+            icon=":material/block:",
+        )
+
+
+def show_seed_spread(chosen: list[run_catalog.RunEntry]) -> None:
+    """Runs of one setting trained with several seeds: each metric's mean and spread over those seeds."""
+    repeated = comparisons.repeated_settings(chosen)
+    if not repeated:
+        return
+    st.markdown("**Settings picked with several seeds** (mean ± standard deviation over the seeds, percent)")
+    columns = {}
+    for runs in repeated:
+        config = runs[0].run.config
+        name = (
+            f"{config.dataset} · {config.loss} · {run_catalog.ec_summary(config.ec_weight)} · "
+            f"{len(runs)} seeds"
+        )
+        cells = {}
+        for key in charts.METRIC_NAMES:
+            values = [100 * final_metrics(entry.run)[key] for entry in runs if key in final_metrics(entry.run)]
+            if values:
+                mean, spread = comparisons.mean_and_spread(values)
+                cells[charts.metric_name(key)] = f"{mean:.1f} ± {spread:.1f}"
+        columns[name] = cells
+    st.dataframe(pd.DataFrame(columns), key="seed_spread_table")
 
 
 # ----------------------------------------------------------------------------- training curves
@@ -138,7 +214,11 @@ def show_training_curves(chosen: list[run_catalog.RunEntry]) -> None:
     st.subheader("Training curves")
     controls = st.columns([2, 2, 1], vertical_alignment="bottom")
     quantity = controls[0].selectbox(
-        "Quantity", list(charts.CURVES), format_func=charts.CURVES.get, key="curve_quantity"
+        "Quantity",
+        list(charts.CURVES),
+        index=list(charts.CURVES).index(FIRST_CURVE),
+        format_func=charts.CURVES.get,
+        key="curve_quantity",
     )
     smoothing = controls[1].slider(
         "Smoothing",
@@ -150,8 +230,20 @@ def show_training_curves(chosen: list[run_catalog.RunEntry]) -> None:
         help="Exponential moving average of the per-step values; the raw values stay faint behind.",
     )
     log_scale = controls[2].toggle("Log scale", key="curve_log")
+    colours = {entry.key: layout.colour_of(i) for i, entry in enumerate(chosen)}
+    by_loss = loss_panels(chosen)
+    if len(by_loss) > 1:
+        st.caption(
+            "One chart per base loss: losses have scales of their own (a binomial loss near 14, a triplet loss near "
+            "0.1), so one axis would flatten some runs' curves."
+        )
+    for panel, (loss, entries) in zip(layout.panels(len(by_loss), per_row=2), by_loss.items()):
+        lines = [charts.Series(e.name, colours[e.key], e.run.step_records()) for e in entries]
+        chart = charts.curve_chart(lines, quantity, smoothing, log_scale)
+        if len(by_loss) > 1:
+            chart = chart.properties(title=alt_title(f"{loss} loss"))
+        panel.altair_chart(chart, key="curve_chart" if len(by_loss) == 1 else f"curve_chart_{loss}", width="stretch")
     lines = series(chosen, lambda run: run.step_records())
-    st.altair_chart(charts.curve_chart(lines, quantity, smoothing, log_scale), key="curve_chart", width="stretch")
     missing = [line.name for line in lines if not charts.has_values(line.records, quantity)]
     if missing and quantity in charts.EC_ONLY_CURVES:
         st.caption(f"Not drawn: {', '.join(missing)} (trained before baselines logged E, log E and R(W)).")
@@ -166,36 +258,68 @@ def show_training_curves(chosen: list[run_catalog.RunEntry]) -> None:
     )
 
 
+def loss_panels(chosen: list[run_catalog.RunEntry]) -> dict[str, list[run_catalog.RunEntry]]:
+    """The chosen runs by base loss, losses in the order their first run was picked."""
+    panels: dict[str, list[run_catalog.RunEntry]] = {}
+    for entry in chosen:
+        panels.setdefault(entry.run.config.loss, []).append(entry)
+    return panels
+
+
+def alt_title(text: str) -> dict:
+    return {"text": text, "anchor": "start", "fontSize": 15}
+
+
 # ----------------------------------------------------------------------------- evaluations over training
 
 
-def evaluated_metrics(chosen: list[run_catalog.RunEntry]) -> list[str]:
-    found = (key for e in chosen for record in e.run.eval_records("unseen") for key in record)
+def evaluation_splits(chosen: list[run_catalog.RunEntry]) -> list[str]:
+    """The splits any chosen run evaluated on: the known ones in SPLIT_LABELS order (validation first), then others."""
+    found = {record.get("split") for e in chosen for record in e.run.history if record.get("kind") == "eval"}
+    found = {split for split in found if isinstance(split, str)}
+    return [split for split in SPLIT_LABELS if split in found] + sorted(found - set(SPLIT_LABELS))
+
+
+def split_label(split: str) -> str:
+    return f"{split}: {SPLIT_LABELS[split]}" if split in SPLIT_LABELS else split
+
+
+def evaluated_metrics(chosen: list[run_catalog.RunEntry], split: str) -> list[str]:
+    found = (key for e in chosen for record in e.run.eval_records(split) for key in record)
     return [key for key in dict.fromkeys(found) if key in charts.METRIC_NAMES]
 
 
 def show_evaluations(chosen: list[run_catalog.RunEntry]) -> None:
     st.subheader("Retrieval quality during training")
-    metrics = evaluated_metrics(chosen)
-    if not metrics:
+    splits = [split for split in evaluation_splits(chosen) if evaluated_metrics(chosen, split)]
+    if not splits:
         st.info("These runs recorded no evaluations.")
         return
-    splits = ["unseen"] + (["val"] if any(e.run.eval_records("val") for e in chosen) else [])
-    controls = st.columns([2, 2, 3])
-    metric = controls[0].selectbox("Metric", metrics, format_func=charts.metric_name, key="evaluation_metric")
+    # Validation classes first: a curve to choose epochs or λ by must not be read on the test classes.
+    if st.session_state.get("evaluation_split") not in splits:
+        st.session_state["evaluation_split"] = splits[0]
+    controls = st.columns([2, 5])
     split = controls[1].radio(
         "Classes",
         splits,
-        horizontal=True,
+        format_func=split_label,
         key="evaluation_split",
-        help="unseen: the test classes; val: seen classes held out for tuning (when the run has them).",
+        help="val: seen classes held out for tuning (when the run has them); unseen: the test classes, whose numbers "
+        "report a result but must never pick a setting.",
     )
+    metrics = evaluated_metrics(chosen, split)
+    metric = controls[0].selectbox("Metric", metrics, format_func=charts.metric_name, key="evaluation_metric")
     lines = series(chosen, lambda run: run.eval_records(split))
-    st.altair_chart(charts.evaluation_chart(lines, metric), key="evaluation_chart", width="stretch")
-    if any(len(line.records) > 1 for line in lines):
+    chart = charts.evaluation_chart(lines, metric).properties(title=alt_title(f"{charts.metric_name(metric)} on "
+                                                                                f"{split_label(split)}"))
+    st.altair_chart(chart, key="evaluation_chart", width="stretch")
+    if split == "unseen":
         st.caption(
-            "Each point evaluates the embedding on classes never used for training; the last is the final metric."
+            "**Test classes — not for model selection.** These points show how the embedding generalises as it "
+            "trains; picking an epoch or λ by them would report an optimistic number. Use validation classes to choose."
         )
+    elif split == "val":
+        st.caption("Validation classes: seen classes held out of training, the fair place to choose epochs and λ.")
     gaps = evaluation_gaps(chosen, split)
     if gaps:
         st.caption(f"Only the final evaluation was recorded for {'; '.join(gaps)}.")
@@ -246,8 +370,8 @@ def joined(names: list[str]) -> str:
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
-def distance_histograms(path: str, fingerprint: tuple, _run) -> dict:
-    """Density histograms of same-class and different-class cosine distances on one run's unseen images."""
+def distance_samples(path: str, fingerprint: tuple, _run) -> dict:
+    """Up to MAX_PAIRS same-class and different-class cosine distances of one run's unseen images."""
     # Imported here, not at the top: its first import (scikit-learn, torchvision) takes seconds, and the page's
     # title, controls and tables should paint before it.
     from ecaml.metrics import pair_distance_samples
@@ -255,9 +379,24 @@ def distance_histograms(path: str, fingerprint: tuple, _run) -> dict:
 
     embeddings = cached_embeddings(_run, "unseen", cache_dir=locations.cache_dir())
     positive, negative = pair_distance_samples(embeddings.vectors, embeddings.labels, max_pairs=MAX_PAIRS, seed=0)
+    return {"positive": np.asarray(positive, np.float32), "negative": np.asarray(negative, np.float32)}
+
+
+def shared_bins(samples: list[dict]) -> np.ndarray:
+    """Bin edges that fit every run's distances (0.1% trimmed at each end), the same for every panel."""
+    values = np.concatenate([np.concatenate([s["positive"], s["negative"]]) for s in samples])
+    low, high = np.quantile(values, [0.001, 0.999]) if values.size else (0.0, 2.0)
+    margin = max(0.02, 0.05 * float(high - low))
+    low, high = max(0.0, float(low) - margin), min(2.0, float(high) + margin)
+    return np.linspace(low, high if high > low else low + 0.1, DISTANCE_BIN_COUNT + 1)
+
+
+def histograms(sample: dict, bins: np.ndarray) -> dict:
+    """Density histograms over ``bins`` (the trimmed tails fall outside and are left out) and the medians."""
+    positive, negative = sample["positive"], sample["negative"]
     return {
-        "positive": np.histogram(positive, bins=DISTANCE_BINS, density=True)[0],
-        "negative": np.histogram(negative, bins=DISTANCE_BINS, density=True)[0],
+        "positive": np.histogram(positive, bins=bins, density=True)[0],
+        "negative": np.histogram(negative, bins=bins, density=True)[0],
         "medians": (float(np.median(positive)), float(np.median(negative))),
     }
 
@@ -277,23 +416,32 @@ def show_distance_histograms(chosen: list[run_catalog.RunEntry]) -> None:
         return
     with expander:
         with st.spinner("Embedding the unseen images (cached after the first time)…"):
-            for panel, entry in zip(layout.panels(len(chosen)), chosen):
-                histograms = errors.attempt(
+            samples = {}
+            for entry in chosen:
+                sample = errors.attempt(
                     f"embed the unseen images of {entry.name}",
-                    distance_histograms,
+                    distance_samples,
                     entry.key,
                     run_catalog.run_fingerprint(entry.path),
                     entry.run,
                 )
-                if histograms is not None:
-                    chart = charts.distance_chart(
-                        DISTANCE_BINS, histograms["positive"], histograms["negative"], histograms["medians"], entry.name
-                    )
-                    panel.altair_chart(chart, key=f"distances_{entry.key}", width="stretch")
+                if sample is not None:
+                    samples[entry.key] = sample
+            if not samples:
+                return
+            bins = shared_bins(list(samples.values()))
+            binned = {key: histograms(sample, bins) for key, sample in samples.items()}
+            top = max(float(max(h["positive"].max(), h["negative"].max())) for h in binned.values())
+            shown = [entry for entry in chosen if entry.key in binned]
+            for panel, entry in zip(layout.panels(len(shown)), shown):
+                h = binned[entry.key]
+                chart = charts.distance_chart(bins, h["positive"], h["negative"], h["medians"], entry.name, top)
+                panel.altair_chart(chart, key=f"distances_{entry.key}", width="stretch")
         st.caption(
             f"Cosine distances of up to {MAX_PAIRS:,} random pairs of unseen-class images: two images of the same "
             "class (green) and of different classes (orange); dotted lines mark the medians. The less the two "
-            "overlap, the better nearest-neighbour retrieval works on classes the network never saw."
+            "overlap, the better nearest-neighbour retrieval works on classes the network never saw. Every panel "
+            f"shares one x range ({bins[0]:.2f} to {bins[-1]:.2f}, fitted to the data) and one y scale."
         )
 
 
