@@ -15,7 +15,8 @@ import streamlit as st
 
 from app.errors import one_sentence
 from app.locations import checkpoints_dir, runs_dir
-from ecaml.runs import Run, RunError, find_runs, load_run, read_status
+from ecaml.config import TrainConfig
+from ecaml.runs import Run, RunError, find_runs, load_run, read_config, read_status
 
 
 # The files whose change means a run must be read again (a checkpoint, a finished evaluation...).
@@ -125,6 +126,18 @@ def featured_run_names() -> list[str]:
     except (OSError, ValueError, AttributeError):
         return []
     return [name for name in names if isinstance(name, str)] if isinstance(names, list) else []
+
+
+def featured_setting() -> TrainConfig | None:
+    """The config of the featured EC-on run (the setting the app teaches with), or None when there is none."""
+    for name in featured_run_names():
+        try:
+            config = read_config(checkpoints_dir() / name)
+        except (RunError, OSError, ValueError):
+            continue
+        if config.ec_weight > 0:
+            return config
+    return None
 
 
 def default_selection(entries: list[RunEntry]) -> list[str]:

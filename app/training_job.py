@@ -1,4 +1,8 @@
-"""The runs folder's one training job, as the pages see it: its state, its progress, the sidebar bar."""
+"""The runs folder's one training job, as the pages see it: its state, its progress, whose it is, the sidebar bar.
+
+The folder has one job at a time, shared by every browser session; each session remembers the run it started
+(``OWN_JOB_KEY``), so that its messages name its own job and a job started from another tab is called that.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,8 @@ from app.errors import LOG, USER_ERRORS
 from app.locations import runs_dir
 from app.run_catalog import LIVE_STATES
 from ecaml.jobs import JobManager
+
+OWN_JOB_KEY = "own_training_job"  # the run directory of the last job this session started
 
 
 def job_manager() -> JobManager:
@@ -34,8 +40,28 @@ def job_progress(run_dir: Path):
         return None
 
 
+def own_job() -> Path | None:
+    """The run directory of the last job this session started, if any."""
+    own = st.session_state.get(OWN_JOB_KEY)
+    return Path(own) if own else None
+
+
+def remember_own_job(run_dir: Path) -> None:
+    st.session_state[OWN_JOB_KEY] = str(run_dir)
+
+
+def started_here(run_dir: Path) -> bool:
+    return own_job() == Path(run_dir)
+
+
+def job_title(run_dir: Path) -> str:
+    """"Training X" for this session's job, "Another session is training X" for one started elsewhere."""
+    name = Path(run_dir).name
+    return f"Training {name}" if started_here(run_dir) else f"Another session is training {name}"
+
+
 def show_training_in_sidebar() -> None:
-    """A small progress bar in the sidebar while a job trains, refreshed every two seconds."""
+    """A small progress bar in the sidebar while a job trains, refreshed every second."""
     run_dir = current_job()
     progress = job_progress(run_dir) if run_dir else None
     if progress is None or progress.state not in LIVE_STATES:
@@ -44,12 +70,12 @@ def show_training_in_sidebar() -> None:
         _sidebar_progress(str(run_dir))
 
 
-@st.fragment(run_every=2.0)
+@st.fragment(run_every=1.0)
 def _sidebar_progress(run_dir: str) -> None:
     progress = job_progress(Path(run_dir))
     if progress is None or progress.state not in LIVE_STATES:
         st.rerun()  # the job ended: redraw the whole page once, without this refresher
-    st.caption(f"Training **{Path(run_dir).name}**")
+    st.caption(job_title(Path(run_dir)).replace(Path(run_dir).name, f"**{Path(run_dir).name}**"))
     st.progress(progress_fraction(progress), text=progress_text(progress))
 
 

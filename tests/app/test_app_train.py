@@ -62,8 +62,9 @@ def test_the_form_starts_a_job_refuses_a_second_and_the_run_appears_in_compare(a
     assert len(other_tab.error) == 1 and "already running" in other_tab.error[0].value
     assert not (runs / "second-job").exists()
 
-    reloaded = open_page("train")  # a new browser session re-attaches to the running job
-    assert any("Training tiny-job" in header.value for header in reloaded.subheader)
+    # A new browser session (another tab, or a reload) sees the running job, named as someone else's.
+    reloaded = open_page("train")
+    assert [h.value for h in reloaded.subheader if "tiny-job" in h.value] == ["Another session is training tiny-job"]
     elsewhere = open_page("about")
     assert elsewhere.sidebar.get("progress"), "other pages show the job's progress in the sidebar"
 
