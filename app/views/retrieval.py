@@ -11,7 +11,7 @@ import random
 
 import streamlit as st
 
-from app import errors, layout, locations, pictures, run_catalog, run_picker, splits
+from app import errors, layout, locations, pictures, run_catalog, run_picker, splits, upload_preview
 from ecaml.data.images import IMAGE_SUFFIXES, open_image
 
 SOURCES = {
@@ -91,7 +91,7 @@ def choose_query(source: str, loaded: list, split):
         return random_query(split)
     if source == "disagree":
         return disagreement_query(loaded, split)
-    return uploaded_query(split)
+    return uploaded_query(split, loaded[0][0].run)
 
 
 def browse_query(split) -> int:
@@ -141,12 +141,13 @@ def disagreement_query(loaded: list, split) -> int | None:
     )
 
 
-def uploaded_query(split):
+def uploaded_query(split, run):
     upload = st.file_uploader("An image (kept in memory only)", type=UPLOAD_TYPES, key="query_upload")
     if upload is None:
         st.caption("Any picture works; it is converted to the dataset's format before embedding.")
         return None
-    return errors.attempt("read this upload", open_image, upload.getvalue(), split.dataset.mode, upload.name)
+    image = errors.attempt("read this upload", open_image, upload.getvalue(), split.dataset.mode, upload.name)
+    return upload_preview.prepared_upload(image, run, split) if image is not None else None
 
 
 def show_query(query, split) -> None:
@@ -156,9 +157,8 @@ def show_query(query, split) -> None:
             caption=f"query: class {split.dataset.class_name(query)}",
         )
         st.caption(f"Dataset image {query}. It is left out of its own neighbour list.")
-    else:
-        st.image(pictures.enlarged(query, QUERY_PIXELS), caption="query: your upload")
-        st.caption("Its class is unknown, so neighbours get grey frames.")
+    else:  # the upload and the model's view of it are shown beside the uploader
+        st.caption("Query: your upload, as the model sees it (left). Its class is unknown, so neighbours get grey frames.")
 
 
 # ----------------------------------------------------------------------------- the answers

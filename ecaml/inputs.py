@@ -1,0 +1,125 @@
+"""What a run's model sees of any image, and whether that image looks like the data the model was trained on.
+
+An uploaded picture goes through the run's evaluation transform (channels, resize, crop, normalisation) before it is
+embedded. ``model_view`` undoes only the normalisation, so a page can show exactly those pixels. ``input_statistics``
+measures the same view over a sample of the data set, and ``check_input`` compares an image with it: a digit drawn
+black on white, when the data set is white ink on black, is the usual reason an upload returns nonsense.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps
+from torchvision import transforms as T
+
+from ecaml.config import TrainConfig
+from ecaml.data.base import ImageSet
+from ecaml.data.images import _convert as convert_image_mode
+from ecaml.evaluate import eval_transform
+from ecaml.runs import input_channels
+
+SAMPLE_IMAGES = 256
+# How far an image's background may sit from the data set's, on the 0-1 scale, before it is called inverted.
+INVERTED_BACKGROUND_GAP = 0.4
+# An image whose contrast is below this share of the data set's typical contrast is called flat.
+FLAT_CONTRAST_SHARE = 0.3
+
+
+@dataclass(frozen=True)
+class InputStatistics:
+    """Pixel statistics (0 = black, 1 = white) of what the model sees, averaged over a sample of a data set."""
+
+    background: float  # mean brightness of the outer ring of pixels
+    brightness: float  # mean brightness of the whole image
+    contrast: float  # mean per-image standard deviation
+
+
+@dataclass(frozen=True)
+class InputFinding:
+    """One way an image looks unlike the data: a kind ("inverted", "flat"), a sentence, and whether inverting helps."""
+
+    kind: str
+    message: str
+    invert_helps: bool
+
+
+def model_view(image: Image.Image, config: TrainConfig) -> Image.Image:
+    """``image`` as the run's model receives it: converted, resized and cropped, before normalisation ("L" or "RGB")."""
+    channels = input_channels(config)
+    mode = "L" if channels == 1 else "RGB"
+    transform = eval_transform(config, channels)
+    tensor = transform(convert_image_mode(image, mode))
+    normalise = next(step for step in transform.transforms if isinstance(step, T.Normalize))
+    mean = np.asarray(normalise.mean, dtype=np.float32).reshape(-1, 1, 1)
+    std = np.asarray(normalise.std, dtype=np.float32).reshape(-1, 1, 1)
+    pixels = np.clip(tensor.numpy() * std + mean, 0.0, 1.0)
+    array = np.round(pixels * 255).astype(np.uint8)
+    return Image.fromarray(array[0] if channels == 1 else array.transpose(1, 2, 0), mode=mode)
+
+
+def _grey_levels(view: Image.Image) -> np.ndarray:
+    return np.asarray(view.convert("L"), dtype=np.float32) / 255.0
+
+
+def _ring(levels: np.ndarray) -> np.ndarray:
+    """The outer ring of pixels, where a centred object's background shows."""
+    return np.concatenate([levels[0], levels[-1], levels[1:-1, 0], levels[1:-1, -1]])
+
+
+def image_statistics(view: Image.Image) -> InputStatistics:
+    levels = _grey_levels(view)
+    return InputStatistics(float(_ring(levels).mean()), float(levels.mean()), float(levels.std()))
+
+
+def input_statistics(images: ImageSet, indices: np.ndarray, config: TrainConfig, seed: int = 0) -> InputStatistics:
+    """The mean statistics of up to SAMPLE_IMAGES of ``images[indices]`` as the model sees them (a seeded sample)."""
+    indices = np.asarray(indices)
+    if indices.size == 0:
+        raise ValueError("no images to measure the data set's look on")
+    chosen = np.random.default_rng(seed).choice(indices, size=min(SAMPLE_IMAGES, indices.size), replace=False)
+    each = [image_statistics(model_view(images.image(int(i)), config)) for i in chosen]
+    return InputStatistics(
+        float(np.mean([s.background for s in each])),
+        float(np.mean([s.brightness for s in each])),
+        float(np.mean([s.contrast for s in each])),
+    )
+
+
+def _tone(level: float) -> str:
+    return "dark" if level < 0.5 else "light"
+
+
+def check_input(view: Image.Image, data: InputStatistics) -> list[InputFinding]:
+    """The ways ``view`` (a ``model_view``) looks unlike the data set described by ``data``; [] when it fits."""
+    mine = image_statistics(view)
+    findings = []
+    if abs(mine.background - data.background) >= INVERTED_BACKGROUND_GAP and _tone(mine.background) != _tone(
+        data.background
+    ):
+        findings.append(
+            InputFinding(
+                "inverted",
+                f"The training images are {_tone(1 - data.background)} strokes on a {_tone(data.background)} "
+                f"background; this one is {_tone(1 - mine.background)} on {_tone(mine.background)}, so it looks "
+                "inverted to the model.",
+                invert_helps=True,
+            )
+        )
+    if data.contrast > 0 and mine.contrast < FLAT_CONTRAST_SHARE * data.contrast:
+        findings.append(
+            InputFinding(
+                "flat",
+                f"After conversion this image is nearly one flat tone (contrast {mine.contrast:.2f} against "
+                f"{data.contrast:.2f} for the training images): the model sees almost nothing of it.",
+                invert_helps=False,
+            )
+        )
+    return findings
+
+
+def inverted(image: Image.Image) -> Image.Image:
+    """The photographic negative of ``image`` (alpha flattened on black first, as the model's conversion does)."""
+    mode = "L" if image.mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L") else "RGB"
+    return ImageOps.invert(convert_image_mode(image, mode))
