@@ -369,7 +369,8 @@ def show_form(running: Path | None) -> None:
                 "Device", DEVICES, key="train_device", help="auto: a CUDA GPU when there is one."
             )
             max_steps = more[1].number_input(
-                "Stop after steps", 0, 10**7, 0, key="train_max_steps", help="0: train all epochs."
+                "Stop after steps", 0, 10**7, int(defaults.max_steps or 0), key="train_max_steps",
+                help="0: train all epochs.",
             )
             eval_every = more[2].number_input(
                 "Evaluate every (epochs)",

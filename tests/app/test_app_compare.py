@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from pathlib import Path
+
 import numpy as np
 from apptest_support import assert_clean, open_page, plotly_specs, run_key, vega_charts
 
@@ -39,6 +41,15 @@ def test_the_distance_histograms_are_drawn_once_their_expander_is_open():
     assert set(bars["kind"]) == {"same class", "different classes"}
     for kind, group in bars.groupby("kind"):  # densities: each histogram integrates to 1
         assert abs(float(((group["right"] - group["left"]) * group["density"]).sum()) - 1) < 1e-6, kind
+    # One x range fitted to the data (not the whole 0-2 of cosine distances) and one y scale, shared by the panels.
+    domains = [(chart.layers[0]["encoding"]["x"]["scale"]["domain"], chart.layers[0]["encoding"]["y"]["scale"]["domain"])
+               for chart in charts[2:]]
+    assert domains[0] == domains[1]
+    (low, high), (bottom, top) = domains[0]
+    every_bar = [chart.data(0) for chart in charts[2:]]
+    assert low == min(b["left"].min() for b in every_bar) and high == max(b["right"].max() for b in every_bar)
+    assert high - low < 1.5, "fitted to the data"
+    assert bottom == 0 and top == max(b["density"].max() for b in every_bar)
     medians = charts[2].data(1)
     assert list(medians["kind"]) == ["same class", "different classes"]
     assert medians["median"].iloc[0] < medians["median"].iloc[1]  # same-class pairs are closer
@@ -152,3 +163,87 @@ def test_on_a_log_axis_values_that_cannot_show_are_left_out():
     assert (shown["value"] > 0).all() and (shown["smoothed"] > 0).all()
     assert len(shown) == int(((every_value["value"] > 0) & (every_value["smoothed"] > 0)).sum())
     assert any("not drawn on a log axis" in caption.value for caption in app.caption)
+
+
+def rewrite_config(run: Path, **changes) -> None:
+    path = run / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
+def test_a_cross_loss_pair_shows_no_delta_says_why_and_gets_a_chart_per_loss(checkpoints_copy):
+    rewrite_config(checkpoints_copy / "digits-ec-on", loss="triplet")
+    app = open_page("compare")
+    assert_clean(app)
+    assert metrics_columns(app) == ["digits-ec-off", "digits-ec-on"]  # side by side, no Δ
+    (warning,) = [w.value for w in app.warning if "No Δ" in w.value]
+    assert "**digits-ec-on** (base loss triplet, not binomial)" in warning
+    assert [chart.title for chart in vega_charts(app)[:2]] == ["binomial loss", "triplet loss"]
+    assert [set(chart.data(1)["series"]) for chart in vega_charts(app)[:2]] == [{"digits-ec-off"}, {"digits-ec-on"}]
+
+
+def test_runs_of_other_data_or_splits_get_no_delta_either(checkpoints_copy):
+    for changes, words in (({"dataset": "glyphs"}, "data set glyphs, not digits"),
+                           ({"split_seed": 3}, "class split 3, not 0")):
+        rewrite_config(checkpoints_copy / "digits-ec-on", **changes)
+        app = open_page("compare")
+        assert not app.exception
+        assert metrics_columns(app) == ["digits-ec-off", "digits-ec-on"]
+        assert any(words in w.value for w in app.warning), [w.value for w in app.warning]
+        rewrite_config(checkpoints_copy / "digits-ec-on", dataset="digits", split_seed=0)
+
+
+def test_the_baseline_is_chosen_and_every_delta_is_against_it(shipped_runs):
+    app = open_page("compare")
+    table = app.dataframe[0].value
+    assert app.selectbox(key="compare_baseline").value == run_key(shipped_runs, "digits-ec-off")  # EC off by default
+    app.selectbox(key="compare_baseline").set_value(run_key(shipped_runs, "digits-ec-on")).run()
+    assert_clean(app)
+    swapped = app.dataframe[0].value
+    assert list(swapped.columns) == ["digits-ec-on", "digits-ec-off", "Δ digits-ec-off"]
+    assert np.allclose(swapped["Δ digits-ec-off"], -table["Δ digits-ec-on"])
+
+
+def test_the_baseline_defaults_to_the_first_ec_off_run_whatever_the_order(shipped_runs):
+    keys = [run_key(shipped_runs, "digits-ec-on"), run_key(shipped_runs, "digits-ec-off")]
+    app = open_page("compare", {"selected_run_paths": keys})
+    assert_clean(app)
+    assert metrics_columns(app) == ["digits-ec-off", "digits-ec-on", "Δ digits-ec-on"]
+
+
+def test_evaluation_splits_are_labelled_validation_first_and_unknown_ones_kept(checkpoints_copy):
+    history = checkpoints_copy / "digits-ec-on" / "history.jsonl"
+    lines = [json.loads(line) for line in history.read_text().splitlines()]
+    final = next(record for record in lines if record.get("split") == "unseen")
+    extra = [{**final, "split": split, "step": step} for split in ("val", "seen_test", "mystery") for step in (5, 20)]
+    history.write_text("".join(json.dumps(record) + "\n" for record in lines + extra))
+    app = open_page("compare")
+    assert_clean(app)
+    radio = app.radio(key="evaluation_split")
+    assert radio.options[:3] == [
+        "val: validation classes (held-out seen classes: for model selection)",
+        "seen_test: seen classes, held-out images",
+        "unseen: test classes — not for model selection",
+    ]
+    assert radio.options[-1] == "mystery" and radio.value == "val"  # validation curves preferred
+    radio.set_value("unseen").run()
+    assert_clean(app)
+    assert "test classes — not for model selection" in vega_charts(app)[1].title
+    assert any("**Test classes — not for model selection.**" in c.value for c in app.caption)
+
+
+def test_runs_of_one_setting_with_several_seeds_show_mean_and_spread(checkpoints_copy, shipped_runs):
+    import shutil
+
+    shutil.copytree(checkpoints_copy / "digits-ec-off", checkpoints_copy / "digits-ec-off-seed1")
+    rewrite_config(checkpoints_copy / "digits-ec-off-seed1", seed=1)
+    metrics_path = checkpoints_copy / "digits-ec-off-seed1" / "metrics.json"
+    metrics = json.loads(metrics_path.read_text())
+    metrics_path.write_text(json.dumps({**metrics, "recall@1": metrics["recall@1"] - 0.1}))
+    keys = [str(checkpoints_copy / name) for name in ("digits-ec-off", "digits-ec-off-seed1", "digits-ec-on")]
+    app = open_page("compare", {"selected_run_paths": keys})
+    assert_clean(app)
+    spread = next(frame.value for frame in app.dataframe if any("2 seeds" in str(c) for c in frame.value.columns))
+    (column,) = spread.columns
+    assert column == "digits · binomial · EC off · 2 seeds"
+    values = [100 * metrics["recall@1"], 100 * (metrics["recall@1"] - 0.1)]
+    assert spread.loc["Recall@1", column] == f"{np.mean(values):.1f} ± {np.std(values, ddof=1):.1f}"

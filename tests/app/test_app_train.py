@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from apptest_support import assert_clean, open_page
+from apptest_support import assert_clean, open_page, vega_charts
 
 from app import training_job  # the repository root is on sys.path (conftest.py)
 from ecaml.jobs import JobManager
@@ -74,6 +74,19 @@ def test_the_form_starts_a_job_refuses_a_second_and_the_run_appears_in_compare(a
     assert any("tiny-job" in success.value and "finished" in success.value for success in app.success)
     assert not start_button(app).disabled
     assert not any("A job is running" in caption.value for caption in app.caption)
+    # The other session never claims this job as its own.
+    reloaded.run()
+    assert not any("tiny-job" in message.value for message in [*reloaded.success, *reloaded.info, *reloaded.error])
+
+    # The curves stay after the run ends, and a step slider replays them.
+    slider = app.slider(key="replay_step")
+    assert slider.value == slider.max == 40
+    full = next(chart for chart in vega_charts(app) if "metric_loss" in str(chart.spec) or len(chart.layers) > 1)
+    assert full.data(len(full.layers) - 2)["step"].max() == 40
+    slider.set_value(10).run()
+    assert not app.exception
+    replayed = [chart.data(len(chart.layers) - 2) for chart in vega_charts(app) if len(chart.layers) > 1]
+    assert replayed and all(frame["step"].max() == 10 for frame in replayed)
 
     compare = open_page("compare")
     assert_clean(compare)
