@@ -150,15 +150,15 @@ def finished_panel(run_dir: Path, progress) -> None:
     if progress.state == "failed":
         log = f" Its log: `{locations.shown_path(progress.log_path)}`." if progress.log_path else ""
         st.error(
-            f"Your run {name} failed: {errors.one_sentence(Exception(progress.message or 'no reason given'))}{log}"
+            f"Training {name} failed: {errors.one_sentence(Exception(progress.message or 'no reason given'))}{log}"
         )
         return
     metrics = errors.attempt("read the final metrics", read_metrics, run_dir) if progress.state == "completed" else None
     summary = f" Unseen Recall@1 {100 * metrics['recall@1']:.1f}%." if metrics and "recall@1" in metrics else ""
     if progress.state == "completed":
-        st.success(f"Your run **{name}** finished.{summary}", icon=":material/check_circle:")
+        st.success(f"Last run **{name}** finished.{summary}", icon=":material/check_circle:")
     else:
-        st.info(f"Your run **{name}** was stopped at step {progress.step:,}.", icon=":material/stop_circle:")
+        st.info(f"Last run **{name}** was stopped at step {progress.step:,}.", icon=":material/stop_circle:")
     show_replay(str(run_dir), progress.history)
     actions = st.columns(2)
     twin_of = st.session_state.get(TWINS_KEY, {}).get(str(run_dir))
