@@ -40,7 +40,10 @@ MAX_CLASSES_IN_LEGEND = 15
 SAME_CLASS, DIFFERENT_CLASSES = ("same class", "#009E73"), ("different classes", "#D55E00")
 # SVG rather than Streamlit's default canvas: crisp, and its text (legends, titles) is in the page.
 SVG = {"embedOptions": {"renderer": "svg"}}
-TOP_LEGEND = alt.Legend(orient="top", title=None, labelLimit=400, symbolStrokeWidth=3, symbolOpacity=1)
+# At most three runs to a row: a longer one-row legend ran off the chart's right edge with many runs.
+TOP_LEGEND = alt.Legend(
+    orient="top", title=None, labelLimit=400, symbolStrokeWidth=3, symbolOpacity=1, columns=3, direction="horizontal"
+)
 STEP_AXIS = alt.X(
     "step:Q", title="training step", scale=alt.Scale(zero=False, nice=False), axis=alt.Axis(tickMinStep=1, format=",d")
 )

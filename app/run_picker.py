@@ -29,7 +29,8 @@ def pick_runs(entries: list[RunEntry], page: str, help_text: str | None = None) 
         on_change=_remember_selection,
         args=(widget_key,),
         help=help_text
-        or "Runs from checkpoints/ (shipped) and runs/ (yours). The first one is the reference for differences.",
+        or "Runs from checkpoints/ (shipped) and runs/ (yours). Differences are measured against the baseline "
+        "chosen below, and only between runs of the same data, split and base loss.",
         placeholder="Choose one or more runs",
     )
     return [choices[key] for key in chosen]

@@ -98,16 +98,24 @@ def show_reading_guide() -> None:
     st.header("How to read each page")
     st.markdown(
         """
-- **Compare** — the final Recall@K, NMI, MAP@R and R-Precision on the unseen classes, with each run's gain or loss
-  against the first one (green / red); the training curves (the metric loss, and the energy E, log E and R(W), which
-  EC-off runs measure too without training on them); Recall@K during training; and histograms of the cosine distances between pairs of unseen images of the same
-  class and of different classes — the less they overlap, the better retrieval works.
+- **Compare** — opens with a short guide (hide it with one click) and the study's multi-seed effect beside the one
+  seed the table holds. The table: Recall@K, NMI, MAP@R and R-Precision on the unseen classes, with each run's gain or
+  loss against the **baseline** you choose (by default the first EC-off run). A Δ is shown only between runs of the
+  same data set, class split and base loss; any other run is listed with the reason it has none. The training curves
+  open on **log E**: it falls with EC on and rises with EC off (EC-off runs measure the energy without training on
+  it); runs of different losses get one chart each, since their losses have different scales. Quality during
+  training is shown on validation classes when a run has them; test-class points are marked *not for model
+  selection*. Runs of one setting with several seeds are summarised as mean ± standard deviation. The distance
+  histograms share one x range, fitted to the data, and one y scale: the less the two colours overlap, the better
+  retrieval works.
 - **Embeddings** — the unseen-class embeddings mapped to 2-D, one panel per run, aligned so an image sits in about the
   same place in each. Compare how tight and how separate the classes are; lasso points to see their images.
 - **Retrieval** — one query, its nearest neighbours in each run side by side; green frames are the query's class, red
-  ones are not. "Where the runs disagree" lists the queries on which the runs differ most.
-- **Train** — train your own run (a digits run takes about a minute on a CPU); it appears on the other pages
-  when done.
+  ones are not. An upload is shown as the model sees it (after conversion), with a warning and an offer to invert it
+  when it looks unlike the training images (a black-on-white drawing, when the digits are white on black).
+- **Train** — starts from the featured setting, so your run compares with the shipped pair; one click trains the
+  EC-off (or EC-on) twin of any run, identical but for λ. The curves update twice a second, stay when the run ends,
+  and can be replayed step by step.
 """
     )
 
