@@ -193,10 +193,14 @@ def show_replay(run_dir: str, history: list[dict]) -> None:
     if st.session_state.get("replay_run") != run_dir:  # a new run: start the replay at its end
         st.session_state.update({"replay_run": run_dir, REPLAY_STEP_KEY: last, REPLAY_PLAYING_KEY: False})
     playing = bool(st.session_state.get(REPLAY_PLAYING_KEY))
-    st.fragment(run_every=REPLAY_FRAME_S if playing else None)(replay_frame)(history, last)
+    st.fragment(run_every=REPLAY_FRAME_S if playing else None)(replay_frame)(history, last, playing)
 
 
-def replay_frame(history: list[dict], last: int) -> None:
+def replay_frame(history: list[dict], last: int, timed: bool) -> None:
+    """One frame of the replay. ``timed``: whether this fragment was drawn with a timer (it keeps the arguments of
+    the full run that drew it, so a Replay or Pause clicked inside it needs a full rerun to start or drop the timer)."""
+    if bool(st.session_state.get(REPLAY_PLAYING_KEY)) != timed:
+        st.rerun()
     if st.session_state.get(REPLAY_PLAYING_KEY):
         following = st.session_state.get(REPLAY_STEP_KEY, 1) + max(1, last // REPLAY_FRAMES)
         st.session_state[REPLAY_STEP_KEY] = min(last, following)

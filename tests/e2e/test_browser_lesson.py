@@ -4,7 +4,8 @@ The fixture pair (digits, binomial, λ 0.13, one of the settings ``results/study
 listed as featured for this module, so the first screen shows the study's multi-seed effect beside the one seed the
 table holds. The walk: the guide on Compare; the log E curve it opens on; its links to the map (Embeddings) and to
 Retrieval; a black-on-white upload shown as the model sees it and called inverted; hiding the guide, which stays
-hidden on the next visit; the Train form starting from the featured setting. Each step saves a screenshot to
+hidden on the next visit; the Train form starting from the featured setting; a run from it that moves live, stays,
+replays step by step and leaves no defunct process under the server. Each step saves a screenshot to
 ``tests/e2e/screenshots/lesson-*.png``.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import io
 import json
 import time
+from pathlib import Path
 
 import pytest
 from PIL import Image, ImageDraw
@@ -26,6 +28,8 @@ pytestmark = pytest.mark.e2e
 
 RUN_OFF, RUN_ON = "digits-binomial-ec0-seed0", "digits-binomial-ec0.13-seed0"  # the fixture runs (conftest.py)
 GUIDE = f'{MAIN} .st-key-guided_path'
+LESSON_RUN = "lesson-run"
+TRAIN_TIMEOUT_S = 120
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -148,4 +152,71 @@ def test_the_guide_hides_for_the_session_and_the_train_form_starts_from_the_feat
     time.sleep(0.2)
     assert_no_error_boxes(page, "Train from the featured setting")
     screenshot(page, "lesson-8-train")
+    errors.check()
+
+
+def defunct_children(pid: int) -> list[int]:
+    """Zombie (defunct) child processes of ``pid``, from /proc."""
+    zombies = []
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat_file.read_text()
+        except OSError:
+            continue
+        fields = text[text.rindex(")") + 2:].split()
+        if int(fields[1]) == pid and fields[0] == "Z":
+            zombies.append(int(stat_file.parent.name))
+    return zombies
+
+
+def test_a_run_from_the_featured_form_moves_live_replays_and_leaves_no_defunct_process(page, app_server, errors):
+    open_page(page, app_server, "Train")
+    form = page.locator(f'{MAIN} [data-testid="stForm"]')
+    form.get_by_text("More settings").click()
+    form.get_by_label("Run name", exact=True).fill(LESSON_RUN)
+    form.get_by_label("Run name", exact=True).press("Tab")
+    form.locator('[data-testid="stFormSubmitButton"] button').click()
+
+    finished = page.locator(MAIN).get_by_text(f"Last run {LESSON_RUN} finished")
+    progress = page.locator(f'{MAIN} [data-testid="stProgress"]')
+    seen = set()
+    deadline = time.monotonic() + TRAIN_TIMEOUT_S
+    while not finished.count():
+        assert time.monotonic() < deadline, f"training did not finish: {main_text(page)[:800]}"
+        try:
+            text = progress.first.inner_text(timeout=200) if progress.count() else ""
+        except Exception:  # noqa: BLE001 - the panel is redrawn while read
+            text = ""
+        if text.startswith("step"):
+            seen.add(text)
+        time.sleep(0.1)
+    print(f"live progress seen: {sorted(seen)}")
+    assert len(seen) >= 2, f"the live view did not move while the run trained: {seen}"
+    settle(page)
+    assert page.locator(CHARTS).count() >= 3, "losses, log E and recall over training stay after the run ends"
+
+    slider = page.locator(f'{MAIN} [data-testid="stSlider"] input[type="range"]').first
+    last = int(slider.get_attribute("max"))
+    assert int(slider.input_value()) == last
+    page.locator(MAIN).get_by_role("button", name="Replay").click()
+    values = set()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            values.add(int(slider.input_value(timeout=500)))
+        except Exception:  # noqa: BLE001 - the fragment redraws the slider while it is read
+            pass
+        if values - {last} and last in values and len(values) >= 3:
+            break
+        time.sleep(0.05)
+    assert len(values - {last}) >= 2, f"the replay did not step through the run: {sorted(values)}"
+    settle(page)
+    assert_no_error_boxes(page, "Train, replayed")
+    screenshot(page, "lesson-9-replay")
+
+    # The finished training process was reaped by the server (no page asked about it after the last redraw).
+    time.sleep(1.0)
+    assert not defunct_children(app_server.process.pid), "defunct training processes under the server"
+    config = json.loads((app_server.runs_dir / LESSON_RUN / "config.json").read_text())
+    assert (config["loss"], config["ec_weight"], config["epochs"], config["eval_every"]) == ("binomial", 0.13, 2, 1)
     errors.check()
