@@ -29,8 +29,8 @@ WHAT_IT_DOES = (
 STEPS = (
     ("The table below", "Recall@K, NMI and MAP@R on classes held out of training: does the EC-on run gain (green Δ)?",
      None),
-    ("The log E curve below", "with EC on, log E falls (the head pulls classes together); with EC off it rises as "
-     "the metric loss pushes them apart — the term's signature.", None),
+    ("The log E curve below", ("with EC on, log E falls (the head pulls classes together); with EC off it rises as "
+                               "the metric loss pushes them apart — the term's signature."), None),
     ("The map", "unseen classes in 2-D, one panel per run: are the clusters tighter and better apart with EC on?",
      "views/embeddings.py"),
     ("Retrieval", "one unseen query and its nearest neighbours in each run: where do the runs disagree?",
@@ -93,7 +93,8 @@ def featured_pair() -> FeaturedPair | None:
             continue
         shown = metrics[on].get(metric) - metrics[off].get(metric) if metric in metrics[on] and metric in metrics[off] \
             else None
-        effects.append(Effect(metric, difference["mean"], tuple(difference["ci95"]), int(difference.get("n", 0)), shown))
+        interval = tuple(difference["ci95"])
+        effects.append(Effect(metric, difference["mean"], interval, int(difference.get("n", 0)), shown))
     setting = f"{config.dataset}, {config.loss}, λ = {config.ec_weight:g}, {config.epochs} epochs"
     return FeaturedPair(off, on, config.seed, setting, effects) if effects else None
 

@@ -38,7 +38,7 @@ def prepared_upload(image: Image.Image, run, split) -> Image.Image:
     view = model_view(query, config)
     # One image element holding both pictures, side by side.
     st.image(
-        [pictures.enlarged(image.convert("RGB"), PREVIEW_PIXELS), pictures.enlarged(view.convert("RGB"), PREVIEW_PIXELS)],
+        [pictures.enlarged(picture.convert("RGB"), PREVIEW_PIXELS) for picture in (image, view)],
         caption=[
             "your upload",
             f"what the model sees: {view.size[0]}×{view.size[1]}" + (", inverted" if query is not image else ""),

@@ -316,7 +316,8 @@ def show_evaluations(chosen: list[run_catalog.RunEntry]) -> None:
     if split == "unseen":
         st.caption(
             "**Test classes — not for model selection.** These points show how the embedding generalises as it "
-            "trains; picking an epoch or λ by them would report an optimistic number. Use validation classes to choose."
+            "trains; picking an epoch or λ by them would report an optimistic number. Use validation classes to "
+            "choose."
         )
     elif split == "val":
         st.caption("Validation classes: seen classes held out of training, the fair place to choose epochs and λ.")

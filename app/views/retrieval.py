@@ -158,7 +158,9 @@ def show_query(query, split) -> None:
         )
         st.caption(f"Dataset image {query}. It is left out of its own neighbour list.")
     else:  # the upload and the model's view of it are shown beside the uploader
-        st.caption("Query: your upload, as the model sees it (left). Its class is unknown, so neighbours get grey frames.")
+        st.caption(
+            "Query: your upload, as the model sees it (left). Its class is unknown, so neighbours get grey frames."
+        )
 
 
 # ----------------------------------------------------------------------------- the answers

@@ -9,13 +9,12 @@ new run can be compared with the shipped pair, like with like.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import dataclasses
+from pathlib import Path
 
 import streamlit as st
 
-from app import charts, comparisons, errors, layout, locations, run_catalog, run_picker, training_job
+from app import charts, errors, layout, locations, run_catalog, run_picker, training_job
 from ecaml.config import DATASET_DEFAULTS, TrainConfig
 from ecaml.paths import PathError, confine
 from ecaml.runs import read_metrics

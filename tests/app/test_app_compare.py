@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-
 from pathlib import Path
 
 import numpy as np
@@ -42,8 +41,8 @@ def test_the_distance_histograms_are_drawn_once_their_expander_is_open():
     for kind, group in bars.groupby("kind"):  # densities: each histogram integrates to 1
         assert abs(float(((group["right"] - group["left"]) * group["density"]).sum()) - 1) < 1e-6, kind
     # One x range fitted to the data (not the whole 0-2 of cosine distances) and one y scale, shared by the panels.
-    domains = [(chart.layers[0]["encoding"]["x"]["scale"]["domain"], chart.layers[0]["encoding"]["y"]["scale"]["domain"])
-               for chart in charts[2:]]
+    encodings = [chart.layers[0]["encoding"] for chart in charts[2:]]
+    domains = [(encoding["x"]["scale"]["domain"], encoding["y"]["scale"]["domain"]) for encoding in encodings]
     assert domains[0] == domains[1]
     (low, high), (bottom, top) = domains[0]
     every_bar = [chart.data(0) for chart in charts[2:]]

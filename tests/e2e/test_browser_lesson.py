@@ -19,7 +19,16 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw
 from test_browser import (
-    CHARTS, MAIN, PAGE_TIMEOUT_S, Errors, assert_no_error_boxes, main_text, open_page, screenshot, settle, wait_for_text,
+    CHARTS,
+    MAIN,
+    PAGE_TIMEOUT_S,
+    Errors,
+    assert_no_error_boxes,
+    main_text,
+    open_page,
+    screenshot,
+    settle,
+    wait_for_text,
 )
 
 pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed")
@@ -204,8 +213,8 @@ def test_a_run_from_the_featured_form_moves_live_replays_and_leaves_no_defunct_p
     while time.monotonic() < deadline:
         try:
             values.add(int(slider.input_value(timeout=500)))
-        except Exception:  # noqa: BLE001 - the fragment redraws the slider while it is read
-            pass
+        except Exception:  # noqa: BLE001, S112 - the fragment redraws the slider while it is read: read again
+            continue
         if values - {last} and last in values and len(values) >= 3:
             break
         time.sleep(0.05)
