@@ -10,7 +10,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from app import charts, errors, layout, locations, run_catalog, run_picker, training_job
+from app import charts, deployment, errors, layout, locations, run_catalog, run_picker, training_job
 from ecaml.config import DATASET_DEFAULTS, TrainConfig
 from ecaml.paths import PathError, confine
 from ecaml.runs import read_metrics
@@ -30,6 +30,10 @@ STOPPING_KEY = "stop_requested_for"  # the job this session asked to stop (it en
 
 def render() -> None:
     st.title("Train a run")
+    if deployment.read_only():
+        st.info(deployment.READ_ONLY_TRAINING_MESSAGE, icon=":material/lock:")
+        st.markdown(deployment.LOCAL_TRAINING_HINT)
+        return
     st.caption(
         f"Training runs in its own process and writes to `{locations.shown_path(locations.runs_dir())}/`; you can browse "
         "the other pages meanwhile. A finished run appears on the Compare page."
