@@ -45,7 +45,7 @@ CHROMIUM_ARGS = [
     "--no-first-run", "--disable-sync", "--disable-quic", "--disable-dev-shm-usage",
 ]
 VIEWPORT = {"width": 1400, "height": 900}
-VISIT_TIMEOUT_S = 60.0
+VISIT_TIMEOUT_S = 120.0
 IDLE_CPU_SECONDS = 0.15  # the server counts as idle when it used less CPU than this over IDLE_WINDOW_S
 IDLE_WINDOW_S = 2.0
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -57,21 +57,30 @@ STATE_RECORDER = """
   const attach = () => {
     const app = document.querySelector('[data-testid="stApp"]');
     if (!app) { setTimeout(attach, 10); return; }
-    let last = app.getAttribute('data-test-script-state');
-    window.__ecamlStates.push([last, performance.now()]);
-    new MutationObserver(() => {
-      const state = app.getAttribute('data-test-script-state');
-      if (state !== last) { last = state; window.__ecamlStates.push([state, performance.now()]); }
-    }).observe(app, {attributes: true, attributeFilter: ['data-test-script-state']});
+    const push = (state) => {
+      const states = window.__ecamlStates;
+      if (!states.length || states[states.length - 1][0] !== state) states.push([state, performance.now()]);
+    };
+    push(app.getAttribute('data-test-script-state'));
+    // A short script can go running -> notRunning before the callback runs: the records' old values keep
+    // every state in between, so no run is missed.
+    new MutationObserver((records) => {
+      for (const record of records) push(record.oldValue);
+      push(app.getAttribute('data-test-script-state'));
+    }).observe(app, {attributes: true, attributeOldValue: true, attributeFilter: ['data-test-script-state']});
   };
   attach();
 })();
 """
 
-# Seconds from ``since`` (performance.now() ms) until the script ran and stopped, or null while it has not.
+# Seconds from ``since`` (performance.now() ms) until the script ran and stopped, or null while it has not. A run
+# already going at ``since`` (a rerun the click interrupts) counts as the start: Streamlit then goes straight on.
 SETTLED_SINCE = """(since) => {
   const states = window.__ecamlStates || [];
-  const started = states.findIndex(([state, at]) => state === 'running' && at >= since);
+  const after = states.findIndex(([state, at]) => at >= since);
+  const atSince = after < 0 ? states.length - 1 : after - 1;
+  let started = atSince >= 0 && states[atSince][0] === 'running' ? atSince : -1;
+  if (started < 0) started = states.findIndex(([state, at]) => state === 'running' && at >= since);
   if (started < 0) return null;
   const stopped = states.slice(started + 1).find(([state]) => state !== 'running');
   if (!stopped || document.querySelector('[data-testid="stSpinner"]')) return null;
@@ -160,6 +169,10 @@ async def settle(page, session: int, name: str, since: float) -> Visit:
         seconds = await handle.json_value()
     except Exception:  # noqa: BLE001 - a visit that never settles is reported, not fatal
         seconds = None
+        spinner = await page.locator('[data-testid="stSpinner"]').count()
+        states = await page.evaluate("JSON.stringify((window.__ecamlStates || []).slice(-4))")
+        print(f"session {session} {name}: no settle since {since:.0f} ms at {page.url}; spinners {spinner}; states {states}",
+              file=sys.stderr)
     exceptions = await page.locator('[data-testid="stException"]').count()
     return Visit(session, name or "compare", seconds, exceptions)
 
