@@ -10,21 +10,30 @@ from pathlib import Path
 
 import streamlit as st
 
+from app.deployment import READ_ONLY_TRAINING_MESSAGE, read_only
 from app.errors import LOG, USER_ERRORS
 from app.locations import runs_dir
 from app.run_catalog import LIVE_STATES
-from ecaml.jobs import JobManager
+from ecaml.jobs import JobError, JobManager
 
 OWN_JOB_KEY = "own_training_job"  # the run directory of the last job this session started
 
 
 def job_manager() -> JobManager:
-    """The manager of the runs folder's one training job; it keeps its state in that folder, so any instance will do."""
+    """The manager of the runs folder's one training job; it keeps its state in that folder, so any instance will do.
+
+    In read-only mode there is no manager at all (it would write its lock under runs/): asking for one raises
+    the JobError that pages show as their one-sentence refusal.
+    """
+    if read_only():
+        raise JobError(READ_ONLY_TRAINING_MESSAGE)
     return JobManager(runs_dir())
 
 
 def current_job() -> Path | None:
-    """The run directory of the job training now, or None."""
+    """The run directory of the job training now, or None (always None in read-only mode)."""
+    if read_only():
+        return None
     try:
         return job_manager().current()
     except USER_ERRORS as error:
@@ -33,6 +42,8 @@ def current_job() -> Path | None:
 
 
 def job_progress(run_dir: Path):
+    if read_only():
+        return None
     try:
         return job_manager().progress(run_dir)
     except USER_ERRORS as error:

@@ -81,6 +81,30 @@ class _Lock:
     raw: bytes
 
 
+# A job shares the machine with the app's viewers: it runs at a lower CPU priority and with at most all cores
+# but one for torch's threads, so the pages stay responsive while it trains.
+JOB_NICENESS = 10
+
+
+def job_thread_budget() -> int:
+    return max(1, (os.cpu_count() or 1) - 1)
+
+
+def _sharing_cores(config: TrainConfig) -> TrainConfig:
+    """The config with torch's CPU threads bounded by the job's budget (an explicit smaller choice stays)."""
+    if config.cpu_threads == 0 and config.backbone == "smallcnn":
+        return config  # training already uses one thread for it (ecaml.train)
+    budget = job_thread_budget()
+    threads = min(config.cpu_threads, budget) if config.cpu_threads else budget
+    return dataclasses.replace(config, cpu_threads=threads)
+
+
+def _background_priority() -> dict[str, str]:
+    """Environment of a job: lower priority (applied by ``python -m ecaml`` before torch starts its threads)."""
+    threads = str(job_thread_budget())
+    return {"ECAML_NICE": str(JOB_NICENESS), "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+
+
 def default_run_name(config: TrainConfig) -> str:
     """``<dataset>-<loss>-ec<weight>-seed<seed>-<YYYYmmdd-HHMMSS>``, with only ``[A-Za-z0-9._-]``."""
     raw = f"{config.dataset}-{config.loss}-ec{config.ec_weight:g}-seed{config.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -122,8 +146,9 @@ class JobManager:
             raise JobError(self._busy_message(running) if running else "another training job is starting; wait a moment")
         log_path = pending_log_path(run_dir)
         try:
-            command = [sys.executable, "-m", "ecaml", "train", *config_flags(resolved), f"--out={run_dir}", "--quiet"]
-            environment = dict(os.environ, PYTHONUNBUFFERED="1")
+            command = [sys.executable, "-m", "ecaml", "train", *config_flags(_sharing_cores(resolved)),
+                       f"--out={run_dir}", "--quiet"]
+            environment = dict(os.environ, PYTHONUNBUFFERED="1", **_background_priority())
             environment["PYTHONPATH"] = os.pathsep.join(
                 p for p in (str(_REPOSITORY_ROOT), environment.get("PYTHONPATH", "")) if p
             )

@@ -11,7 +11,7 @@ import random
 
 import streamlit as st
 
-from app import errors, layout, locations, pictures, run_catalog, run_picker, splits, upload_preview
+from app import deployment, errors, layout, locations, pictures, run_catalog, run_picker, splits, upload_preview
 from ecaml.data.images import IMAGE_SUFFIXES, open_image
 
 SOURCES = {
@@ -145,6 +145,10 @@ def uploaded_query(split, run):
     upload = st.file_uploader("An image (kept in memory only)", type=UPLOAD_TYPES, key="query_upload")
     if upload is None:
         st.caption("Any picture works; it is converted to the dataset's format before embedding.")
+        return None
+    refusal = deployment.upload_refusal(upload.size)
+    if refusal:
+        st.error(refusal)
         return None
     image = errors.attempt("read this upload", open_image, upload.getvalue(), split.dataset.mode, upload.name)
     return upload_preview.prepared_upload(image, run, split) if image is not None else None

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from app import charts, errors, layout, locations, run_catalog, run_picker, training_job
+from app import charts, deployment, errors, layout, locations, run_catalog, run_picker, training_job
 from ecaml.config import DATASET_DEFAULTS, TrainConfig
 from ecaml.paths import PathError, confine
 from ecaml.runs import read_metrics
@@ -41,6 +41,10 @@ FALLBACK_EC_WEIGHT = 0.13  # the paper's λ, for an EC-on twin when no featured 
 
 def render() -> None:
     st.title("Train a run")
+    if deployment.read_only():
+        st.info(deployment.READ_ONLY_TRAINING_MESSAGE, icon=":material/lock:")
+        st.markdown(deployment.LOCAL_TRAINING_HINT)
+        return
     st.caption(
         f"Training runs in its own process and writes to `{locations.shown_path(locations.runs_dir())}/`; you can browse "
         "the other pages meanwhile. A finished run appears on the Compare page."

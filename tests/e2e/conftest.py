@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from benchmarks.app_server import SHUTDOWN_TIMEOUT_S, free_port, stop_process_group, wait_healthy  # noqa: F401
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOTS = Path(__file__).resolve().parent / "screenshots"
@@ -29,7 +27,6 @@ FIXTURE_RUNS = {"digits-binomial-ec0-seed0": "0", "digits-binomial-ec0.13-seed0"
 TRAIN_STEPS = "20"
 TRAIN_TIMEOUT_S = 300
 HEALTH_TIMEOUT_S = 60
-SHUTDOWN_TIMEOUT_S = 10
 
 CHROMIUM_ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -125,48 +122,6 @@ class Server:
             return self.log_path.read_text(errors="replace")[-6000:]
         except OSError:
             return "(no server log)"
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_healthy(url: str, process: subprocess.Popen, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    last = "no answer"
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the Streamlit server exited with code {process.returncode} before it was healthy")
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-                body = response.read().decode(errors="replace").strip()
-                if response.status == 200 and body == "ok":
-                    return
-                last = f"HTTP {response.status}: {body[:80]}"
-        except (urllib.error.URLError, OSError) as error:
-            last = str(error)
-        time.sleep(0.25)
-    raise RuntimeError(f"the Streamlit server was not healthy after {timeout:.0f} s ({last})")
-
-
-def stop_process_group(process: subprocess.Popen) -> None:
-    """SIGTERM the server's own process group (it was started in a new session), then SIGKILL if it lingers."""
-    if process.poll() is not None:
-        return
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
-        process.wait(timeout=SHUTDOWN_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        process.wait(timeout=SHUTDOWN_TIMEOUT_S)
 
 
 def stop_training_job(runs_dir: Path) -> None:
