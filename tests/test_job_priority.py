@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -20,7 +21,9 @@ def niceness_of(pid: int) -> int | None:
     return int(fields[16])  # field 19 of stat; [0] here is field 3 (state)
 
 
-def test_a_job_runs_at_lower_priority(tmp_path):
+def test_a_job_runs_at_lower_priority_than_the_app(tmp_path):
+    # Relative to the app's own niceness (the tests may themselves run under nice), capped at 19.
+    expected = min(19, os.nice(0) + JOB_NICENESS)
     manager = JobManager(tmp_path)
     run_dir = manager.start(TrainConfig(dataset="digits", max_steps=5000, eval_every=0), name="nice-job")
     pid = manager.progress(run_dir).pid
@@ -29,10 +32,10 @@ def test_a_job_runs_at_lower_priority(tmp_path):
         seen = None
         while time.monotonic() < deadline:
             seen = niceness_of(pid)
-            if seen == JOB_NICENESS or seen is None:
+            if seen == expected or seen is None:
                 break
             time.sleep(0.05)
-        assert seen == JOB_NICENESS
+        assert seen == expected
     finally:
         manager.stop()
         while manager.current() is not None and time.monotonic() < deadline + DEADLINE_S:
