@@ -64,15 +64,67 @@ def test_folder_loader_errors_name_the_expected_layout(tmp_path):
         load_split("folder", str(tmp_path / "empty"))
 
 
-def test_class_balanced_batches_hold_m_classes_of_n_images():
-    labels = np.repeat(np.arange(10), 7)
-    batches = class_balanced_batches(labels, classes_per_batch=4, images_per_class=3, seed=0, epoch=0)
-    assert len(batches) == len(labels) // 12
+def _random_class_shape(seed: int) -> tuple[np.ndarray, int, int]:
+    """Labels of 2-40 classes of 1-14 images each (shuffled, arbitrary ids), and a random m and n."""
+    rng = np.random.default_rng(seed)
+    num_classes = int(rng.integers(2, 41))
+    sizes = rng.integers(1, 15, num_classes)
+    labels = np.repeat(rng.permutation(1000)[:num_classes], sizes)
+    rng.shuffle(labels)
+    return labels, int(rng.integers(2, 20)), int(rng.integers(1, 6))
+
+
+def _check_batches(labels: np.ndarray, batches: list[np.ndarray], classes_per_batch: int, images_per_class: int):
+    sizes = dict(zip(*np.unique(labels, return_counts=True)))
+    expected_classes = min(classes_per_batch, len(sizes))
+    assert len(batches) == max(1, len(labels) // (expected_classes * images_per_class))
     for batch in batches:
         classes, counts = np.unique(labels[batch], return_counts=True)
-        assert len(classes) == 4 and set(counts) == {3}
-    visits = np.bincount(np.concatenate([np.unique(labels[b]) for b in batches]), minlength=10)
+        assert len(classes) == expected_classes, "a batch repeats a class or misses one"
+        assert set(counts) == {images_per_class}
+        for label in classes:
+            positions = batch[labels[batch] == label]
+            assert len(set(positions)) == min(images_per_class, sizes[label]), "repeated image in a big enough class"
+    visits = np.bincount(np.searchsorted(sorted(sizes), np.concatenate([np.unique(labels[b]) for b in batches])),
+                         minlength=len(sizes))
     assert visits.max() - visits.min() <= 1, "classes should be visited evenly"
+
+
+@pytest.mark.parametrize("seed", range(300))
+def test_class_balanced_batches_hold_m_distinct_classes_of_n_distinct_images(seed):
+    labels, classes_per_batch, images_per_class = _random_class_shape(seed)
+    batches = class_balanced_batches(labels, classes_per_batch, images_per_class, seed=seed, epoch=seed % 4)
+    _check_batches(labels, batches, classes_per_batch, images_per_class)
+
+
+@pytest.mark.parametrize("seed", range(50))
+@pytest.mark.parametrize(
+    "sizes, classes_per_batch, images_per_class",
+    [
+        ([20] * 52, 16, 4),  # the shape of the report: 2 of 16 batches used to repeat a class and an image
+        ([10, 10, 10], 2, 2),  # 3 classes, m = 2: batches used to hold a single class
+        ([2, 3, 2], 3, 4),  # every class smaller than n
+        ([1, 9, 1, 9], 4, 3),  # singletons beside big classes
+        ([5, 5], 8, 2),  # fewer classes than m: clamped to all of them
+    ],
+)
+def test_class_balanced_batches_on_the_hard_shapes(seed, sizes, classes_per_batch, images_per_class):
+    labels = np.repeat(np.arange(len(sizes)) * 7 + 3, sizes)
+    batches = class_balanced_batches(labels, classes_per_batch, images_per_class, seed=seed, epoch=1)
+    _check_batches(labels, batches, classes_per_batch, images_per_class)
+
+
+def test_class_balanced_batches_walk_through_each_class_before_repeating_an_image():
+    labels = np.repeat(np.arange(4), 12)  # 4 classes x 12 images, batches of 4 x 3: each class visited 4 times
+    for seed in range(20):
+        batches = class_balanced_batches(labels, 4, 3, seed=seed, epoch=0)
+        assert len(batches) == 4
+        assert sorted(np.concatenate(batches)) == list(range(48)), "an epoch should show every image once"
+
+
+def test_class_balanced_batches_refuse_a_single_class():
+    with pytest.raises(ValueError, match="at least 2 classes, got 1"):
+        class_balanced_batches(np.zeros(10, dtype=int), 2, 2, seed=0, epoch=0)
 
 
 def test_class_balanced_batches_are_seeded_per_epoch():
