@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from PIL import Image
 
-from ecaml.data import DatasetError, load_split
+from ecaml.data import DatasetError, load_image_folder, load_split
+from ecaml.data import imagecheck
 from ecaml.data.sampling import class_balanced_batches
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    """The image-check cache of these tests goes to their own folder, not ~/.cache/ecaml."""
+    monkeypatch.setenv("ECAML_CACHE_DIR", str(tmp_path / "cache"))
 
 
 def make_image_tree(root, classes: int = 6, per_class: int = 3, size=(20, 16)):
@@ -134,3 +143,84 @@ def test_class_balanced_batches_are_seeded_per_epoch():
     first = class_balanced_batches(labels, 3, 4, seed=0, epoch=0)
     assert all(np.array_equal(a, b) for a, b in zip(first, class_balanced_batches(labels, 3, 4, seed=0, epoch=0)))
     assert not all(np.array_equal(a, b) for a, b in zip(first, class_balanced_batches(labels, 3, 4, seed=0, epoch=1)))
+
+
+@pytest.fixture
+def decodes(monkeypatch):
+    """The paths decoded by the image check, in order (the check itself still runs)."""
+    seen = []
+    real = imagecheck.check_image
+
+    def counting(path):
+        seen.append(str(path))
+        return real(path)
+
+    monkeypatch.setattr(imagecheck, "check_image", counting)
+    return seen
+
+
+def _cache_files(tmp_path):
+    return sorted((tmp_path / "cache" / imagecheck.CACHE_SUBDIR).glob("*.json"))
+
+
+def test_a_folder_is_decoded_once_then_only_changed_files_are(tmp_path, decodes):
+    root = make_image_tree(tmp_path / "data", classes=4, per_class=3)
+    load_image_folder(root)
+    assert len(decodes) == 12 and len(_cache_files(tmp_path)) == 1
+    decodes.clear()
+    load_image_folder(root)
+    assert decodes == [], "a second load (a new process would do the same) must not decode anything"
+    changed = root / "class_02" / "img1.png"
+    Image.new("RGB", (9, 9)).save(changed)
+    load_image_folder(root)
+    assert decodes == [str(changed)]
+
+
+def test_a_bad_image_stays_refused_from_the_cache_until_it_is_replaced(tmp_path, decodes):
+    root = make_image_tree(tmp_path / "data", classes=4, per_class=3)
+    bad = root / "class_01" / "img0.png"
+    bad.write_bytes(b"not an image")
+    for _ in range(2):
+        with pytest.raises(DatasetError, match=f"{bad}: not an image"):
+            load_image_folder(root)
+    assert decodes.count(str(bad)) == 1
+    Image.new("RGB", (5, 5)).save(bad)
+    assert len(load_image_folder(root)) == 12
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "other-root", "wrong-entry", "other-format"])
+def test_a_damaged_or_foreign_cache_is_ignored_and_rebuilt(tmp_path, decodes, damage):
+    root = make_image_tree(tmp_path / "data", classes=4, per_class=3)
+    bad = root / "class_03" / "img2.png"
+    bad.write_bytes(b"junk")
+    with pytest.raises(DatasetError):
+        load_image_folder(root)
+    [cache] = _cache_files(tmp_path)
+    record = json.loads(cache.read_text())
+    if damage == "garbage":
+        cache.write_bytes(b"\x00\xff{{")
+    elif damage == "truncated":
+        cache.write_text(cache.read_text()[:40])
+    elif damage == "other-root":
+        cache.write_text(json.dumps({**record, "root": "/elsewhere"}))
+    elif damage == "wrong-entry":
+        # an entry that claims the bad file is fine: only trusted if the whole cache is well-formed
+        record["entries"]["class_03/img2.png"] = [1, "x", None]
+        cache.write_text(json.dumps(record))
+    else:
+        cache.write_text(json.dumps({**record, "format": 999}))
+    decodes.clear()
+    with pytest.raises(DatasetError, match=f"{bad}: not an image"):
+        load_image_folder(root)
+    assert len(decodes) == 12, "a cache that cannot be trusted is rebuilt from the images"
+    assert json.loads(cache.read_text())["format"] == imagecheck.CACHE_FORMAT
+
+
+def test_the_parallel_check_finds_what_the_serial_one_does(tmp_path, monkeypatch):
+    root = make_image_tree(tmp_path / "data", classes=5, per_class=4)
+    (root / "class_04" / "img3.png").write_bytes(b"junk")
+    paths = sorted(root.rglob("*.png"))
+    serial = imagecheck.image_problems(root, paths, cache_dir=tmp_path / "serial")
+    monkeypatch.setattr(imagecheck, "PARALLEL_THRESHOLD", 1)
+    parallel = imagecheck.image_problems(root, paths, cache_dir=tmp_path / "parallel")
+    assert serial == parallel and len(parallel) == 1 and "img3.png: not an image" in parallel[0]
