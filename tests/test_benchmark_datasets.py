@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -35,7 +36,7 @@ def test_cub_reads_ids_labels_and_the_first_half_of_the_classes_as_seen(tmp_path
     assert dataset.class_names == ["001.Bird_A", "002.Bird_B", "003.Bird_C", "004.Bird_D", "005.Bird_E", "006.Bird_F"]
     assert len(dataset) == 30 and dataset.channels == 3
     # image_class_labels.txt is matched by image id: every file sits in its class's folder
-    assert all(path.parent.name == dataset.class_name(i) for i, path in enumerate(dataset.paths))
+    assert all(Path(path).parent.name == dataset.class_name(i) for i, path in enumerate(dataset.paths))
     assert split.train_classes == [0, 1, 2] and split.unseen_classes == [3, 4, 5]
     assert dataset.image(0).mode == "RGB"
 
@@ -53,7 +54,7 @@ def test_cars_reads_the_mat_file_fields_and_splits_classes_1_to_half(tmp_path):
     dataset = split.dataset
     assert dataset.class_names == [f"Maker Model {c} 2012" for c in range(1, 7)]
     # the generator interleaves classes: image number n has class n % 6 + 1
-    numbers = np.array([int(p.stem) - 1 for p in dataset.paths])
+    numbers = np.array([int(Path(p).stem) - 1 for p in dataset.paths])
     assert np.array_equal(dataset.labels, numbers % 6)
     assert split.train_classes == [0, 1, 2] and split.unseen_classes == [3, 4, 5]
 
@@ -69,7 +70,8 @@ def test_sop_takes_its_seen_and_unseen_classes_from_the_two_files(tmp_path):
     assert dataset.class_names[0] == "bicycle_final/111085122871"
     # every image of a class shares its product id
     for index, path in enumerate(dataset.paths):
-        assert path.stem.rsplit("_", 1)[0] == dataset.class_name(index).split("/")[1]
+        assert Path(path).stem.rsplit("_", 1)[0] == dataset.class_name(index).split("/")[1]
+        assert Path(path).parent.name == dataset.class_name(index).split("/")[0]
 
 
 def test_inshop_scores_its_unseen_queries_against_its_gallery(tmp_path):

@@ -205,7 +205,7 @@ def test_a_damaged_or_foreign_cache_is_ignored_and_rebuilt(tmp_path, decodes, da
         cache.write_text(json.dumps({**record, "root": "/elsewhere"}))
     elif damage == "wrong-entry":
         # an entry that claims the bad file is fine: only trusted if the whole cache is well-formed
-        record["entries"]["class_03/img2.png"] = [1, "x", None]
+        record["sizes"][0] = "x"
         cache.write_text(json.dumps(record))
     else:
         cache.write_text(json.dumps({**record, "format": 999}))

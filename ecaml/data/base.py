@@ -49,7 +49,8 @@ class ImageSet:
     class_names: list[str]
     channels: int  # 1 for greyscale sets, 3 for colour
     arrays: np.ndarray | None = None  # in-memory uint8 images [N, H, W] (or [N, H, W, 3])
-    paths: list[Path] | None = None  # or image files read on demand
+    # or image files read on demand (str for the benchmarks: 100,000s of Path objects cost seconds to build)
+    paths: list[str] | list[Path] | None = None
 
     def __post_init__(self) -> None:
         self.labels = np.asarray(self.labels, dtype=np.int64)

@@ -17,6 +17,7 @@ layout. Images are checked once per file version (``ecaml.data.imagecheck``).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Callable
 
@@ -113,6 +114,12 @@ class _Layout:
             raise self.error(f"{path.name} has {text[:40]!r} where a number is expected") from None
 
 
+def _joined(folder: Path, relative_paths: list[str]) -> list[str]:
+    """``folder/relative`` as strings (index files use "/" on every system)."""
+    prefix = os.fspath(folder)
+    return [os.path.join(prefix, *relative.split("/")) for relative in relative_paths]
+
+
 def _first_half_split(class_ids: list[int]) -> tuple[list[int], list[int]]:
     """(seen, unseen) positions of sorted ``class_ids``: the first half seen, like CUB's 100/100 and CARS's 98/98."""
     half = len(class_ids) // 2
@@ -144,7 +151,7 @@ def read_cub(layout: _Layout) -> tuple[ImageSet, SplitDefinition]:
     if unnamed:
         raise layout.error(f"class {unnamed[0]} has no line in classes.txt")
     dataset = ImageSet("CUB-200-2011", labels, [names[c] for c in class_ids], channels=3,
-                       paths=[images_dir / paths[i] for i in image_ids])
+                       paths=_joined(images_dir, [paths[i] for i in image_ids]))
     return dataset, SplitDefinition(*_first_half_split(class_ids))
 
 
@@ -164,7 +171,7 @@ def read_cars(layout: _Layout) -> tuple[ImageSet, SplitDefinition]:
                            "need the struct array 'annotations' with fields relative_im_path and class)") from None
     labels, ids = _labelled(layout, class_ids)
     names = _cars_class_names(mat, ids)
-    dataset = ImageSet("CARS196", labels, names, channels=3, paths=[layout.root / p for p in relative_paths])
+    dataset = ImageSet("CARS196", labels, names, channels=3, paths=_joined(layout.root, relative_paths))
     return dataset, SplitDefinition(*_first_half_split(ids))
 
 
@@ -188,7 +195,7 @@ def read_sop(layout: _Layout) -> tuple[ImageSet, SplitDefinition]:
     labels, ids = _labelled(layout, np.array([c for c, _ in everything]))
     names = _product_names(everything, ids)
     dataset = ImageSet("Stanford Online Products", labels, names, channels=3,
-                       paths=[layout.root / p for _, p in everything])
+                       paths=_joined(layout.root, [p for _, p in everything]))
     seen = [i for i, c in enumerate(ids) if c in train_ids]
     return dataset, SplitDefinition(seen, [i for i, c in enumerate(ids) if c in test_ids])
 
@@ -198,7 +205,11 @@ def _product_names(rows: list[tuple[int, str]], class_ids: list[int]) -> list[st
     first = {}
     for class_id, path in rows:
         first.setdefault(class_id, path)
-    return [Path(first[c]).parent.name + "/" + Path(first[c]).stem.rsplit("_", 1)[0] for c in class_ids]
+    names = []
+    for class_id in class_ids:
+        folder, _, file_name = first[class_id].rpartition("/")
+        names.append(folder.rpartition("/")[2] + "/" + file_name.rpartition(".")[0].rsplit("_", 1)[0])
+    return names
 
 
 def read_inshop(layout: _Layout) -> tuple[ImageSet, SplitDefinition]:
@@ -217,7 +228,7 @@ def read_inshop(layout: _Layout) -> tuple[ImageSet, SplitDefinition]:
     if shared:
         raise layout.error(f"item {items[shared[0]]} has both train and query/gallery images; the split must be class-disjoint")
     dataset = ImageSet("In-Shop Clothes", labels, [str(i) for i in items], channels=3,
-                       paths=[layout.root / r[0] for r in rows])
+                       paths=_joined(layout.root, [r[0] for r in rows]))
     return dataset, SplitDefinition(
         sorted(train_items), sorted(test_items),
         unseen_queries=np.flatnonzero(statuses == "query"), unseen_gallery=np.flatnonzero(statuses == "gallery"),

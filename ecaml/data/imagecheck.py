@@ -4,7 +4,8 @@ Decoding 120,000 images takes minutes; doing it in every process (each training
 run, each DDP rank, the app) is what made large folders slow to open. The result
 of each check is stored under the library cache folder
 (``$ECAML_CACHE_DIR/image-checks/``, default ``~/.cache/ecaml``), one JSON file per
-dataset root, keyed by each file's (path, size, mtime). A later load only
+dataset root (columns: paths relative to the root, sizes, mtimes, and the
+problem of each unusable file), keyed by each file's (path, size, mtime). A later load only
 ``stat``s the files and decodes the new or changed ones. The cache is written
 atomically; a cache file that is unreadable, of another format or of another root
 is ignored and rebuilt, and an entry is trusted only while the file's size and
@@ -22,7 +23,7 @@ from typing import Sequence
 
 from ecaml.data.images import ImageError, check_image
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 CACHE_SUBDIR = "image-checks"
 # Below this many files to decode, a process pool costs more than it saves.
 PARALLEL_THRESHOLD = 2000
@@ -30,16 +31,17 @@ MAX_CHECK_WORKERS = 8
 SHOWN_PROBLEMS = 3  # bad files named in the error; the rest are counted
 
 
-def image_problems(root: Path, paths: Sequence[Path], cache_dir: Path | None = None) -> list[str]:
+def image_problems(root: Path, paths: Sequence[str | os.PathLike], cache_dir: Path | None = None) -> list[str]:
     """One line per image of ``paths`` that cannot be used (naming it), in the order of ``paths``; [] when all decode."""
     root = Path(root)
     cache_file = _cache_file(root, cache_dir)
     known = _read_cache(cache_file, root)
-    entries: dict[str, list] = {}
+    prefix = os.fspath(root) + os.sep
+    entries: dict[str, tuple[int, int, str | None]] = {}
     problems: dict[int, str] = {}
     to_check: list[tuple[int, str, int, int]] = []
-    for position, path in enumerate(paths):
-        key = _key(root, path)
+    for position, path in enumerate(map(os.fspath, paths)):
+        key = path[len(prefix):] if path.startswith(prefix) else path
         try:
             stat = os.stat(path)
         except OSError as error:
@@ -52,8 +54,9 @@ def image_problems(root: Path, paths: Sequence[Path], cache_dir: Path | None = N
                 problems[position] = entry[2]
         else:
             to_check.append((position, key, stat.st_size, stat.st_mtime_ns))
-    for (position, key, size, mtime_ns), problem in zip(to_check, _check_all([str(paths[p]) for p, *_ in to_check])):
-        entries[key] = [size, mtime_ns, problem]
+    checked = _check_all([os.fspath(paths[position]) for position, *_ in to_check])
+    for (position, key, size, mtime_ns), problem in zip(to_check, checked):
+        entries[key] = (size, mtime_ns, problem)
         if problem is not None:
             problems[position] = problem
     if to_check or len(entries) != len(known):
@@ -87,11 +90,6 @@ def _check_all(paths: list[str]) -> list[str | None]:
         return [_problem(path) for path in paths]
 
 
-def _key(root: Path, path: Path) -> str:
-    text, prefix = os.fspath(path), os.fspath(root) + os.sep
-    return text[len(prefix):] if text.startswith(prefix) else text
-
-
 def default_cache_dir() -> Path:
     from ecaml.retrieval import default_cache_dir as library_cache_dir  # one definition of the cache folder
 
@@ -104,30 +102,34 @@ def _cache_file(root: Path, cache_dir: Path | None) -> Path:
     return Path(cache_dir if cache_dir is not None else default_cache_dir()) / CACHE_SUBDIR / f"{name}.json"
 
 
-def _read_cache(cache_file: Path, root: Path) -> dict[str, list]:
-    """The cached entries, or {} for a missing, unreadable, foreign or malformed cache (then rebuilt)."""
+def _read_cache(cache_file: Path, root: Path) -> dict[str, tuple[int, int, str | None]]:
+    """path key -> (size, mtime_ns, problem or None); {} for a missing, unreadable, foreign or malformed cache."""
     try:
         record = json.loads(cache_file.read_bytes())
     except (OSError, ValueError, RecursionError):
         return {}
     if not (isinstance(record, dict) and record.get("format") == CACHE_FORMAT
-            and record.get("root") == os.fspath(root.expanduser().resolve())
-            and isinstance(record.get("entries"), dict)):
+            and record.get("root") == os.fspath(root.expanduser().resolve())):
         return {}
-    entries = record["entries"]
-    if not all(_valid_entry(entry) for entry in entries.values()):
+    keys, sizes, mtimes, problems = (record.get(name) for name in ("paths", "sizes", "mtimes_ns", "problems"))
+    if not (isinstance(keys, list) and isinstance(sizes, list) and isinstance(mtimes, list)
+            and len(keys) == len(sizes) == len(mtimes) and isinstance(problems, dict)
+            and all(type(k) is str for k in keys) and all(type(v) is int for v in sizes)
+            and all(type(v) is int for v in mtimes) and all(type(v) is str for v in problems.values())):
         return {}
-    return entries
+    return {key: (size, mtime, problems.get(key)) for key, size, mtime in zip(keys, sizes, mtimes)}
 
 
-def _valid_entry(entry: object) -> bool:
-    return (isinstance(entry, list) and len(entry) == 3
-            and all(isinstance(v, int) and not isinstance(v, bool) for v in entry[:2])
-            and (entry[2] is None or isinstance(entry[2], str)))
-
-
-def _write_cache(cache_file: Path, root: Path, entries: dict[str, list]) -> None:
+def _write_cache(cache_file: Path, root: Path, entries: dict[str, tuple[int, int, str | None]]) -> None:
     from ecaml.retrieval import write_cache_file  # atomic, and only warns when the cache cannot be written
 
-    record = {"format": CACHE_FORMAT, "root": os.fspath(root.expanduser().resolve()), "entries": entries}
-    write_cache_file(cache_file, json.dumps(record, separators=(",", ":")).encode("utf-8", "surrogatepass"))
+    keys = list(entries)
+    record = {
+        "format": CACHE_FORMAT,
+        "root": os.fspath(root.expanduser().resolve()),
+        "paths": keys,
+        "sizes": [entries[key][0] for key in keys],
+        "mtimes_ns": [entries[key][1] for key in keys],
+        "problems": {key: entries[key][2] for key in keys if entries[key][2] is not None},
+    }
+    write_cache_file(cache_file, json.dumps(record, separators=(",", ":")).encode("utf-8"))
