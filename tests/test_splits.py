@@ -153,3 +153,25 @@ def test_eval_splits_can_ask_for_unseen_during_training(tmp_path):
     evals = [(r["epoch"], r["split"]) for r in load_run(run_dir).history if r.get("kind") == "eval"]
     assert evals == [(0, "unseen"), (0, "seen_test"), (1, "seen_test"), (1, "unseen")]
     shutil.rmtree(run_dir)
+
+
+def test_train_help_says_validation_never_takes_a_test_class(capsys):
+    from ecaml.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "drawn from the training classes only" in text and "no setting moves one into training" in text
+    assert "--eval-splits" in text and "The unseen test classes are scored at the end of training" in text
+
+
+def test_eval_splits_flag_parsing(capsys):
+    from ecaml.cli import _flag_values, build_parser, main
+
+    def parsed(value):
+        return _flag_values(build_parser().parse_args(["train", "--eval-splits", value, "--out", "x"]))["eval_splits"]
+
+    assert parsed("none") == [] and parsed("val,unseen") == ["val", "unseen"]
+    assert main(["train", "--eval-splits", "val,test", "--out", "x"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "--eval-splits takes a comma-separated list" in error and len(error.splitlines()) == 1
