@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from benchmark_trees import MAKERS, make_cars, make_cub, make_inshop, make_sop
+
 from ecaml.cli import main
 from ecaml.config import TrainConfig
 from ecaml.data import DatasetError, load_split

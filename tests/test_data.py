@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ecaml.data import DatasetError, load_image_folder, load_split
-from ecaml.data import imagecheck
+from ecaml.data import DatasetError, imagecheck, load_image_folder, load_split
 from ecaml.data.sampling import class_balanced_batches
 
 
@@ -224,3 +223,16 @@ def test_the_parallel_check_finds_what_the_serial_one_does(tmp_path, monkeypatch
     monkeypatch.setattr(imagecheck, "PARALLEL_THRESHOLD", 1)
     parallel = imagecheck.image_problems(root, paths, cache_dir=tmp_path / "parallel")
     assert serial == parallel and len(parallel) == 1 and "img3.png: not an image" in parallel[0]
+
+
+def test_folder_listing_takes_images_at_any_depth_in_path_order(tmp_path):
+    root = make_image_tree(tmp_path / "data", classes=4, per_class=2)
+    extra = root / "class_00"
+    for relative in ["B.PNG", "a b/c.jpg", "a-b.jpg", "a/b.jpg", "deep/er/e.JPEG", ".hidden.png", "notes.txt", "foo."]:
+        (extra / relative).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (4, 4)).save(extra / relative, "PNG")
+    (extra / "linked").symlink_to(root / "class_01", target_is_directory=True)  # not followed: no image twice
+    dataset = load_image_folder(root)
+    listed = [str(p)[len(str(extra)) + 1:] for p, label in zip(dataset.paths, dataset.labels) if label == 0]
+    # component-wise order, as sorted(Path) gives: "a/b.jpg" before "a b/c.jpg" ("a" < "a b")
+    assert listed == ["B.PNG", "a/b.jpg", "a b/c.jpg", "a-b.jpg", "deep/er/e.JPEG", "img0.png", "img1.png"]

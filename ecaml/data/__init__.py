@@ -75,7 +75,7 @@ def load_dataset(name: str, data_root: str | None = None, legacy_unseen_seed: in
 def load_split(
     name: str,
     data_root: str | None = None,
-    val_classes: int | float = 0,
+    val_classes: float = 0,
     val_seed: int = 0,
     seen_test_per_class: int = 0,
     *,

@@ -137,7 +137,7 @@ def split_classes(
     dataset: ImageSet,
     seen_classes: list[int],
     unseen_classes: list[int],
-    val_classes: int | float = 0,
+    val_classes: float = 0,
     seed: int = 0,
     seen_test_per_class: int = 0,
 ) -> ClassSplit:

@@ -18,8 +18,8 @@ layout. Images are checked once per file version (``ecaml.data.imagecheck``).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -28,16 +28,16 @@ from ecaml.data.folder import refuse_unusable_images
 
 LAYOUTS = {
     "cub": ("CUB-200-2011", "CUB_200_2011",
-            "ROOT/images.txt, ROOT/image_class_labels.txt, ROOT/classes.txt and ROOT/images/<class>/<image>.jpg, "
-            "as extracted from CUB_200_2011.tgz"),
+            ("ROOT/images.txt, ROOT/image_class_labels.txt, ROOT/classes.txt and ROOT/images/<class>/<image>.jpg, "
+             "as extracted from CUB_200_2011.tgz")),
     "cars": ("CARS196", None,
              "ROOT/cars_annos.mat and ROOT/car_ims/<image>.jpg, as extracted from car_ims.tgz next to cars_annos.mat"),
     "sop": ("Stanford Online Products", "Stanford_Online_Products",
-            "ROOT/Ebay_train.txt, ROOT/Ebay_test.txt and ROOT/<category>_final/<image>.JPG, "
-            "as extracted from Stanford_Online_Products.zip"),
+            ("ROOT/Ebay_train.txt, ROOT/Ebay_test.txt and ROOT/<category>_final/<image>.JPG, "
+             "as extracted from Stanford_Online_Products.zip")),
     "inshop": ("In-Shop Clothes", None,
-               "ROOT/Eval/list_eval_partition.txt (or ROOT/list_eval_partition.txt) and ROOT/img/..., "
-               "as extracted from the In-shop Clothes Retrieval Benchmark's img.zip and Eval/"),
+               ("ROOT/Eval/list_eval_partition.txt (or ROOT/list_eval_partition.txt) and ROOT/img/..., "
+                "as extracted from the In-shop Clothes Retrieval Benchmark's img.zip and Eval/")),
 }
 
 

@@ -11,6 +11,7 @@ class between the two, so a tuning run can never train on the test classes.
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import numpy as np
 
 from ecaml.data.base import DatasetError, ImageSet, SplitDefinition
 from ecaml.data.imagecheck import image_problems, summarise_problems
-from ecaml.data.images import is_image_file
+from ecaml.data.images import IMAGE_SUFFIXES
 
 EXPECTED_LAYOUT = "expected ROOT/<class name>/<image files>, one sub-folder per class"
 
@@ -64,11 +65,29 @@ def refuse_unusable_images(root: Path, paths: list[Path], where: str) -> None:
         raise DatasetError(summarise_problems(where, problems))
 
 
-def _images_in(class_dir: Path) -> list[Path]:
+def _images_in(class_dir: Path) -> list[str]:
+    """Image files at any depth under ``class_dir``, sorted as paths (component by component).
+
+    ``os.scandir`` rather than ``rglob``: its entries know their type without a
+    ``stat`` each, and building Path objects costs seconds at 100,000 files.
+    Symlinked folders are not followed (as ``rglob`` does not); symlinked files are kept.
+    """
+    root, found, pending = os.fspath(class_dir), [], [os.fspath(class_dir)]
     try:
-        return sorted(p for p in class_dir.rglob("*") if is_image_file(p))
+        while pending:
+            with os.scandir(pending.pop()) as entries:
+                for entry in entries:
+                    if entry.is_dir() and not entry.is_symlink():
+                        pending.append(entry.path)
+                    elif _is_image_name(entry.name) and entry.is_file():
+                        found.append(entry.path)
     except OSError as error:
         raise DatasetError(f"class folder {class_dir} cannot be listed ({error.strerror or error})") from None
+    return sorted(found, key=lambda path: path[len(root) + 1:].split(os.sep))
+
+
+def _is_image_name(name: str) -> bool:
+    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
 
 
 def sorted_half_split(num_classes: int) -> SplitDefinition:

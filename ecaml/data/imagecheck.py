@@ -17,9 +17,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Sequence
 
 from ecaml.data.images import ImageError, check_image
 
@@ -41,7 +41,7 @@ def image_problems(root: Path, paths: Sequence[str | os.PathLike], cache_dir: Pa
     problems: dict[int, str] = {}
     to_check: list[tuple[int, str, int, int]] = []
     for position, path in enumerate(map(os.fspath, paths)):
-        key = path[len(prefix):] if path.startswith(prefix) else path
+        key = path.removeprefix(prefix)
         try:
             stat = os.stat(path)
         except OSError as error:
