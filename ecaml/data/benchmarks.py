@@ -116,8 +116,10 @@ class _Layout:
 
 def _joined(folder: Path, relative_paths: list[str]) -> list[str]:
     """``folder/relative`` as strings (index files use "/" on every system)."""
-    prefix = os.fspath(folder)
-    return [os.path.join(prefix, *relative.split("/")) for relative in relative_paths]
+    prefix = os.fspath(folder) + os.sep
+    if os.sep == "/":
+        return [prefix + relative for relative in relative_paths]
+    return [prefix + relative.replace("/", os.sep) for relative in relative_paths]
 
 
 def _first_half_split(class_ids: list[int]) -> tuple[list[int], list[int]]:
