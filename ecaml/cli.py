@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ecaml import __version__
-from ecaml.config import TrainConfig, load_toml
+from ecaml.config import EVAL_SPLITS, TrainConfig, load_toml
 from ecaml.confusion import PAIR_MODES, ROUTES
 from ecaml.data import DATASETS, SPLIT_PARTS
 from ecaml.models import BACKBONES
@@ -23,10 +23,18 @@ from ecaml.models import BACKBONES
 EXIT_USER_ERROR = 2
 # Flags whose value lands in TrainConfig under the same name (dashes -> underscores).
 TRAIN_FLAGS = {
-    "dataset": (str, "dataset: " + ", ".join(DATASETS) + " (default digits)"),
-    "data_root": (str, "folder dataset root: one sub-folder of images per class"),
-    "val_classes": (float, "seen classes held out for validation/tuning: a count, or a fraction < 1 (default 0)"),
-    "split_seed": (int, "seed of the seen/validation (and, for folders, seen/unseen) class split (default 0)"),
+    "dataset": (str, "dataset: " + ", ".join(DATASETS) + " (default digits; cub/cars/sop/inshop: the benchmarks, "
+                "read from their official layout under --data-root, see docs/datasets.md)"),
+    "data_root": (str, "folder of a folder dataset (one sub-folder of images per class) or of a benchmark"),
+    "val_classes": (float, "seen classes held out for validation/tuning: a count, or a fraction < 1 (default 0). "
+                    "They are drawn from the training classes only: the unseen (test) classes are fixed by the "
+                    "dataset (folder: the second half of the class folders in sorted name order) and no setting "
+                    "moves one into training"),
+    "val_seed": (int, "seed of the validation classes and of the seen-test images (default 0)"),
+    "split_seed": (int, "former name of --val-seed, still accepted"),
+    "seen_test_per_class": (int, "images of each training class held out of training and scored as 'seen_test' "
+                            "(queries against the training images): seen-class retrieval on new images; classes "
+                            "with fewer than N + 2 images hold out none; 0 = off (default: per dataset)"),
     "image_size": (int, "input size in pixels (default: per dataset; 224 for torchvision backbones)"),
     "backbone": (str, "backbone: " + ", ".join(BACKBONES) + " (default smallcnn)"),
     "weights_path": (str, "local file with ImageNet weights for --pretrained (else the torch cache is used)"),
@@ -48,6 +56,9 @@ TRAIN_FLAGS = {
     "num_workers": (int, "data-loading worker processes (default 0)"),
     "cpu_threads": (int, "torch CPU threads; 0 = 1 for smallcnn, torch's default otherwise (default 0)"),
     "eval_every": (int, "epochs between evaluations logged to the history; 0 = only at the end (default 5)"),
+    "eval_splits": (str, "comma-separated parts scored during training, among " + ", ".join(EVAL_SPLITS) + ", or none "
+                    "(default: val when --val-classes > 0, else none). The unseen test classes are scored at the end "
+                    "of training (with seen_test and val), and during training only when named here"),
     "checkpoint_every": (int, "epochs between checkpoints (default 1)"),
 }
 
@@ -88,7 +99,8 @@ def _add_train(commands) -> None:
     train.add_argument("--pretrained", action="store_true", default=None, help="start from ImageNet weights (local only)")
     train.add_argument("--loss-param", action="append", default=[], metavar="KEY=VALUE",
                        help="a parameter of the loss, repeatable (e.g. --loss-param margin=0.2)")
-    train.add_argument("--recall-ks", help="comma-separated K for Recall@K (default 1,2,4,8)")
+    train.add_argument("--recall-ks", help="comma-separated K for Recall@K (default per dataset: 1,2,4,8; "
+                       "sop 1,10,100,1000; inshop 1,10,20,30,40,50)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -102,7 +114,10 @@ def _add_evaluate(commands) -> None:
 def _add_run_split_device(parser: argparse.ArgumentParser) -> None:
     """The arguments of every command that embeds one run's split."""
     parser.add_argument("run", help="run directory")
-    parser.add_argument("--split", default="unseen", choices=SPLIT_PARTS, help="which classes (default unseen)")
+    parser.add_argument("--split", default="unseen", choices=SPLIT_PARTS,
+                        help="which part (default unseen): train, val, seen (train + val classes), seen_test (held-out "
+                        "images of the training classes, searched among the training images), unseen (In-Shop: its "
+                        "queries searched among its gallery)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
 
 
@@ -139,14 +154,16 @@ def command_train(args: argparse.Namespace) -> int:
     if result.state == "stopped":
         print(f"stopped at step {result.steps}; resume with: python -m ecaml train --resume {result.run_dir}")
         return 130
-    recall = result.metrics.get("recall@1")
-    print(f"{result.run_dir}: {result.steps} steps, unseen Recall@1 = {recall:.4f}, NMI = {result.metrics['nmi']:.4f}, "
-          f"MAP@R = {result.metrics['map@r']:.4f}")
+    shown = {"recall@1": "Recall@1", "nmi": "NMI", "map@r": "MAP@R"}  # In-Shop's query/gallery scoring has no NMI
+    summary = ", ".join(f"{label} = {result.metrics[key]:.4f}" for key, label in shown.items() if key in result.metrics)
+    print(f"{result.run_dir}: {result.steps} steps, unseen {summary}")
     return 0
 
 
 def _flag_values(args: argparse.Namespace) -> dict[str, Any]:
     values = {name: getattr(args, name) for name in TRAIN_FLAGS if getattr(args, name) is not None}
+    if "eval_splits" in values:
+        values["eval_splits"] = _parse_eval_splits(values["eval_splits"])
     if args.pretrained:
         values["pretrained"] = True
     if args.loss_param:
@@ -157,6 +174,17 @@ def _flag_values(args: argparse.Namespace) -> dict[str, Any]:
         except ValueError:
             raise UserError("train: --recall-ks takes comma-separated integers, e.g. 1,2,4,8") from None
     return values
+
+
+def _parse_eval_splits(text: str) -> list[str]:
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    if parts == ["none"]:
+        return []
+    unknown = [part for part in parts if part not in EVAL_SPLITS]
+    if unknown or not parts:
+        raise UserError(f"train: --eval-splits takes a comma-separated list among {', '.join(EVAL_SPLITS)}, or none; "
+                        f"got {text!r}")
+    return parts
 
 
 def _parse_param(item: str) -> tuple[str, Any]:
@@ -170,14 +198,14 @@ def _parse_param(item: str) -> tuple[str, Any]:
 
 
 def evaluate_run(run_dir: str, split: str = "unseen", device: str = "auto") -> dict[str, float]:
-    from ecaml.evaluate import embed_part, pick_device, score, split_for
+    """The metrics of one part of a run's split, scored as training scores it (ecaml.evaluate.score_part)."""
+    from ecaml.evaluate import pick_device, score_part, split_for
     from ecaml.runs import input_channels, load_run
 
     run = load_run(run_dir)
     torch_device = pick_device(device)
     run.model.to(torch_device)
-    embeddings = embed_part(run.model, split_for(run.config), split, run.config, input_channels(run.config), torch_device)
-    return score(embeddings, run.config.recall_ks)
+    return score_part(run.model, split_for(run.config), split, run.config, input_channels(run.config), torch_device)
 
 
 def command_evaluate(args: argparse.Namespace) -> int:
@@ -231,19 +259,25 @@ def command_embed(args: argparse.Namespace) -> int:
     from ecaml.evaluate import embed_part, pick_device, split_for
     from ecaml.runs import atomic_write_bytes, input_channels, load_run
 
-    run = load_run(args.run)
-    device = pick_device(args.device)
-    run.model.to(device)
-    embeddings = embed_part(run.model, split_for(run.config), args.split, run.config, input_channels(run.config), device)
     out = Path(args.out)
     if out.suffix != ".npz":
         raise UserError(f"embed: --out must end in .npz, got {out.name}")
     if not out.parent.is_dir():
         raise UserError(f"embed: folder {out.parent} does not exist")
+    run = load_run(args.run)
+    device = pick_device(args.device)
+    run.model.to(device)
+    split = split_for(run.config)
+    embeddings = embed_part(run.model, split, args.split, run.config, input_channels(run.config), device)
+    arrays = {"embeddings": embeddings.vectors, "labels": embeddings.labels, "indices": embeddings.indices}
+    queries, gallery = split.queries_and_gallery(args.split)
+    if gallery is not None and args.split != "seen_test":
+        # A query/gallery part (In-Shop's unseen): say which rows are the queries, as scoring uses them.
+        arrays["is_query"] = np.isin(embeddings.indices, queries)
     import io
 
     buffer = io.BytesIO()
-    np.savez(buffer, embeddings=embeddings.vectors, labels=embeddings.labels, indices=embeddings.indices)
+    np.savez(buffer, **arrays)
     atomic_write_bytes(out, buffer.getvalue())
     print(f"wrote {len(embeddings.labels)} {args.split} embeddings of size {embeddings.vectors.shape[1]} to {out}")
     return 0

@@ -2,6 +2,9 @@
 
 The fully resolved ``TrainConfig`` is saved as ``config.json`` in every run
 directory, so any run can be re-made and any reader can rebuild its model.
+``TrainConfig.from_saved`` reads such a file: a key that older versions did not
+write gets the value those versions behaved with (``SAVED_CONFIG_LEGACY``), so an
+old run re-evaluates on exactly the split it was trained with.
 """
 
 from __future__ import annotations
@@ -14,20 +17,39 @@ from pathlib import Path
 from typing import Any
 
 from ecaml.confusion import PAIR_MODES, ROUTES
-from ecaml.data import DATASETS
+from ecaml.data import DATASETS, SPLIT_PARTS
 from ecaml.models import BACKBONES
 
 # Sizes whose model or input transform alone would exhaust memory: refused both when
 # training and when reading a run, so training never makes a run that loading refuses.
 MAX_IMAGE_SIZE, MAX_EMBEDDING_DIM = 4096, 65536
 
-# Sizes that suit each built-in dataset; anything set in a file or a flag wins. The epochs
-# are those chosen for the binomial loss on validation classes in results/study.md (digits
-# overfits its 5 seen classes quickly: validation MAP@R peaks after 2 epochs).
+# Sizes that suit each dataset; anything set in a file or a flag wins. The epochs of the
+# built-ins are those chosen for the binomial loss on validation classes in results/study.md
+# (digits overfits its 5 seen classes quickly: validation MAP@R peaks after 2 epochs).
+# The benchmarks take the reference batch (65 classes x 2 images), 512-d embeddings, about
+# 10,000 iterations, and the Recall@K lists of the protocol (../shared/reference/ecaml.md).
+# seen_test_per_class: images of each training class held out of training to measure
+# seen-class retrieval on new images (classes too small to spare them hold out none).
+_BENCHMARK = {"image_size": 224, "classes_per_batch": 65, "images_per_class": 2, "embedding_dim": 512}
 DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
-    "digits": {"image_size": 8, "classes_per_batch": 5, "images_per_class": 12, "epochs": 2, "embedding_dim": 32},
-    "glyphs": {"image_size": 24, "classes_per_batch": 16, "images_per_class": 4, "epochs": 20, "embedding_dim": 64},
-    "folder": {"image_size": 64, "classes_per_batch": 16, "images_per_class": 4, "epochs": 30, "embedding_dim": 128},
+    "digits": {"image_size": 8, "classes_per_batch": 5, "images_per_class": 12, "epochs": 2, "embedding_dim": 32,
+               "recall_ks": [1, 2, 4, 8], "seen_test_per_class": 10},
+    "glyphs": {"image_size": 24, "classes_per_batch": 16, "images_per_class": 4, "epochs": 20, "embedding_dim": 64,
+               "recall_ks": [1, 2, 4, 8], "seen_test_per_class": 4},
+    "folder": {"image_size": 64, "classes_per_batch": 16, "images_per_class": 4, "epochs": 30, "embedding_dim": 128,
+               "recall_ks": [1, 2, 4, 8], "seen_test_per_class": 3},
+    "cub": {**_BENCHMARK, "epochs": 220, "recall_ks": [1, 2, 4, 8], "seen_test_per_class": 3},
+    "cars": {**_BENCHMARK, "epochs": 160, "recall_ks": [1, 2, 4, 8], "seen_test_per_class": 3},
+    "sop": {**_BENCHMARK, "epochs": 22, "recall_ks": [1, 10, 100, 1000], "seen_test_per_class": 1},
+    "inshop": {**_BENCHMARK, "epochs": 50, "recall_ks": [1, 10, 20, 30, 40, 50], "seen_test_per_class": 1},
+}
+# Parts that can be scored during training (--eval-splits); the end of training scores seen_test, val and unseen.
+EVAL_SPLITS = tuple(part for part in SPLIT_PARTS if part != "seen")
+# Keys that older versions did not write to config.json, and how those versions behaved.
+SAVED_CONFIG_LEGACY: dict[str, Any] = {
+    "seen_test_per_class": 0,  # nothing was held out
+    # "val_seed": the saved split_seed; "eval_splits": val and unseen; "legacy_unseen_seed": see from_saved
 }
 
 
@@ -37,7 +59,12 @@ class TrainConfig:
     dataset: str = "digits"
     data_root: str | None = None
     val_classes: float = 0  # seen classes held out for tuning: a count, or a fraction < 1
-    split_seed: int = 0
+    val_seed: int | None = None  # draws the validation classes (from the seen ones) and the seen-test images
+    split_seed: int | None = None  # the former name of val_seed, still read; resolved configs hold both, equal
+    seen_test_per_class: int | None = None  # images held out of each training class; None: the dataset's default
+    # Only in run directories of folder datasets made before the fixed split: the seed whose
+    # permutation chose their unseen classes. Refused in new configs (see from_dict).
+    legacy_unseen_seed: int | None = None
     image_size: int | None = None  # None: the dataset's default (torchvision backbones: 224)
     # model
     backbone: str = "smallcnn"
@@ -65,7 +92,8 @@ class TrainConfig:
     cpu_threads: int = 0  # 0: 1 thread for smallcnn (small convolutions only lose to threading), torch's default otherwise
     # evaluation and checkpoints
     eval_every: int = 5  # epochs between evaluations during training (0: only at the end)
-    recall_ks: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
+    eval_splits: list[str] | None = None  # parts scored during training; None: val when there are val classes
+    recall_ks: list[int] | None = None  # None: the dataset's list (CUB/CARS 1,2,4,8; SOP 1,10,100,1000; ...)
     checkpoint_every: int = 1  # epochs between checkpoints
 
     def resolved(self) -> "TrainConfig":
@@ -76,6 +104,7 @@ class TrainConfig:
                 values[key] = value
         if self.backbone in BACKBONES and BACKBONES[self.backbone].imagenet_input and self.image_size is None:
             values["image_size"] = BACKBONES[self.backbone].default_size
+        values.update(_resolved_split_settings(self))
         config = TrainConfig(**values)
         config.validate()
         return config
@@ -99,7 +128,16 @@ class TrainConfig:
             (self.classes_per_batch is None or self.classes_per_batch >= 2, "classes_per_batch must be at least 2"),
             (self.images_per_class is None or self.images_per_class >= 2, "images_per_class must be at least 2"),
             (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "device must be auto, cpu or cuda"),
-            (bool(self.recall_ks) and all(k >= 1 for k in self.recall_ks), "recall_ks must be positive integers"),
+            (self.recall_ks is None or (bool(self.recall_ks) and all(k >= 1 for k in self.recall_ks)),
+             "recall_ks must be positive integers"),
+            (self.seen_test_per_class is None or self.seen_test_per_class >= 0, "seen_test_per_class must be >= 0"),
+            (self.legacy_unseen_seed is None or type(self.legacy_unseen_seed) is int, "legacy_unseen_seed must be an integer"),
+            (self.eval_splits is None or all(part in EVAL_SPLITS for part in self.eval_splits),
+             f"eval_splits must name parts among {', '.join(EVAL_SPLITS)}"),
+            (not (self.eval_splits and "val" in self.eval_splits and not self.val_classes),
+             "eval_splits names val, but val_classes is 0 (no validation classes)"),
+            (not (self.eval_splits and "seen_test" in self.eval_splits and self.seen_test_per_class == 0),
+             "eval_splits names seen_test, but seen_test_per_class is 0 (nothing held out)"),
             (self.eval_every >= 0 and self.checkpoint_every >= 1, "eval_every must be >= 0, checkpoint_every >= 1"),
             (self.num_workers >= 0, "num_workers must be >= 0"),
             (self.cpu_threads >= 0, "cpu_threads must be >= 0"),
@@ -113,11 +151,50 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
+        """A config from settings (a TOML file, flags, the app's form); saved run configs go through from_saved."""
+        known = {f.name for f in dataclasses.fields(cls)} - {"legacy_unseen_seed"}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown config key(s): {', '.join(unknown)}")
         return cls(**values)
+
+    @classmethod
+    def from_saved(cls, values: dict[str, Any]) -> "TrainConfig":
+        """A run directory's config.json: keys older versions did not write read as those versions behaved.
+
+        A config without ``val_seed`` predates it: its ``split_seed`` drew the validation
+        classes, nothing was held out, training scored val and unseen, and a folder
+        dataset's unseen classes were a permutation seeded by ``split_seed``.
+        """
+        values = dict(values)
+        unseen_seed = values.pop("legacy_unseen_seed", None)
+        if "val_seed" not in values:
+            for key, value in SAVED_CONFIG_LEGACY.items():
+                values.setdefault(key, value)
+            values.setdefault("eval_splits", ["val", "unseen"] if values.get("val_classes") else ["unseen"])
+            if values.get("dataset") == "folder":
+                unseen_seed = values.get("split_seed") or 0
+        config = cls.from_dict(values)
+        config.legacy_unseen_seed = unseen_seed
+        return config
+
+
+def _resolved_split_settings(config: TrainConfig) -> dict[str, Any]:
+    """val_seed (= split_seed, its former name), seen_test_per_class, eval_splits and recall_ks filled in."""
+    seeds = {seed for seed in (config.val_seed, config.split_seed) if seed is not None}
+    if len(seeds) > 1:
+        raise ValueError(f"split_seed is the former name of val_seed; got both, with different values {sorted(seeds)}")
+    seed = seeds.pop() if seeds else 0
+    defaults = DATASET_DEFAULTS.get(config.dataset, {})
+    held_out = config.seen_test_per_class
+    if held_out is None:
+        held_out = defaults.get("seen_test_per_class", 0)
+    splits = config.eval_splits
+    if splits is None:
+        splits = ["val"] if config.val_classes else []
+    recall_ks = config.recall_ks if config.recall_ks is not None else defaults.get("recall_ks", [1, 2, 4, 8])
+    return {"val_seed": seed, "split_seed": seed, "seen_test_per_class": held_out, "eval_splits": list(splits),
+            "recall_ks": list(recall_ks)}
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:

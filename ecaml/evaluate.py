@@ -2,6 +2,10 @@
 
 The metrics themselves live in ``ecaml.metrics`` (pure functions of embeddings
 and labels); this module turns a model plus a class split into those inputs.
+``score_part`` is the one way a part of a split is scored, wherever metrics are
+computed (training, the CLI, the app): a part searched against itself, or its
+queries against its gallery where the split says so (In-Shop's unseen part,
+every ``seen_test`` part).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from ecaml.config import TrainConfig
 from ecaml.data import ClassSplit, load_split
 from ecaml.data.sampling import ImageView
 from ecaml.data.transforms import build_transform
-from ecaml.metrics import retrieval_metrics
+from ecaml.metrics import query_gallery_metrics, retrieval_metrics
 from ecaml.models import BACKBONES
 
 
@@ -41,9 +45,18 @@ def eval_transform(config: TrainConfig, channels: int):
     return build_transform(config.image_size, channels, BACKBONES[config.backbone].imagenet_input, train=False, flip=False)
 
 
+def split_settings(config: TrainConfig) -> tuple:
+    """What decides a run's split, as a hashable key (for caches of splits): equal keys, equal splits."""
+    config = config.resolved()
+    return (config.dataset, config.data_root, config.val_classes, config.val_seed, config.seen_test_per_class,
+            config.legacy_unseen_seed)
+
+
 def split_for(config: TrainConfig) -> ClassSplit:
-    """The class split a run was trained with (same dataset, seed and validation hold-out)."""
-    return load_split(config.dataset, config.data_root, config.val_classes, config.split_seed)
+    """The class split a run was trained with (same dataset, validation classes, held-out images)."""
+    dataset, data_root, val_classes, val_seed, seen_test_per_class, legacy_unseen_seed = split_settings(config)
+    return load_split(dataset, data_root, val_classes, val_seed, seen_test_per_class,
+                      legacy_unseen_seed=legacy_unseen_seed)
 
 
 @torch.no_grad()
@@ -82,7 +95,32 @@ def embed_part(model, split: ClassSplit, part: str, config: TrainConfig, channel
 
 
 def score(embeddings: Embeddings, recall_ks, seed: int = 0) -> dict[str, float]:
-    """Recall@K (K clipped to what the split allows), NMI, MAP@R and R-Precision."""
+    """Recall@K (K clipped to what the split allows), NMI, MAP@R and R-Precision of a set searched against itself."""
     largest_k = len(embeddings.labels) - 1
     ks = [k for k in recall_ks if k <= largest_k] or [1]
     return retrieval_metrics(embeddings.vectors, embeddings.labels, recall_ks=tuple(ks), seed=seed)
+
+
+def score_against_gallery(queries: Embeddings, gallery: Embeddings, recall_ks) -> dict[str, float]:
+    """Recall@K (K clipped to the gallery size), MAP@R and R-Precision of queries searched in a separate gallery."""
+    ks = [k for k in recall_ks if k <= len(gallery.labels)] or [1]
+    return query_gallery_metrics(queries.vectors, queries.labels, gallery.vectors, gallery.labels, recall_ks=tuple(ks))
+
+
+def score_part(model, split: ClassSplit, part: str, config: TrainConfig, channels: int, device=None) -> dict[str, float]:
+    """The metrics of ``part``: searched against itself, or its queries against its gallery where the split says so.
+
+    Self-searched parts report Recall@K, NMI, MAP@R and R-Precision; query/gallery
+    parts (In-Shop's unseen, ``seen_test``) the same without NMI, R being the
+    number of gallery images of the query's class.
+    """
+    queries, gallery = split.queries_and_gallery(part)
+    if len(queries) == 0 or (gallery is not None and len(gallery) == 0):
+        raise ValueError(f"the {part!r} split of {config.dataset} is empty")
+    if gallery is None:
+        return score(embed_indices(model, split, queries, config, channels, device), config.recall_ks)
+    return score_against_gallery(
+        embed_indices(model, split, queries, config, channels, device),
+        embed_indices(model, split, gallery, config, channels, device),
+        config.recall_ks,
+    )

@@ -313,14 +313,19 @@ def config_flags(config: TrainConfig) -> list[str]:
         value = values[name]
         if value is None:
             continue
-        text = repr(value) if isinstance(value, float) else str(value)
+        if isinstance(value, list):  # eval_splits: comma-separated, "none" for an empty list
+            text = ",".join(str(v) for v in value) or "none"
+        else:
+            text = repr(value) if isinstance(value, float) else str(value)
         flags.append(f"--{name.replace('_', '-')}={text}")
     if values["pretrained"]:
         flags.append("--pretrained")
     for key, value in values["loss_params"].items():
         flags.append(f"--loss-param={key}={json.dumps(value)}")
     flags.append("--recall-ks=" + ",".join(str(k) for k in values["recall_ks"]))
-    covered = set(TRAIN_FLAGS) | {"pretrained", "loss_params", "recall_ks"}
+    if values["legacy_unseen_seed"] is not None:  # only old folder runs carry it; jobs start new runs
+        raise JobError("cannot start a job from the config of a folder run made before the fixed split")
+    covered = set(TRAIN_FLAGS) | {"pretrained", "loss_params", "recall_ks", "legacy_unseen_seed"}
     missing = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in covered]
     if missing:  # a new config field without a flag would be silently dropped
         raise JobError(f"cannot pass config key(s) {', '.join(missing)} to the training command")

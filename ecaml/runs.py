@@ -235,7 +235,7 @@ def read_config(run_dir: Path) -> TrainConfig:
             f"{run_dir.name}: run format {version} is newer than this ecaml understands ({RUN_FORMAT_VERSION}); upgrade ecaml"
         )
     try:
-        config = TrainConfig.from_dict(record).resolved()
+        config = TrainConfig.from_saved(record).resolved()
     except (TypeError, ValueError, AttributeError) as error:  # wrong types in a hand-edited or hostile file
         raise RunError(f"{run_dir.name}: invalid {CONFIG_FILE}: {error}") from None
     return config
@@ -473,7 +473,9 @@ def load_run(run_dir: str | Path) -> Run:
 def input_channels(config: TrainConfig) -> int:
     from ecaml.models import BACKBONES
 
-    if BACKBONES[config.backbone].imagenet_input or config.dataset == "folder":
+    from ecaml.data import COLOUR_DATASETS
+
+    if BACKBONES[config.backbone].imagenet_input or config.dataset in COLOUR_DATASETS:
         return 3
     return 1
 

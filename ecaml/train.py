@@ -26,10 +26,10 @@ from torch.utils.data import DataLoader
 
 from ecaml.config import TrainConfig
 from ecaml.confusion import EnergyConfusion
-from ecaml.data import ClassSplit
+from ecaml.data import ClassSplit, mirroring_allowed
 from ecaml.data.sampling import ImageView, class_balanced_batches
 from ecaml.data.transforms import build_transform
-from ecaml.evaluate import embed_part, pick_device, score, split_for
+from ecaml.evaluate import pick_device, score_part, split_for
 from ecaml.losses import build_loss
 from ecaml.models import BACKBONES, EmbeddingNet, build_model
 from ecaml.runs import (
@@ -163,7 +163,7 @@ class Trainer:
         self.view = ImageView(
             self.split.dataset,
             self.train_indices,
-            build_transform(self.config.image_size, self.channels, spec.imagenet_input, train=True, flip=self.config.dataset == "folder"),
+            build_transform(self.config.image_size, self.channels, spec.imagenet_input, train=True, flip=mirroring_allowed(self.config.dataset)),
             self.label_map,
         )
 
@@ -266,7 +266,8 @@ class Trainer:
                 return
         finished_epoch = epoch + 1
         if self.step % self.plan.steps_per_epoch == 0:
-            if self.config.eval_every and finished_epoch % self.config.eval_every == 0 and self.step < self.plan.total_steps:
+            if (self.config.eval_every and self.config.eval_splits and finished_epoch % self.config.eval_every == 0
+                    and self.step < self.plan.total_steps):
                 self.evaluate_into_history(epoch)
             if finished_epoch % self.config.checkpoint_every == 0:
                 self.save_checkpoint()
@@ -274,22 +275,36 @@ class Trainer:
 
     # ------------------------------------------------------------------ evaluation
 
-    def evaluate_into_history(self, epoch: int) -> dict[str, dict[str, float]]:
-        """Unseen (and validation) metrics at this step, appended to the history."""
+    def evaluate_into_history(self, epoch: int, parts: list[str] | None = None) -> dict[str, dict[str, float]]:
+        """Metrics of ``parts`` (default: the config's ``eval_splits``) at this step, appended to the history.
+
+        During training only what ``eval_splits`` names is scored (by default the
+        validation classes, when there are any): the unseen test classes are
+        scored at the end, so nobody stops early on them by accident.
+        """
         results = {}
-        parts = ["val", "unseen"] if self.split.val_classes else ["unseen"]
-        for part in parts:
-            metrics = score(embed_part(self.model, self.split, part, self.config, self.channels, self.device), self.config.recall_ks)
+        for part in self.config.eval_splits if parts is None else parts:
+            if len(self.split.queries_and_gallery(part)[0]) == 0:
+                continue  # e.g. seen_test when every training class was too small to spare images
+            metrics = score_part(self.model, self.split, part, self.config, self.channels, self.device)
             append_jsonl(self.run_dir / HISTORY_FILE, {"kind": "eval", "step": self.step, "epoch": epoch, "split": part, **metrics})
             results[part] = metrics
         return results
 
+    def final_parts(self) -> list[str]:
+        """What the end of training scores: seen-class retrieval on held-out images, validation, unseen.
+
+        Without a hold-out (runs made before it, or classes too small to spare
+        images) the seen classes are measured on the training images themselves,
+        logged as "train" so that nobody mistakes it for new images.
+        """
+        seen = "seen_test" if len(self.split.indices("seen_test")) else "train"
+        return [seen] + (["val"] if self.split.val_classes else []) + ["unseen"]
+
     def finish(self) -> dict[str, float]:
-        """Final evaluation: seen-train Recall@K for the generalisation gap, val, unseen; metrics.json = unseen."""
+        """Final evaluation (seen_test or train, val, unseen) into the history; metrics.json = the unseen metrics."""
         epoch = max(0, (self.step - 1) // self.plan.steps_per_epoch)
-        seen = score(embed_part(self.model, self.split, "train", self.config, self.channels, self.device), self.config.recall_ks)
-        append_jsonl(self.run_dir / HISTORY_FILE, {"kind": "eval", "step": self.step, "epoch": epoch, "split": "train", **seen})
-        metrics = self.evaluate_into_history(epoch)["unseen"]
+        metrics = self.evaluate_into_history(epoch, self.final_parts())["unseen"]
         atomic_write_json(self.run_dir / METRICS_FILE, metrics)
         write_status(self.run_dir, "completed", step=self.step, total_steps=self.plan.total_steps)
         return metrics

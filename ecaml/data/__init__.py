@@ -1,54 +1,98 @@
 """Datasets, class-disjoint splits, batch sampling and transforms.
 
 ``load_split`` is the one entry point: a dataset name (``digits``, ``glyphs``,
-``folder``) becomes a ``ClassSplit`` of seen (train/val) and unseen classes.
+``folder``, or a benchmark: ``cub``, ``cars``, ``sop``, ``inshop``) becomes a
+``ClassSplit`` of training, validation and unseen classes, with the held-out
+``seen_test`` images of the training classes (parts: see ``ecaml.data.base``).
+
+The unseen (test) classes are fixed by each dataset's rule and depend on no
+setting; validation classes are drawn only from the seen ones (``val_seed``).
 """
 
 from __future__ import annotations
 
-from ecaml.data.base import SPLIT_PARTS, ClassSplit, ImageSet, split_classes
+from ecaml.data.base import (
+    SPLIT_PARTS,
+    ClassSplit,
+    DatasetError,
+    ImageSet,
+    SplitDefinition,
+    hold_out_images,
+    split_classes,
+)
+from ecaml.data.benchmarks import LAYOUTS, load_benchmark
 from ecaml.data.builtin import load_digits, load_glyphs
-from ecaml.data.folder import DatasetError, load_image_folder, seeded_half_split
+from ecaml.data.folder import load_image_folder, seeded_half_split, sorted_half_split
 from ecaml.data.images import ImageError, open_image
 
-DATASETS = ("digits", "glyphs", "folder")
+BUILTIN_DATASETS = ("digits", "glyphs")
+BENCHMARKS = tuple(LAYOUTS)  # cub, cars, sop, inshop
+DATASETS = (*BUILTIN_DATASETS, "folder", *BENCHMARKS)
+# Datasets read from image files on disk, in colour; the built-ins are greyscale arrays.
+COLOUR_DATASETS = ("folder", *BENCHMARKS)
 
 __all__ = [
+    "BENCHMARKS",
+    "COLOUR_DATASETS",
     "DATASETS",
     "SPLIT_PARTS",
     "ClassSplit",
     "DatasetError",
     "ImageError",
     "ImageSet",
+    "SplitDefinition",
+    "hold_out_images",
     "load_dataset",
     "load_split",
+    "mirroring_allowed",
     "open_image",
 ]
 
 
-def load_dataset(name: str, data_root: str | None = None) -> ImageSet:
-    if name == "digits":
-        return load_digits()
-    if name == "glyphs":
-        return load_glyphs()
+def mirroring_allowed(name: str) -> bool:
+    """Whether a horizontal flip keeps an image's class: not for characters (a mirrored 'b' is a 'd')."""
+    return name in COLOUR_DATASETS
+
+
+def load_dataset(name: str, data_root: str | None = None, legacy_unseen_seed: int | None = None
+                 ) -> tuple[ImageSet, SplitDefinition]:
+    """The images of dataset ``name`` and its own seen/unseen definition."""
+    if name in BENCHMARKS:
+        return load_benchmark(name, data_root)
     if name == "folder":
         if not data_root:
             raise DatasetError("--dataset folder needs --data-root PATH (one sub-folder of images per class)")
-        return load_image_folder(data_root)
+        dataset = load_image_folder(data_root)
+        classes = len(dataset.class_names)
+        rule = sorted_half_split(classes) if legacy_unseen_seed is None else seeded_half_split(classes, legacy_unseen_seed)
+        return dataset, rule
+    if name in BUILTIN_DATASETS:
+        dataset = load_digits() if name == "digits" else load_glyphs()
+        return dataset, sorted_half_split(len(dataset.class_names))
     raise DatasetError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
 
 
-def load_split(name: str, data_root: str | None = None, val_classes: int | float = 0, split_seed: int = 0) -> ClassSplit:
-    """The dataset with its standard seen/unseen split and ``val_classes`` held out of the seen ones.
+def load_split(
+    name: str,
+    data_root: str | None = None,
+    val_classes: float = 0,
+    val_seed: int = 0,
+    seen_test_per_class: int = 0,
+    *,
+    legacy_unseen_seed: int | None = None,
+) -> ClassSplit:
+    """The dataset with its standard seen/unseen split, ``val_classes`` held out of the seen ones, and seen-test images.
 
-    digits: seen 0-4, unseen 5-9. glyphs: first half of the class ids seen, like
-    CUB's 100/100. folder: a permutation seeded by ``split_seed`` cut in half.
+    Unseen classes: digits 5-9; glyphs, folder, CUB and CARS the second half of
+    the classes in sorted order (CUB 101-200, CARS 99-196); SOP ``Ebay_test.txt``;
+    In-Shop the query/gallery items. ``val_seed`` draws the validation classes
+    (from the seen ones only) and the ``seen_test_per_class`` held-out images of
+    each training class. ``legacy_unseen_seed`` re-reads folder runs made before
+    the fixed rule (their unseen classes were a seeded permutation's half).
     """
-    dataset = load_dataset(name, data_root)
-    num_classes = len(dataset.class_names)
-    if name == "folder":
-        seen, unseen = seeded_half_split(num_classes, split_seed)
-    else:
-        half = num_classes // 2
-        seen, unseen = list(range(half)), list(range(half, num_classes))
-    return split_classes(dataset, seen, unseen, val_classes, seed=split_seed)
+    dataset, definition = load_dataset(name, data_root, legacy_unseen_seed)
+    split = split_classes(dataset, definition.seen_classes, definition.unseen_classes, val_classes, val_seed,
+                          seen_test_per_class)
+    if definition.unseen_queries is not None:
+        split.query_gallery["unseen"] = (definition.unseen_queries, definition.unseen_gallery)
+    return split

@@ -11,7 +11,6 @@ import io
 import os
 import warnings
 from contextlib import contextmanager
-from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
@@ -101,6 +100,3 @@ def _convert(image: Image.Image, mode: str) -> Image.Image:
         image = Image.alpha_composite(background, image.convert("RGBA"))
     return image.convert(mode)
 
-
-def is_image_file(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import deque
+
 import numpy as np
 import torch
 from torch.utils.data import Dataset
@@ -12,38 +14,89 @@ from ecaml.data.base import ImageSet
 def class_balanced_batches(
     labels: np.ndarray, classes_per_batch: int, images_per_class: int, seed: int, epoch: int
 ) -> list[np.ndarray]:
-    """One epoch of batches of positions into ``labels``: m classes x n images each.
+    """One epoch of batches of positions into ``labels``: m distinct classes x n images each.
 
-    Classes are visited in a seeded shuffled cycle so every class appears about
-    equally often; images are drawn without replacement when the class has
-    enough of them. The same (seed, epoch) always gives the same batches, which
-    is what lets ``--resume`` continue mid-epoch exactly.
+    Guarantees, for every batch:
+
+    * its ``m`` classes are distinct. With fewer than ``m`` classes in ``labels`` the
+      batch holds every class once (``m`` is clamped to the number of classes; at
+      least 2 classes are needed, since a batch of one class has no negatives);
+    * a class with at least ``n`` images contributes ``n`` distinct images; a smaller
+      class contributes each of its images once, topped up to ``n`` with repeats
+      drawn at random (each image then appears at most ``ceil(n / size)`` times).
+
+    Classes are visited in seeded shuffled rounds, so every class appears about
+    equally often (visit counts differ by at most 1 over an epoch); each class walks
+    through its own shuffled images, so successive visits see different images.
+    The same (seed, epoch) always gives the same batches, which is what lets
+    ``--resume`` continue mid-epoch exactly. ``len(labels) // (m * n)`` batches.
     """
-    classes = np.unique(labels)
+    labels = np.asarray(labels)
+    classes, members = _class_members(labels)
     if len(classes) < 2:
-        raise ValueError("class-balanced batches need at least 2 classes")
+        raise ValueError(f"class-balanced batches need at least 2 classes, got {len(classes)}")
+    if classes_per_batch < 1 or images_per_class < 1:
+        raise ValueError("classes_per_batch and images_per_class must be at least 1")
     classes_per_batch = min(classes_per_batch, len(classes))
-    batch_size = classes_per_batch * images_per_class
-    steps = max(1, len(labels) // batch_size)
+    steps = max(1, len(labels) // (classes_per_batch * images_per_class))
     rng = np.random.default_rng([seed, epoch])
-    members = {c: np.flatnonzero(labels == c) for c in classes}
-    class_cycle = _class_cycle(classes, classes_per_batch * steps, rng)
-    batches = []
-    for step in range(steps):
-        chosen = class_cycle[step * classes_per_batch:(step + 1) * classes_per_batch]
-        picks = [_draw(members[c], images_per_class, rng) for c in chosen]
-        batches.append(np.concatenate(picks))
-    return batches
+    class_order = _ClassRounds(len(classes), rng)
+    image_order = [_ImageCycle(pool, rng) for pool in members]
+    return [
+        np.concatenate([image_order[c].take(images_per_class) for c in class_order.take(classes_per_batch)])
+        for _ in range(steps)
+    ]
 
 
-def _class_cycle(classes: np.ndarray, length: int, rng: np.random.Generator) -> np.ndarray:
-    """Concatenated permutations of the classes; a batch never repeats a class within one permutation block."""
-    rounds = -(-length // len(classes)) + 1
-    return np.concatenate([rng.permutation(classes) for _ in range(rounds)])[:length] if len(classes) else classes
+def _class_members(labels: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Sorted distinct labels and, for each, its positions in ``labels`` (one sort: fast for 10,000s of classes)."""
+    order = np.argsort(labels, kind="stable")
+    classes, starts = np.unique(labels[order], return_index=True)
+    return classes, np.split(order, starts[1:])
 
 
-def _draw(pool: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
-    return rng.choice(pool, size=count, replace=len(pool) < count)
+class _ClassRounds:
+    """Class ids in shuffled rounds; a batch takes the next ``m`` ids not already in it.
+
+    A batch that straddles two rounds could meet a class twice; the repeat is put
+    back at the front of the queue for the next batch instead.
+    """
+
+    def __init__(self, num_classes: int, rng: np.random.Generator):
+        self.num_classes, self.rng = num_classes, rng
+        self.queue: deque[int] = deque()
+
+    def take(self, count: int) -> list[int]:
+        chosen, deferred = [], []
+        while len(chosen) < count:
+            if not self.queue:
+                self.queue.extend(int(c) for c in self.rng.permutation(self.num_classes))
+            candidate = self.queue.popleft()
+            (deferred if candidate in chosen else chosen).append(candidate)
+        self.queue.extendleft(reversed(deferred))
+        return chosen
+
+
+class _ImageCycle:
+    """One class's images in shuffled passes; each take is distinct images while the class has enough."""
+
+    def __init__(self, pool: np.ndarray, rng: np.random.Generator):
+        self.pool, self.rng = pool, rng
+        self.order = rng.permutation(pool)
+        self.position = 0
+
+    def take(self, count: int) -> np.ndarray:
+        if len(self.pool) <= count:
+            repeats = self.rng.choice(self.pool, size=count - len(self.pool), replace=True)
+            return np.concatenate([self.rng.permutation(self.pool), repeats])
+        taken = self.order[self.position:self.position + count]
+        self.position += len(taken)
+        if len(taken) < count:  # end of a pass: a fresh shuffle, without the images already taken
+            rest = self.rng.permutation(np.setdiff1d(self.pool, taken))
+            self.order = np.concatenate([rest, taken])  # the ones just used go last in the new pass
+            self.position = count - len(taken)
+            taken = np.concatenate([taken, self.order[:self.position]])
+        return taken
 
 
 class ImageView(Dataset):

@@ -1,8 +1,9 @@
 """Bad dataset folders and bad images: clear errors naming the file, odd modes converted, bombs refused.
 
-Policy under test: every image of a folder dataset is decoded when the folder
-is loaded, so a truncated or foreign file stops ``train`` before the first step
-(naming the file) instead of killing it mid-epoch.
+Policy under test: every image of a folder dataset is checked when the folder
+is loaded (decoded once per file version, remembered on disk), so a truncated or
+foreign file stops ``train`` before the first step (naming the file) instead of
+killing it mid-epoch.
 """
 
 from __future__ import annotations
@@ -17,6 +18,12 @@ from PIL import Image
 
 from ecaml.data import DatasetError, ImageError, load_image_folder, open_image
 from ecaml.data.images import check_image
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    """Image-check results of these hostile folders go to the test's own cache folder."""
+    monkeypatch.setenv("ECAML_CACHE_DIR", str(tmp_path / "cache"))
 
 
 def png_bytes(image: Image.Image) -> bytes:
