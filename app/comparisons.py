@@ -17,7 +17,8 @@ COMPARABLE_ON = {
     "dataset": "data set",
     "data_root": "image folder",
     "val_classes": "validation hold-out",
-    "split_seed": "class split",
+    "val_seed": "validation classes",
+    "seen_test_per_class": "held-out seen images",
     "loss": "base loss",
 }
 # A setting is everything in the config but the seed: runs of one setting that differ only by seed are repeats.

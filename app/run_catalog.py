@@ -16,6 +16,7 @@ import streamlit as st
 from app.errors import one_sentence
 from app.locations import checkpoints_dir, runs_dir
 from ecaml.config import TrainConfig
+from ecaml.evaluate import split_settings
 from ecaml.runs import Run, RunError, find_runs, load_run, read_config, read_status
 
 
@@ -157,8 +158,5 @@ def default_selection(entries: list[RunEntry]) -> list[str]:
 def same_data(chosen: list[RunEntry]) -> list[RunEntry]:
     """The runs trained on the same images as the first one."""
 
-    def data_of(entry: RunEntry) -> tuple:
-        config = entry.run.config
-        return (config.dataset, config.data_root, config.val_classes, config.split_seed)
-
-    return [entry for entry in chosen if data_of(entry) == data_of(chosen[0])]
+    first = split_settings(chosen[0].run.config)
+    return [entry for entry in chosen if split_settings(entry.run.config) == first]

@@ -8,6 +8,7 @@ import streamlit as st
 from PIL import Image
 
 from app import errors, pictures
+from ecaml.evaluate import split_settings
 
 PREVIEW_PIXELS = 160
 INVERT_KEY = "upload_inverted"
@@ -22,7 +23,7 @@ def _data_statistics(data_identity: tuple, _split, _config):
 
 
 def data_identity(config) -> tuple:
-    return (config.dataset, config.data_root, config.val_classes, config.split_seed, config.image_size, config.backbone)
+    return (split_settings(config), config.image_size, config.backbone)
 
 
 def prepared_upload(image: Image.Image, run, split) -> Image.Image:
