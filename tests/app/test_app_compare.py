@@ -182,13 +182,15 @@ def test_a_cross_loss_pair_shows_no_delta_says_why_and_gets_a_chart_per_loss(che
 
 def test_runs_of_other_data_or_splits_get_no_delta_either(checkpoints_copy):
     for changes, words in (({"dataset": "glyphs"}, "data set glyphs, not digits"),
-                           ({"split_seed": 3}, "class split 3, not 0")):
+                           ({"val_seed": 3, "split_seed": 3}, "validation classes 3, not 0"),
+                           ({"seen_test_per_class": 0}, "held-out seen images 0, not 10")):
         rewrite_config(checkpoints_copy / "digits-ec-on", **changes)
         app = open_page("compare")
         assert not app.exception
         assert metrics_columns(app) == ["digits-ec-off", "digits-ec-on"]
         assert any(words in w.value for w in app.warning), [w.value for w in app.warning]
-        rewrite_config(checkpoints_copy / "digits-ec-on", dataset="digits", split_seed=0)
+        rewrite_config(checkpoints_copy / "digits-ec-on", dataset="digits", val_seed=0, split_seed=0,
+                       seen_test_per_class=10)
 
 
 def test_the_baseline_is_chosen_and_every_delta_is_against_it(shipped_runs):
