@@ -62,7 +62,7 @@ class TrainConfig:
     weight_decay: float = 2e-4
     seed: int = 0
     device: str = "auto"
-    num_workers: int = 0
+    num_workers: int | None = None  # None: 0 for in-memory built-ins, else ecaml.data.loading.default_num_workers()
     cpu_threads: int = 0  # 0: 1 thread for smallcnn (small convolutions only lose to threading), torch's default otherwise
     # evaluation and checkpoints
     eval_every: int = 5  # epochs between evaluations during training (0: only at the end)
@@ -107,7 +107,7 @@ class TrainConfig:
             (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "device must be auto, cpu or cuda"),
             (bool(self.recall_ks) and all(k >= 1 for k in self.recall_ks), "recall_ks must be positive integers"),
             (self.eval_every >= 0 and self.checkpoint_every >= 1, "eval_every must be >= 0, checkpoint_every >= 1"),
-            (self.num_workers >= 0, "num_workers must be >= 0"),
+            (self.num_workers is None or self.num_workers >= 0, "num_workers must be >= 0"),
             (self.cpu_threads >= 0, "cpu_threads must be >= 0"),
         ]
         for ok, message in checks + self._pipeline_checks():
