@@ -31,6 +31,7 @@ What this module decides:
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -121,7 +122,10 @@ def gather_batch(features: torch.Tensor, labels: torch.Tensor, keep_gradient: bo
     if keep_gradient:
         from torch.distributed.nn.functional import all_gather as autograd_all_gather
 
-        gathered = torch.cat(autograd_all_gather(features))
+        with warnings.catch_warnings():
+            # Deprecated in favour of a private module (_functional_collectives); still the public autograd gather.
+            warnings.simplefilter("ignore", FutureWarning)
+            gathered = torch.cat(autograd_all_gather(features))
     else:
         parts = [torch.empty_like(features) for _ in range(world_size)]
         dist.all_gather(parts, features.detach().contiguous())
