@@ -49,10 +49,10 @@ TRAIN_FLAGS = {
     "cpu_threads": (int, "torch CPU threads; 0 = 1 for smallcnn, torch's default otherwise (default 0)"),
     "eval_every": (int, "epochs between evaluations logged to the history; 0 = only at the end (default 5)"),
     "checkpoint_every": (int, "epochs between checkpoints (default 1)"),
-    "resize_size": (int, "squash images to this square before the random (train) or centre (test) crop of "
-                         "--image-size (default: image size + 1/8; the paper: 256 for 227)"),
-    "log_every": (int, "steps per history line, each the mean of those steps' losses; the device is waited for "
-                       "only then (default 1 on the CPU, 10 on CUDA)"),
+    "resize_size": (int, ("squash images to this square before the random (train) or centre (test) crop of "
+                          "--image-size (default: image size + 1/8; the paper: 256 for 227)")),
+    "log_every": (int, ("steps per history line, each the mean of those steps' losses; the device is waited for "
+                        "only then (default 1 on the CPU, 10 on CUDA)")),
 }
 
 

@@ -23,14 +23,14 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from ecaml import distributed
 from ecaml.config import TrainConfig
@@ -374,10 +374,10 @@ class Trainer:
 
     def _end_epoch(self, epoch: int) -> None:
         finished_epoch = epoch + 1
-        if self.config.eval_every and finished_epoch % self.config.eval_every == 0 and self.step < self.plan.total_steps:
-            if self.writes_files:
-                self.history.flush(force=True)  # step lines before the evaluation's
-                self.evaluate_into_history(epoch)
+        evaluates = self.config.eval_every and finished_epoch % self.config.eval_every == 0
+        if evaluates and self.step < self.plan.total_steps and self.writes_files:
+            self.history.flush(force=True)  # step lines before the evaluation's
+            self.evaluate_into_history(epoch)
         if finished_epoch % self.config.checkpoint_every == 0:
             self.save_checkpoint()
             self._write_status("running")

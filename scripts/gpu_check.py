@@ -34,11 +34,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ecaml.config import TrainConfig, settings  # noqa: E402
-from ecaml.data import DATASETS  # noqa: E402
-from ecaml.data.loading import RunBatchSampler, training_loader  # noqa: E402
-from ecaml.runs import load_run  # noqa: E402
-from ecaml.train import Trainer, train  # noqa: E402
+from ecaml.config import TrainConfig, settings
+from ecaml.data import DATASETS
+from ecaml.data.loading import RunBatchSampler, training_loader
+from ecaml.runs import load_run
+from ecaml.train import Trainer, train
 
 
 def main() -> int:

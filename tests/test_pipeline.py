@@ -99,7 +99,7 @@ def test_a_nan_between_log_points_names_its_own_step(tmp_path, monkeypatch):
 
 
 def test_resume_with_workers_and_log_every_matches_an_uninterrupted_run(tmp_path):
-    settings = dict(dataset="digits", eval_every=0, num_workers=2, log_every=3, seed=5)
+    settings = {"dataset": "digits", "eval_every": 0, "num_workers": 2, "log_every": 3, "seed": 5}
     whole = train(TrainConfig(max_steps=20, **settings), tmp_path / "whole", progress=False)
     train(TrainConfig(max_steps=7, **settings), tmp_path / "split", progress=False)
     resumed = resume(tmp_path / "split", progress=False, max_steps=20)

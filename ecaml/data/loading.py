@@ -14,7 +14,7 @@ number of workers nor on where a resumed run restarted.
 from __future__ import annotations
 
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch
