@@ -80,3 +80,14 @@ def test_no_pretrained_flag_overrides_a_preset(tmp_path):
     args = build_parser().parse_args(["train", "--preset", "paper-cars", "--no-pretrained", "--out", str(tmp_path)])
     values = settings({}, _flag_values(args))
     assert values["pretrained"] is False and values["backbone"] == "googlenet"
+
+
+def test_a_preset_run_started_from_the_app_rebuilds_the_same_config():
+    """The app's jobs pass a config as flags; with a preset named (and overridden), the same config comes back."""
+    from ecaml.cli import _flag_values, build_parser
+    from ecaml.jobs import config_flags
+
+    values = settings({}, {"preset": "paper-cars", "pretrained": False, "max_steps": 50, "ec_gather": True})
+    config = TrainConfig.from_dict(values)
+    args = build_parser().parse_args(["train", *config_flags(config), "--out=x"])
+    assert TrainConfig.from_dict(settings({}, _flag_values(args))) == config
