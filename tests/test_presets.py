@@ -87,7 +87,8 @@ def test_a_preset_run_started_from_the_app_rebuilds_the_same_config():
     from ecaml.cli import _flag_values, build_parser
     from ecaml.jobs import config_flags
 
-    values = settings({}, {"preset": "paper-cars", "pretrained": False, "max_steps": 50, "ec_gather": True})
+    overrides = {"dataset": "folder", "data_root": "/data/cars", "pretrained": False, "max_steps": 50, "ec_gather": True}
+    values = settings({}, {"preset": "paper-cars", **overrides})
     config = TrainConfig.from_dict(values)
     args = build_parser().parse_args(["train", *config_flags(config), "--out=x"])
     assert TrainConfig.from_dict(settings({}, _flag_values(args))) == config
