@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ecaml import __version__
-from ecaml.config import EVAL_SPLITS, TrainConfig, load_toml
+from ecaml.config import EVAL_SPLITS, PRESETS, TrainConfig, load_toml, settings
 from ecaml.confusion import PAIR_MODES, ROUTES
 from ecaml.data import DATASETS, SPLIT_PARTS
 from ecaml.models import BACKBONES
@@ -53,13 +53,17 @@ TRAIN_FLAGS = {
     "weight_decay": (float, "Adam weight decay (default 2e-4)"),
     "seed": (int, "random seed; the same seed gives the same run on the CPU (default 0)"),
     "device": (str, "auto (CUDA when present), cpu, cuda or cuda:N (default auto)"),
-    "num_workers": (int, "data-loading worker processes (default 0)"),
+    "num_workers": (int, "data-loading worker processes (default: 0 for digits/glyphs, else CPUs - 1 up to 8)"),
     "cpu_threads": (int, "torch CPU threads; 0 = 1 for smallcnn, torch's default otherwise (default 0)"),
     "eval_every": (int, "epochs between evaluations logged to the history; 0 = only at the end (default 5)"),
     "eval_splits": (str, "comma-separated parts scored during training, among " + ", ".join(EVAL_SPLITS) + ", or none "
                     "(default: val when --val-classes > 0, else none). The unseen test classes are scored at the end "
                     "of training (with seen_test and val), and during training only when named here"),
     "checkpoint_every": (int, "epochs between checkpoints (default 1)"),
+    "resize_size": (int, ("squash images to this square before the random (train) or centre (test) crop of "
+                          "--image-size (default: image size + 1/8; the paper: 256 for 227)")),
+    "log_every": (int, ("steps per history line, each the mean of those steps' losses; the device is waited for "
+                        "only then (default 1 on the CPU, 10 on CUDA)")),
 }
 
 
@@ -88,15 +92,25 @@ def _add_train(commands) -> None:
         "train",
         help="train a run directory",
         description="Train on the seen classes, evaluate on the unseen ones, write a run directory. "
-        "Settings: built-in defaults < per-dataset defaults < --config file < flags.",
+        "Settings: built-in defaults < per-dataset defaults < --preset < --config file < flags. Started by "
+        "`torchrun --nproc_per_node N -m ecaml train ...`, trains on N processes under DistributedDataParallel "
+        "(each takes its own class-balanced batches; process 0 writes the run).",
     )
     train.add_argument("--out", help="new run directory to write (required unless --resume)")
     train.add_argument("--config", help="TOML file of settings (keys as the flags, with underscores)")
     train.add_argument("--resume", metavar="RUN", help="continue RUN from its last complete checkpoint")
+    train.add_argument("--preset", choices=list(PRESETS),
+                       help="the paper's reference setup for a benchmark (GoogLeNet from ImageNet weights, 512-d, "
+                            "256/227 crops, 65 x 2 batches, Adam 1e-5 with 10x head, 10,000 steps, lambda 0.13); "
+                            "a --config file and flags override its values")
     for name, (kind, text) in TRAIN_FLAGS.items():
         choices = {"ec_pairs": PAIR_MODES, "ec_route": ROUTES, "dataset": DATASETS, "backbone": list(BACKBONES)}.get(name)
         train.add_argument("--" + name.replace("_", "-"), type=kind, help=text, choices=choices, default=None)
-    train.add_argument("--pretrained", action="store_true", default=None, help="start from ImageNet weights (local only)")
+    train.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None,
+                       help="start from ImageNet weights (local only); --no-pretrained overrides a preset")
+    train.add_argument("--ec-gather", action=argparse.BooleanOptionalAction, default=None,
+                       help="under torchrun: compute EC over every process's batch (all-gathered) instead of each "
+                            "process's own (default off; the EC gradient still reaches only the head)")
     train.add_argument("--loss-param", action="append", default=[], metavar="KEY=VALUE",
                        help="a parameter of the loss, repeatable (e.g. --loss-param margin=0.2)")
     train.add_argument("--recall-ks", help="comma-separated K for Recall@K (default per dataset: 1,2,4,8; "
@@ -147,10 +161,10 @@ def command_train(args: argparse.Namespace) -> int:
     else:
         if not args.out:
             raise UserError("train: --out RUN_DIR is required (or --resume RUN)")
-        values = load_toml(args.config) if args.config else {}
-        values.update(overrides)
-        config = TrainConfig.from_dict(values).resolved()
+        config = TrainConfig.from_dict(settings(load_toml(args.config) if args.config else {}, overrides)).resolved()
         result = train(config, args.out, progress=not args.quiet)
+    if result.state == "completed" and result.metrics is None:
+        return 0  # another process of a torchrun run: process 0 evaluates and reports
     if result.state == "stopped":
         print(f"stopped at step {result.steps}; resume with: python -m ecaml train --resume {result.run_dir}")
         return 130
@@ -164,8 +178,11 @@ def _flag_values(args: argparse.Namespace) -> dict[str, Any]:
     values = {name: getattr(args, name) for name in TRAIN_FLAGS if getattr(args, name) is not None}
     if "eval_splits" in values:
         values["eval_splits"] = _parse_eval_splits(values["eval_splits"])
-    if args.pretrained:
-        values["pretrained"] = True
+    for name in ("pretrained", "ec_gather"):
+        if getattr(args, name) is not None:
+            values[name] = getattr(args, name)
+    if args.preset:
+        values["preset"] = args.preset
     if args.loss_param:
         values["loss_params"] = dict(_parse_param(item) for item in args.loss_param)
     if args.recall_ks:

@@ -1,4 +1,4 @@
-"""The training configuration: defaults < dataset defaults < TOML file < flags.
+"""The training configuration: defaults < dataset defaults < preset < TOML file < flags.
 
 The fully resolved ``TrainConfig`` is saved as ``config.json`` in every run
 directory, so any run can be re-made and any reader can rebuild its model.
@@ -9,6 +9,7 @@ old run re-evaluates on exactly the split it was trained with.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import tomllib
@@ -88,13 +89,18 @@ class TrainConfig:
     weight_decay: float = 2e-4
     seed: int = 0
     device: str = "auto"
-    num_workers: int = 0
+    num_workers: int | None = None  # None: 0 for in-memory built-ins, else ecaml.data.loading.default_num_workers()
     cpu_threads: int = 0  # 0: 1 thread for smallcnn (small convolutions only lose to threading), torch's default otherwise
     # evaluation and checkpoints
     eval_every: int = 5  # epochs between evaluations during training (0: only at the end)
     eval_splits: list[str] | None = None  # parts scored during training; None: val when there are val classes
     recall_ks: list[int] | None = None  # None: the dataset's list (CUB/CARS 1,2,4,8; SOP 1,10,100,1000; ...)
     checkpoint_every: int = 1  # epochs between checkpoints
+    # input pipeline, logging, several processes
+    resize_size: int | None = None  # resize to this square before cropping image_size; None: image_size + 1/8
+    log_every: int | None = None  # steps per history line (the mean of those steps); None: 1 on the CPU, 10 on CUDA
+    ec_gather: bool = False  # under torchrun: EC over the embeddings of every process's batch, not just this one's
+    preset: str | None = None  # the preset these settings started from (a record; the values are what counts)
 
     def resolved(self) -> "TrainConfig":
         """A copy with every ``None`` default filled in from the dataset and backbone, then validated."""
@@ -139,12 +145,20 @@ class TrainConfig:
             (not (self.eval_splits and "seen_test" in self.eval_splits and self.seen_test_per_class == 0),
              "eval_splits names seen_test, but seen_test_per_class is 0 (nothing held out)"),
             (self.eval_every >= 0 and self.checkpoint_every >= 1, "eval_every must be >= 0, checkpoint_every >= 1"),
-            (self.num_workers >= 0, "num_workers must be >= 0"),
+            (self.num_workers is None or self.num_workers >= 0, "num_workers must be >= 0"),
             (self.cpu_threads >= 0, "cpu_threads must be >= 0"),
         ]
-        for ok, message in checks:
+        for ok, message in checks + self._pipeline_checks():
             if not ok:
                 raise ValueError(message)
+
+    def _pipeline_checks(self) -> list[tuple[bool, str]]:
+        return [
+            (self.resize_size is None or self.image_size is None or self.image_size <= self.resize_size <= MAX_IMAGE_SIZE,
+             f"resize_size must be between image_size and {MAX_IMAGE_SIZE}"),
+            (self.log_every is None or self.log_every >= 1, "log_every must be at least 1"),
+            (self.preset is None or self.preset in PRESETS, f"preset must be one of {', '.join(PRESETS)}"),
+        ]
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -195,6 +209,48 @@ def _resolved_split_settings(config: TrainConfig) -> dict[str, Any]:
     recall_ks = config.recall_ks if config.recall_ks is not None else defaults.get("recall_ks", [1, 2, 4, 8])
     return {"val_seed": seed, "split_seed": seed, "seen_test_per_class": held_out, "eval_splits": list(splits),
             "recall_ks": list(recall_ks)}
+
+
+# The reference training setup of the paper (../shared/reference/ecaml.md): ImageNet GoogLeNet, 512-d head,
+# squash to 256 then a 227 crop (random + mirror to train, centre to test), 65 classes x 2 images, Adam at
+# 1e-5 on the backbone, 10x on the head (20x on its bias, see build_optimizer), weight decay 2e-4, 10,000
+# iterations, lambda = 0.13 on the binomial loss the authors' shipped config trains. Evaluation and checkpoint
+# intervals are in epochs; they are set so that each run evaluates about ten times and checkpoints every few
+# hundred steps (a GoogLeNet checkpoint with its Adam moments is about 80 MB).
+_PAPER_SETUP: dict[str, Any] = {
+    "backbone": "googlenet", "pretrained": True, "embedding_dim": 512, "image_size": 227, "resize_size": 256,
+    "classes_per_batch": 65, "images_per_class": 2, "lr": 1e-5, "head_lr_mult": 10.0, "weight_decay": 2e-4,
+    "max_steps": 10_000, "loss": "binomial", "ec_weight": 0.13, "ec_pairs": "sampled", "ec_partners": 10,
+    "ec_route": "head",
+}
+# dataset -> (Recall@K list of its benchmark, epochs between evaluations, epochs between checkpoints);
+# epochs of 130 images: CUB ~45 steps, CARS ~62, SOP ~458, In-Shop ~199.
+_PAPER_DATASETS: dict[str, tuple[list[int], int, int]] = {
+    "cub": ([1, 2, 4, 8], 25, 5),
+    "cars": ([1, 2, 4, 8], 20, 5),
+    "sop": ([1, 10, 100, 1000], 3, 1),
+    "inshop": ([1, 10, 20, 30, 40, 50], 6, 1),
+}
+PRESETS: dict[str, dict[str, Any]] = {
+    f"paper-{name}": {**_PAPER_SETUP, "dataset": name, "recall_ks": ks, "eval_every": evals, "checkpoint_every": saves}
+    for name, (ks, evals, saves) in _PAPER_DATASETS.items()
+}
+
+
+def settings(file_values: dict[str, Any] | None = None, flag_values: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The config keys of one run: a preset's values < a config file's < flags' (built-in defaults fill the rest).
+
+    The preset is named by a flag (``--preset``) or inside the file (``preset = "paper-cub"``); the flag wins.
+    """
+    file_values, flag_values = dict(file_values or {}), dict(flag_values or {})
+    from_flag, from_file = flag_values.pop("preset", None), file_values.pop("preset", None)
+    name = from_flag or from_file
+    if name is not None and name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    values: dict[str, Any] = {**copy.deepcopy(PRESETS[name]), "preset": name} if name else {}
+    values.update(file_values)
+    values.update(flag_values)
+    return values
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:

@@ -42,7 +42,8 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 def eval_transform(config: TrainConfig, channels: int):
-    return build_transform(config.image_size, channels, BACKBONES[config.backbone].imagenet_input, train=False, flip=False)
+    return build_transform(config.image_size, channels, BACKBONES[config.backbone].imagenet_input, train=False, flip=False,
+                           resize=config.resize_size)
 
 
 def split_settings(config: TrainConfig) -> tuple:

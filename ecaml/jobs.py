@@ -320,12 +320,18 @@ def config_flags(config: TrainConfig) -> list[str]:
         flags.append(f"--{name.replace('_', '-')}={text}")
     if values["pretrained"]:
         flags.append("--pretrained")
+    if values["ec_gather"]:
+        flags.append("--ec-gather")
+    if values["preset"]:  # a record of where the settings came from; every value it set is passed explicitly too
+        flags.append(f"--preset={values['preset']}")
+        if not values["pretrained"]:
+            flags.append("--no-pretrained")
     for key, value in values["loss_params"].items():
         flags.append(f"--loss-param={key}={json.dumps(value)}")
     flags.append("--recall-ks=" + ",".join(str(k) for k in values["recall_ks"]))
     if values["legacy_unseen_seed"] is not None:  # only old folder runs carry it; jobs start new runs
         raise JobError("cannot start a job from the config of a folder run made before the fixed split")
-    covered = set(TRAIN_FLAGS) | {"pretrained", "loss_params", "recall_ks", "legacy_unseen_seed"}
+    covered = set(TRAIN_FLAGS) | {"pretrained", "loss_params", "recall_ks", "legacy_unseen_seed", "ec_gather", "preset"}
     missing = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in covered]
     if missing:  # a new config field without a flag would be silently dropped
         raise JobError(f"cannot pass config key(s) {', '.join(missing)} to the training command")

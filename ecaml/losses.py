@@ -51,12 +51,17 @@ class BinomialDevianceLoss(nn.Module):
         positive, negative = _pair_masks(labels)
         upper = torch.triu(torch.ones_like(positive), diagonal=1)
         positive, negative = positive & upper, negative & upper
-        if not positive.any() or not negative.any():
-            return _zero_with_graph(embeddings)
         shifted = similarity - self.beta
-        positive_loss = F.softplus(-self.alpha * shifted[positive]).mean()
-        negative_loss = F.softplus(self.alpha * self.negative_cost * shifted[negative]).mean()
-        return positive_loss + negative_loss
+        # Masked means rather than boolean indexing: no host synchronisation on a GPU.
+        positive_loss = _masked_mean(F.softplus(-self.alpha * shifted), positive)
+        negative_loss = _masked_mean(F.softplus(self.alpha * self.negative_cost * shifted), negative)
+        has_both = positive.any() & negative.any()
+        return torch.where(has_both, positive_loss + negative_loss, _zero_with_graph(embeddings))
+
+
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values`` where ``mask`` holds (0 where it never does), without leaving the device."""
+    return torch.where(mask, values, 0.0).sum() / mask.sum().clamp_min(1)
 
 
 class TripletLoss(nn.Module):
@@ -108,11 +113,19 @@ def _rank_ascending(values: torch.Tensor) -> torch.Tensor:
 
 
 class NPairLoss(nn.Module):
-    """N-pair loss with in-batch positives, reference settings.
+    """N-pair loss with in-batch positives (Sohn, NeurIPS 2016), reference settings.
 
-    Embeddings are L2-normalised and the cosine scaled by ``scale``; each sample's
-    most similar same-class sample is its positive, and a softmax runs over that
-    positive and all other-class samples. ``l2_weight`` * ||z||^2 / 2 on the raw
+    Embeddings are L2-normalised and the cosine scaled by ``scale``. With two
+    images a class (the paper's N-pair batches, and the reference's 65 x 2) each
+    sample's one same-class partner is its positive, and the loss is the softmax
+    cross-entropy of that positive against all other-class samples.
+
+    With n > 2 images a class, *every* same-class sample is a positive in turn:
+    each (anchor, positive) pair gets its own softmax over that positive and the
+    anchor's other-class samples, and the loss is the mean over all such pairs.
+    That is the n = 2 loss applied to every pair the batch holds; it draws no
+    randomness and, unlike taking each anchor's most similar partner, does not
+    train only on the easiest positive. ``l2_weight`` * ||z||^2 / 2 on the raw
     embeddings keeps their norm from drifting.
     """
 
@@ -123,15 +136,15 @@ class NPairLoss(nn.Module):
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         logits = self.scale * _cosine_similarities(embeddings)
         positive, negative = _pair_masks(labels)
-        has_both = positive.any(dim=1) & negative.any(dim=1)
-        if not has_both.any():
-            return _zero_with_graph(embeddings)
-        positive_logit = torch.where(positive, logits, -torch.inf).max(dim=1).values
-        negative_logits = torch.where(negative, logits, -torch.inf)
-        all_logits = torch.cat([positive_logit[:, None], negative_logits], dim=1)
-        cross_entropy = torch.logsumexp(all_logits, dim=1) - positive_logit
+        has_negative = negative.any(dim=1, keepdim=True)
+        # Rows without negatives get finite stand-ins: a logsumexp of only -inf has a NaN gradient.
+        negative_logits = torch.where(negative, logits, torch.where(has_negative, -torch.inf, 0.0))
+        negative_logsumexp = torch.logsumexp(negative_logits, dim=1, keepdim=True)
+        # -log(e^p / (e^p + sum_n e^n)) = softplus(logsumexp_n - p), per (anchor, positive) pair.
+        cross_entropy = F.softplus(negative_logsumexp - logits)
+        pairs = positive & has_negative
         regulariser = 0.5 * self.l2_weight * embeddings.float().pow(2).sum(dim=1).mean()
-        return cross_entropy[has_both].mean() + regulariser
+        return torch.where(pairs.any(), _masked_mean(cross_entropy, pairs) + regulariser, _zero_with_graph(embeddings))
 
 
 BUILTIN_LOSSES: dict[str, type[nn.Module]] = {

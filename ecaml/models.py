@@ -99,8 +99,14 @@ def _torchvision_backbone(name: str) -> nn.Module:
     from torchvision import models
 
     if name == "googlenet":
-        # No auxiliary classifiers: the paper's embedding sits on the 1024-d pooled feature.
-        network = models.googlenet(weights=None, aux_logits=False, init_weights=True)
+        # No auxiliary classifiers: the paper's embedding sits on the 1024-d pooled feature. torchvision's
+        # ImageNet GoogLeNet was ported from weights that expect (x - 0.5) / 0.5 input: transform_input
+        # re-maps the ImageNet-normalised tensor to that, as torchvision itself does when it loads those
+        # weights. It is on with or without them, so a run rebuilt for evaluation (no weights loaded)
+        # computes exactly what was trained.
+        network = models.googlenet(weights=None, aux_logits=False, init_weights=True, transform_input=True)
+        # The classifier's dropout would act on the feature the head embeds (the reference has none there).
+        network.dropout = nn.Identity()
     else:
         network = getattr(models, name)(weights=None)
     network.fc = nn.Identity()

@@ -124,18 +124,25 @@ def atomic_write_json(path: Path, value: Any) -> None:
 
 
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:
-    """Append one line with a single write, so a kill leaves at most one partial last line (which readers skip).
+    """Append one line with a single write, so a kill leaves at most one partial last line (which readers skip)."""
+    append_jsonl_records(path, [record])
+
+
+def append_jsonl_records(path: Path, records: list[dict[str, Any]]) -> None:
+    """Append one line per record with a single write: a kill leaves whole lines and at most one partial last one.
 
     A write that fails part-way (a full disk) is cut back off, so the next
-    append does not glue a record onto half of this one.
+    append does not glue a record onto half of these.
     """
-    line = (json.dumps(record, allow_nan=False) + "\n").encode()
+    if not records:
+        return
+    data = "".join(json.dumps(record, allow_nan=False) + "\n" for record in records).encode()
     with _disk_full_as_error(path):
         descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             size_before = os.fstat(descriptor).st_size
             try:
-                _write_all(descriptor, line)
+                _write_all(descriptor, data)
             except OSError:
                 os.ftruncate(descriptor, size_before)
                 raise

@@ -2,10 +2,18 @@
 
 One step: a single backbone pass gives the features f; the head gives z for the
 metric loss; when EC is on, the head is re-applied to f (detached under the
-reference routing) for log E and the row-norm penalty. One JSON line per step
-goes to ``history.jsonl``; checkpoints are committed atomically (trainer state
-first, then the weights, whose metadata names the step), so a kill at any
-moment leaves a loadable run that ``--resume`` continues exactly.
+reference routing) for log E and the row-norm penalty. The loss terms stay on the
+device; every ``log_every`` steps (1 on the CPU, 10 on CUDA by default) their
+*mean* over those steps becomes one history line (``steps_averaged`` says how
+many), which is also where a NaN or infinite loss is caught, with the step it
+first appeared at. History lines are buffered and appended at most every few
+seconds and always before a checkpoint commits, so a kill loses only lines past
+the last checkpoint, which ``--resume`` redoes. Checkpoints are committed
+atomically (trainer state first, then the weights, whose metadata names the
+step), so a kill at any moment leaves a loadable run that ``--resume``
+continues exactly: batches, per-sample augmentation seeds, CPU and CUDA random
+states and optimiser state all come back. Under ``torchrun`` see
+``ecaml.distributed``.
 """
 
 from __future__ import annotations
@@ -15,19 +23,21 @@ import signal
 import sys
 import threading
 import time
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
+from ecaml import distributed
 from ecaml.config import TrainConfig
 from ecaml.confusion import EnergyConfusion
 from ecaml.data import ClassSplit, mirroring_allowed
-from ecaml.data.sampling import ImageView, class_balanced_batches
+from ecaml.data.loading import RunBatchSampler, resolve_num_workers, training_loader
+from ecaml.data.sampling import ImageView
 from ecaml.data.transforms import build_transform
 from ecaml.evaluate import pick_device, score_part, split_for
 from ecaml.losses import build_loss
@@ -40,6 +50,7 @@ from ecaml.runs import (
     WEIGHTS_FILE,
     RunError,
     append_jsonl,
+    append_jsonl_records,
     atomic_write_json,
     checkpoint_step,
     hold_run_lock,
@@ -91,9 +102,13 @@ class Plan:
 # ----------------------------------------------------------------------------- setup
 
 
-def make_plan(config: TrainConfig, train_labels: np.ndarray) -> Plan:
+def make_plan(config: TrainConfig, train_labels: np.ndarray, world_size: int = 1) -> Plan:
+    """Steps an epoch (each step takes ``world_size`` batches, one a process) and in all."""
     batch = min(config.classes_per_batch, len(np.unique(train_labels))) * config.images_per_class
-    steps_per_epoch = max(1, len(train_labels) // batch)
+    batches = max(1, len(train_labels) // batch)
+    if batches < world_size:
+        raise ValueError(f"an epoch holds {batches} batches of {batch} images, fewer than the {world_size} processes")
+    steps_per_epoch = batches // world_size
     total = config.max_steps if config.max_steps else steps_per_epoch * config.epochs
     return Plan(steps_per_epoch, total)
 
@@ -129,25 +144,60 @@ def stop_on_signals(flag: StopFlag):
             signal.signal(sig, handler)
 
 
-class Trainer:
-    """Everything one training run holds: data, model, losses, optimiser and the run directory."""
+# Loss terms in the order of a history line; total_loss is the one checked for NaN.
+TERM_NAMES = ("metric_loss", "energy", "log_energy", "row_norm", "total_loss")
+# The longest history lines wait in memory before they are appended (they are always appended before a checkpoint).
+HISTORY_FLUSH_SECONDS = 2.0
 
-    def __init__(self, config: TrainConfig, run_dir: Path, split: ClassSplit | None = None):
+
+class HistoryBuffer:
+    """Step lines of the history, appended in one write per flush instead of one per step."""
+
+    def __init__(self, path: Path, enabled: bool):
+        self.path, self.enabled = path, enabled
+        self.pending: list[dict[str, Any]] = []
+        self.flushed_at = time.monotonic()
+
+    def add(self, record: dict[str, Any]) -> None:
+        if self.enabled:
+            self.pending.append(record)
+
+    def flush(self, force: bool = False) -> None:
+        if not self.pending or not (force or time.monotonic() - self.flushed_at >= HISTORY_FLUSH_SECONDS):
+            return
+        append_jsonl_records(self.path, self.pending)
+        self.pending = []
+        self.flushed_at = time.monotonic()
+
+
+class Trainer:
+    """Everything one training run holds: data, model, losses, optimiser and the run directory.
+
+    With a ``group`` (several processes under torchrun) only its rank 0 writes files.
+    """
+
+    def __init__(self, config: TrainConfig, run_dir: Path, split: ClassSplit | None = None,
+                 group: distributed.ProcessGroup | None = None):
         self.config = config.resolved()
         self.run_dir = Path(run_dir)
-        self.device = pick_device(self.config.device)
+        self.group = group
+        self.writes_files = group is None or group.is_main
+        self.device = group.device if group is not None else pick_device(self.config.device)
         self.amp_dtype = _amp_dtype(self.device)
         _set_cpu_threads(self.config, self.device)
         torch.manual_seed(self.config.seed)
         self.split = split or split_for(self.config)
         self.channels = input_channels(self.config)
         self.train_indices = self.split.indices("train")
-        train_labels = self.split.dataset.labels[self.train_indices]
+        self.train_labels = self.split.dataset.labels[self.train_indices]
         self.label_map = {c: i for i, c in enumerate(self.split.train_classes)}
-        self.plan = make_plan(self.config, train_labels)
+        self.plan = make_plan(self.config, self.train_labels, group.world_size if group else 1)
+        self.num_workers = resolve_num_workers(self.config.num_workers, self.config.dataset)
+        self.log_every = self.config.log_every or (10 if self.device.type == "cuda" else 1)
         self.model = build_model(
             self.config.backbone, self.config.embedding_dim, self.channels, self.config.pretrained, self.config.weights_path
         ).to(self.device)
+        self.network: torch.nn.Module | None = None  # the model under DDP, made when the run starts
         self.metric_loss = build_loss(
             self.config.loss, self.config.embedding_dim, len(self.split.train_classes), self.config.loss_params
         ).to(self.device)
@@ -159,11 +209,14 @@ class Trainer:
         self.pair_generator = torch.Generator().manual_seed(self.config.seed + 1)
         self.step = 0
         self.checkpointed_step = 0
+        self.history = HistoryBuffer(self.run_dir / HISTORY_FILE, enabled=self.writes_files)
+        self._window: list[torch.Tensor] = []  # stacked TERM_NAMES of each step since the last history line
         spec = BACKBONES[self.config.backbone]
         self.view = ImageView(
             self.split.dataset,
             self.train_indices,
-            build_transform(self.config.image_size, self.channels, spec.imagenet_input, train=True, flip=mirroring_allowed(self.config.dataset)),
+            build_transform(self.config.image_size, self.channels, spec.imagenet_input, train=True,
+                            flip=mirroring_allowed(self.config.dataset), resize=self.config.resize_size),
             self.label_map,
         )
 
@@ -172,59 +225,71 @@ class Trainer:
     def compute_losses(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         """Metric loss on z = head(backbone(x)); EC on head(f) with f detached unless route is full.
 
-        E, log E and R(W) are returned with or without EC, for the history.
+        E, log E and R(W) are returned with or without EC, for the history. ``labels`` may be on the CPU
+        (as the loader gives them): EC draws its pairs there, without waiting for the device.
         """
+        pair_labels = labels.cpu()
+        labels = labels.to(self.device, non_blocking=True)
         with torch.autocast(device_type=self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
-            features = self.model.features(images)
-            embeddings = self.model.head(features)
+            features, embeddings = self._forward(images)
         terms = {"metric_loss": self.metric_loss(embeddings.float(), labels)}
         total = terms["metric_loss"]
+        features = features.float()
+        if self.group is not None and self.config.ec_gather:
+            features, gathered_labels = distributed.gather_batch(features, labels, self.config.ec_route == "full")
+            pair_labels = gathered_labels.cpu()
         if self.config.ec_weight > 0:
-            confusion = self.confusion(features.float(), self.model.head, labels, self.pair_generator)
+            confusion = self.confusion(features, self.model.head, pair_labels, self.pair_generator)
             total = total + confusion.loss
         else:
             # The baseline measures the same energy without gradient (its pair draws use a
             # private generator, so training is unchanged): curves then compare like with like.
             with torch.no_grad():
-                confusion = self.confusion(features.float(), self.model.head, labels, self.pair_generator)
+                confusion = self.confusion(features, self.model.head, pair_labels, self.pair_generator)
         terms.update(energy=confusion.energy, log_energy=confusion.log_energy, row_norm=confusion.row_norm)
         terms["total_loss"] = total
         return terms
 
-    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    def _forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.network is not None:
+            return self.network(images)
+        features = self.model.features(images)
+        return features, self.model.head(features)
+
+    def train_step(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One optimiser step; the loss terms come back as (detached) device tensors: reading them waits for the
+        device, which only logging does, every ``log_every`` steps."""
         self.model.train()
         images = images.to(self.device, non_blocking=True)
-        labels = labels.to(self.device, non_blocking=True)
         terms = self.compute_losses(images, labels)
-        if not torch.isfinite(terms["total_loss"]):
-            raise TrainingError(
-                f"loss became {terms['total_loss'].item()} at step {self.step + 1}; "
-                f"training stopped, the checkpoint of step {self.checkpointed_step} is kept (try a lower --lr)"
-            )
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(terms["total_loss"]).backward()
+        if self.group is not None:
+            distributed.average_gradients(self.metric_loss.parameters())
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.step += 1
-        return {name: float(value.detach()) for name, value in terms.items()}
+        return {name: value.detach() for name, value in terms.items()}
 
     # ------------------------------------------------------------------ loop
 
     def run(self, stop: StopFlag | None = None, progress: bool = True, on_step: Callable[[dict], None] | None = None) -> TrainResult:
         stop = stop if stop is not None else StopFlag()
-        write_status(self.run_dir, "running", step=self.step, total_steps=self.plan.total_steps)
-        bar = _progress_bar(progress, self.plan.total_steps, self.step)
+        self._write_status("running")
+        bar = _progress_bar(progress and self.writes_files, self.plan.total_steps, self.step)
         started = time.perf_counter()
         try:
-            while self.step < self.plan.total_steps and not stop:
-                epoch, offset = divmod(self.step, self.plan.steps_per_epoch)
-                self._run_epoch(epoch, offset, stop, bar, started, on_step)
-            if stop:
-                self.save_checkpoint()
-                write_status(self.run_dir, "stopped", step=self.step, total_steps=self.plan.total_steps)
-                return TrainResult(self.run_dir, self.step, "stopped", None)
+            if self.group is not None:
+                self.network = distributed.wrap(self.model, self.group)
+            if self.group is None and stop:
+                stopped = True
+            else:
+                stopped = self.step < self.plan.total_steps and self._train(stop, bar, started, on_step)
             self.save_checkpoint()
-            metrics = self.finish()
+            if stopped:
+                self._write_status("stopped")
+                return TrainResult(self.run_dir, self.step, "stopped", None)
+            metrics = self.finish() if self.writes_files else None
             return TrainResult(self.run_dir, self.step, "completed", metrics)
         except BaseException as error:
             self._record_failure(error)
@@ -233,45 +298,89 @@ class Trainer:
             if bar is not None:
                 bar.close()
 
+    def _write_status(self, state: str, **details: Any) -> None:
+        if self.writes_files:
+            write_status(self.run_dir, state, step=self.step, total_steps=self.plan.total_steps, **details)
+
     def _record_failure(self, error: BaseException) -> None:
+        if not self.writes_files:
+            return
         message = str(error) or error.__class__.__name__
         try:
+            if isinstance(error, TrainingError):
+                self.history.flush(force=True)  # the steps before the bad one are worth keeping
             write_status(self.run_dir, "failed", step=self.checkpointed_step, total_steps=self.plan.total_steps, message=message)
         except OSError:
             pass  # the disk may be what failed; the original error is the one to report
 
-    def _run_epoch(self, epoch: int, offset: int, stop: StopFlag, bar, started: float, on_step) -> None:
-        positions = class_balanced_batches(
-            self.view.dataset.labels[self.train_indices], self.config.classes_per_batch, self.config.images_per_class,
-            self.config.seed, epoch,
-        )[offset:]
-        positions = positions[: self.plan.total_steps - self.step]
-        # A private generator: creating a DataLoader otherwise draws from the global RNG,
-        # and a resumed run would then augment differently from an uninterrupted one.
-        loader = DataLoader(
-            self.view, batch_sampler=[p.tolist() for p in positions], num_workers=self.config.num_workers,
-            pin_memory=self.device.type == "cuda", generator=torch.Generator().manual_seed(self.config.seed + epoch),
+    def _train(self, stop: StopFlag, bar, started: float, on_step) -> bool:
+        """Steps from ``self.step`` to the end of the plan through one loader; True if asked to stop first."""
+        sampler = RunBatchSampler(
+            self.train_labels, self.config.classes_per_batch, self.config.images_per_class, self.config.seed,
+            self.plan.steps_per_epoch, self.step, self.plan.total_steps,
+            self.group.rank if self.group else 0, self.group.world_size if self.group else 1,
         )
-        for images, labels, _ in loader:
-            values = self.train_step(images, labels)
-            record = {"kind": "step", "step": self.step, "epoch": epoch, **values,
-                      "lr": self.optimizer.param_groups[0]["lr"], "seconds": round(time.perf_counter() - started, 4)}
-            append_jsonl(self.run_dir / HISTORY_FILE, record)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{values['total_loss']:.4f}", epoch=epoch)
-            if on_step:
-                on_step(record)
-            if stop:
-                return
+        batches = iter(training_loader(self.view, sampler, self.num_workers, self.device, self.config.seed))
+        try:
+            for images, labels, _ in batches:
+                self._window.append(torch.stack([value.float() for value in self.train_step(images, labels).values()]))
+                if bar is not None:
+                    bar.update(1)
+                epoch_ended = self.step % self.plan.steps_per_epoch == 0
+                # Single process: a stop request is honoured after the step it arrived in. Several: at log points,
+                # where all processes agree on it (one stopping alone would leave the others waiting forever).
+                asked_to_stop = bool(stop) and self.group is None
+                if asked_to_stop or epoch_ended or self.step % self.log_every == 0 or self.step == self.plan.total_steps:
+                    record = self._log_window(started)
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{record['total_loss']:.4f}", epoch=record["epoch"])
+                    if on_step:
+                        on_step(record)
+                    if self._stop_agreed(stop):
+                        return True
+                if epoch_ended:
+                    self._end_epoch(self.step // self.plan.steps_per_epoch - 1)
+            return False
+        finally:
+            del batches  # shuts the loader's workers down now rather than whenever the iterator is collected
+
+    def _log_window(self, started: float) -> dict[str, Any]:
+        """The mean of the loss terms since the last history line, as the next line; a NaN or inf loss raises."""
+        values = torch.stack(self._window)
+        self._window = []
+        if self.group is not None:
+            values = distributed.mean_over_processes(values)
+        values = values.cpu().double().numpy()  # the one wait for the device in these steps
+        first_step = self.step - len(values) + 1
+        total = values[:, TERM_NAMES.index("total_loss")]
+        bad = np.flatnonzero(~np.isfinite(total))
+        if bad.size:
+            raise TrainingError(
+                f"loss became {float(total[bad[0]])} at step {first_step + int(bad[0])}; "
+                f"training stopped, the checkpoint of step {self.checkpointed_step} is kept (try a lower --lr)"
+            )
+        means = dict(zip(TERM_NAMES, (float(v) for v in values.mean(axis=0))))
+        record = {"kind": "step", "step": self.step, "epoch": (self.step - 1) // self.plan.steps_per_epoch, **means,
+                  "lr": self.optimizer.param_groups[0]["lr"], "seconds": round(time.perf_counter() - started, 4),
+                  "steps_averaged": len(values)}
+        self.history.add(record)
+        self.history.flush()
+        return record
+
+    def _stop_agreed(self, stop: StopFlag) -> bool:
+        if self.group is None:
+            return bool(stop)
+        return distributed.any_process(bool(stop), self.group.device)
+
+    def _end_epoch(self, epoch: int) -> None:
         finished_epoch = epoch + 1
-        if self.step % self.plan.steps_per_epoch == 0:
-            if (self.config.eval_every and self.config.eval_splits and finished_epoch % self.config.eval_every == 0
-                    and self.step < self.plan.total_steps):
-                self.evaluate_into_history(epoch)
-            if finished_epoch % self.config.checkpoint_every == 0:
-                self.save_checkpoint()
-                write_status(self.run_dir, "running", step=self.step, total_steps=self.plan.total_steps)
+        evaluates = self.config.eval_every and self.config.eval_splits and finished_epoch % self.config.eval_every == 0
+        if evaluates and self.step < self.plan.total_steps and self.writes_files:
+            self.history.flush(force=True)  # step lines before the evaluation's
+            self.evaluate_into_history(epoch)
+        if finished_epoch % self.config.checkpoint_every == 0:
+            self.save_checkpoint()
+            self._write_status("running")
 
     # ------------------------------------------------------------------ evaluation
 
@@ -317,10 +426,17 @@ class Trainer:
         Weights that went NaN or infinite are never committed: the previous checkpoint stays the last good one.
         """
         self._refuse_non_finite_weights()
+        if not self.writes_files:
+            self.checkpointed_step = self.step
+            return
+        self.history.flush(force=True)  # a checkpoint's steps are in the history before it commits
         state_file = self.run_dir / TRAINER_STATE_PATTERN.format(step=self.step)
         tensors, layout = _flatten_optimizer(self.optimizer.state_dict())
         tensors["rng.torch"] = torch.get_rng_state()
         tensors["rng.pairs"] = self.pair_generator.get_state()
+        if self.device.type == "cuda":
+            for index, state in enumerate(torch.cuda.get_rng_state_all()):
+                tensors[f"rng.cuda.{index}"] = state
         for name, value in self.metric_loss.state_dict().items():
             tensors[f"loss.{name}"] = value
         metadata = {"step": str(self.step), "optimizer_layout": json.dumps(layout), "scaler": json.dumps(self.scaler.state_dict())}
@@ -332,8 +448,12 @@ class Trainer:
         self.checkpointed_step = self.step
 
     def _refuse_non_finite_weights(self) -> None:
-        for name, tensor in self.model.state_dict().items():
-            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+        tensors = {name: t for name, t in self.model.state_dict().items() if t.is_floating_point()}
+        finite = torch.stack([torch.isfinite(t).all() for t in tensors.values()]).cpu()  # one wait, not one a tensor
+        if finite.all():
+            return
+        for name, ok in zip(tensors, finite.tolist()):
+            if not ok:
                 raise TrainingError(
                     f"weights became NaN or infinite by step {self.step} ({name}); training stopped, "
                     f"the checkpoint of step {self.checkpointed_step} is kept (try a lower --lr)"
@@ -352,7 +472,8 @@ class Trainer:
                 f"{self.run_dir.name}: cannot resume, the trainer state of step {step} does not fit this run ({reason})"
             ) from None
         self.step = self.checkpointed_step = step
-        truncate_history(self.run_dir, step)
+        if self.writes_files:
+            truncate_history(self.run_dir, step)
 
     def _read_trainer_state(self, step: int) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         state_file = self.run_dir / TRAINER_STATE_PATTERN.format(step=step)
@@ -374,6 +495,9 @@ class Trainer:
         self.scaler.load_state_dict(json.loads(metadata["scaler"]))
         torch.set_rng_state(saved["rng.torch"])
         self.pair_generator.set_state(saved["rng.pairs"])
+        cuda_states = [saved[f"rng.cuda.{i}"] for i in range(sum(k.startswith("rng.cuda.") for k in saved))]
+        if cuda_states and self.device.type == "cuda" and len(cuda_states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda_states)
         loss_state = {k[len("loss."):]: v for k, v in saved.items() if k.startswith("loss.")}
         if loss_state:
             self.metric_loss.load_state_dict(loss_state)
@@ -439,18 +563,27 @@ def _progress_bar(enabled: bool, total: int, initial: int):
 
 
 def train(config: TrainConfig, run_dir: str | Path, progress: bool = True, stop: StopFlag | None = None) -> TrainResult:
-    """Train a new run into ``run_dir`` (which must be new or empty)."""
+    """Train a new run into ``run_dir`` (which must be new or empty); under torchrun, one process of several."""
     run_dir = Path(run_dir)
-    _refuse_used_folder(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with hold_run_lock(run_dir):
-        _refuse_used_folder(run_dir)  # again under the lock: another trainer may have started here meanwhile
-        trainer = Trainer(config, run_dir)
-        write_config(run_dir, trainer.config)
-        (run_dir / HISTORY_FILE).touch()
-        # A step-0 checkpoint makes the run loadable and resumable even if killed before its first epoch ends.
-        trainer.save_checkpoint()
-        return _run(trainer, progress, stop)
+    group = distributed.start(config.device)
+    try:
+        if group is not None and not group.is_main:
+            _wait_for_main(group)
+            return _run(Trainer(config, run_dir, group=group), progress, stop)
+        with ExitStack() as held:
+            with _announced_to_followers(group):
+                _refuse_used_folder(run_dir)
+                run_dir.mkdir(parents=True, exist_ok=True)
+                held.enter_context(hold_run_lock(run_dir))
+                _refuse_used_folder(run_dir)  # again under the lock: another trainer may have started here meanwhile
+                trainer = Trainer(config, run_dir, group=group)
+                write_config(run_dir, trainer.config)
+                (run_dir / HISTORY_FILE).touch()
+                # A step-0 checkpoint makes the run loadable and resumable even if killed before its first epoch ends.
+                trainer.save_checkpoint()
+            return _run(trainer, progress, stop)
+    finally:
+        distributed.stop(group)
 
 
 def _refuse_used_folder(run_dir: Path) -> None:
@@ -463,16 +596,49 @@ def resume(run_dir: str | Path, progress: bool = True, stop: StopFlag | None = N
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise RunError(f"{run_dir}: no such run directory to resume")
-    with hold_run_lock(run_dir):
-        remove_stale_temp_files(run_dir)  # left by a writer that was killed; safe, we hold the lock
-        config = read_config(run_dir)
-        for key, value in overrides.items():
-            if value is not None:
-                setattr(config, key, value)
-        trainer = Trainer(config, run_dir)
-        trainer.restore_checkpoint()
-        write_config(run_dir, trainer.config)
-        return _run(trainer, progress, stop)
+    group = distributed.start(read_config(run_dir).device) if distributed.requested() else None
+    try:
+        if group is not None and not group.is_main:
+            _wait_for_main(group)  # rank 0 has cleaned the folder and rewritten the config by now
+            trainer = Trainer(_overridden(read_config(run_dir), overrides), run_dir, group=group)
+            trainer.restore_checkpoint()
+            return _run(trainer, progress, stop)
+        with ExitStack() as held:
+            with _announced_to_followers(group):
+                held.enter_context(hold_run_lock(run_dir))
+                remove_stale_temp_files(run_dir)  # left by a writer that was killed; safe, we hold the lock
+                trainer = Trainer(_overridden(read_config(run_dir), overrides), run_dir, group=group)
+                trainer.restore_checkpoint()
+                write_config(run_dir, trainer.config)
+            return _run(trainer, progress, stop)
+    finally:
+        distributed.stop(group)
+
+
+def _overridden(config: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
+    for key, value in overrides.items():
+        if value is not None:
+            setattr(config, key, value)
+    return config
+
+
+@contextmanager
+def _announced_to_followers(group: distributed.ProcessGroup | None):
+    """Rank 0 sets the run up, then tells the other processes whether it could (they wait for that word)."""
+    if group is None:
+        yield
+        return
+    try:
+        yield
+    except BaseException:
+        distributed.main_succeeded(False, group.device)
+        raise
+    distributed.main_succeeded(True, group.device)
+
+
+def _wait_for_main(group: distributed.ProcessGroup) -> None:
+    if not distributed.main_succeeded(False, group.device):
+        raise TrainingError("process 0 could not set the run up; its error says why")
 
 
 def _run(trainer: Trainer, progress: bool, stop: StopFlag | None) -> TrainResult:

@@ -31,6 +31,93 @@ def test_binomial_deviance_matches_a_direct_computation():
     assert value == pytest.approx(numpy_binomial(z, labels), rel=1e-4)
 
 
+def unit_rows(z: np.ndarray) -> np.ndarray:
+    return z / np.linalg.norm(z, axis=1, keepdims=True)
+
+
+def loop_triplet(z: np.ndarray, labels: np.ndarray, margin: float) -> float:
+    """Mean hinge over every (anchor, positive, negative) that violates the margin, by plain loops."""
+    unit = unit_rows(z.astype(np.float64))
+    hinges = []
+    for a in range(len(z)):
+        for p in range(len(z)):
+            if p == a or labels[p] != labels[a]:
+                continue
+            for n in range(len(z)):
+                if labels[n] == labels[a]:
+                    continue
+                hinge = np.linalg.norm(unit[a] - unit[p]) - np.linalg.norm(unit[a] - unit[n]) + margin
+                if hinge > 0:
+                    hinges.append(hinge)
+    return float(np.mean(hinges)) if hinges else 0.0
+
+
+def loop_npair(z: np.ndarray, labels: np.ndarray, scale: float, l2_weight: float) -> float:
+    """For every anchor and each of its same-class samples: softmax cross-entropy of that positive against
+    the anchor's other-class samples; the mean over those pairs, plus l2_weight * mean ||z||^2 / 2."""
+    unit = unit_rows(z.astype(np.float64))
+    losses = []
+    for a in range(len(z)):
+        negatives = [np.exp(scale * unit[a] @ unit[n]) for n in range(len(z)) if labels[n] != labels[a]]
+        for p in range(len(z)):
+            if p != a and labels[p] == labels[a] and negatives:
+                positive = np.exp(scale * unit[a] @ unit[p])
+                losses.append(-np.log(positive / (positive + sum(negatives))))
+    regulariser = 0.5 * l2_weight * float(np.mean(np.sum(z.astype(np.float64) ** 2, axis=1)))
+    return float(np.mean(losses)) + regulariser
+
+
+# (classes, images of each class): pairs as in the paper's N-pair batches, larger classes, uneven classes
+BATCH_SHAPES = [(4, [2] * 4), (3, [3] * 3), (5, [4] * 5), (3, [1, 2, 5]), (6, [2, 3, 2, 1, 4, 2])]
+
+
+def batch(seed: int, sizes: list[int], dim: int = 6):
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(len(sizes)), sizes)
+    rng.shuffle(labels)
+    return rng.normal(size=(len(labels), dim)).astype(np.float32), labels
+
+
+@pytest.mark.parametrize("shape", BATCH_SHAPES, ids=[str(s[1]) for s in BATCH_SHAPES])
+def test_triplet_matches_a_loop_over_every_triplet(shape):
+    for seed in range(10):
+        z, labels = batch(seed, shape[1])
+        for margin in (0.1, 0.5):
+            # A cap above the number of negatives: every violating triplet is mined, nothing is random.
+            value = TripletLoss(margin=margin, negatives_per_positive=len(z))(torch.tensor(z), torch.tensor(labels))
+            assert value.item() == pytest.approx(loop_triplet(z, labels, margin), rel=1e-4, abs=1e-6)
+
+
+@pytest.mark.parametrize("shape", BATCH_SHAPES, ids=[str(s[1]) for s in BATCH_SHAPES])
+def test_npair_matches_a_loop_over_every_anchor_positive_pair(shape):
+    for seed in range(10):
+        z, labels = batch(seed, shape[1])
+        for scale, l2_weight in ((10.0, 5e-4), (3.0, 0.0)):
+            value = NPairLoss(scale=scale, l2_weight=l2_weight)(torch.tensor(z), torch.tensor(labels))
+            assert value.item() == pytest.approx(loop_npair(z, labels, scale, l2_weight), rel=1e-4)
+
+
+def test_npair_with_two_images_a_class_is_the_papers_loss():
+    """n = 2: each sample's partner is the positive; log(1 + sum_n exp(f.f_n - f.f_p)) per sample, averaged."""
+    for seed in range(10):
+        z, labels = batch(seed, [2] * 5)
+        unit = unit_rows(z.astype(np.float64))
+        terms = []
+        for a in range(len(z)):
+            partner = next(p for p in range(len(z)) if p != a and labels[p] == labels[a])
+            others = [n for n in range(len(z)) if labels[n] != labels[a]]
+            terms.append(np.log1p(sum(np.exp(10 * unit[a] @ (unit[n] - unit[partner])) for n in others)))
+        value = NPairLoss(l2_weight=0.0)(torch.tensor(z), torch.tensor(labels)).item()
+        assert value == pytest.approx(float(np.mean(terms)), rel=1e-4)
+
+
+def test_losses_have_finite_gradients_on_a_one_class_batch():
+    for loss in (BinomialDevianceLoss(), TripletLoss(), NPairLoss()):
+        embeddings = torch.randn(4, 3, requires_grad=True)
+        loss(embeddings, torch.zeros(4, dtype=torch.long)).backward()
+        assert embeddings.grad is not None and torch.isfinite(embeddings.grad).all()
+
+
 def separated_and_mixed_batches():
     labels = torch.tensor([0, 0, 1, 1, 2, 2])
     centres = torch.eye(3)[labels]
