@@ -94,12 +94,16 @@ def test_a_nan_between_log_points_names_its_own_step(tmp_path, monkeypatch):
 
     monkeypatch.setattr(Trainer, "compute_losses", poisoned)
     with pytest.raises(TrainingError, match="loss became nan at step 18; .* checkpoint of step 15 is kept"):
-        train(TrainConfig(dataset="digits", max_steps=30, eval_every=0, log_every=10), tmp_path / "run", progress=False)
+        # All 900 seen digits in training (nothing held out): 15 batches of 60, a checkpoint every 15 steps.
+        train(TrainConfig(dataset="digits", max_steps=30, eval_every=0, log_every=10, seen_test_per_class=0),
+              tmp_path / "run", progress=False)
     assert load_run(tmp_path / "run").step == 15 and read_status(tmp_path / "run")["state"] == "failed"
 
 
 def test_resume_with_workers_and_log_every_matches_an_uninterrupted_run(tmp_path):
-    settings = {"dataset": "digits", "eval_every": 0, "num_workers": 2, "log_every": 3, "seed": 5}
+    # Nothing held out: 15 steps an epoch, so the epoch's checkpoint (which flushes the history) falls on a log point.
+    settings = {"dataset": "digits", "eval_every": 0, "num_workers": 2, "log_every": 3, "seed": 5,
+                "seen_test_per_class": 0}
     whole = train(TrainConfig(max_steps=20, **settings), tmp_path / "whole", progress=False)
     train(TrainConfig(max_steps=7, **settings), tmp_path / "split", progress=False)
     resumed = resume(tmp_path / "split", progress=False, max_steps=20)
