@@ -49,6 +49,7 @@ TRAIN_FLAGS = {
     "cpu_threads": (int, "torch CPU threads; 0 = 1 for smallcnn, torch's default otherwise (default 0)"),
     "eval_every": (int, "epochs between evaluations logged to the history; 0 = only at the end (default 5)"),
     "checkpoint_every": (int, "epochs between checkpoints (default 1)"),
+    "film_every": (int, "steps between training-film snapshots of unseen embeddings (ecaml.film); 0 = none (default)"),
 }
 
 

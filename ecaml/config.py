@@ -67,6 +67,8 @@ class TrainConfig:
     eval_every: int = 5  # epochs between evaluations during training (0: only at the end)
     recall_ks: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
     checkpoint_every: int = 1  # epochs between checkpoints
+    # the training film (ecaml.film): snapshots of unseen-class embeddings every this many steps (0: none)
+    film_every: int = 0
 
     def resolved(self) -> "TrainConfig":
         """A copy with every ``None`` default filled in from the dataset and backbone, then validated."""
@@ -103,6 +105,7 @@ class TrainConfig:
             (self.eval_every >= 0 and self.checkpoint_every >= 1, "eval_every must be >= 0, checkpoint_every >= 1"),
             (self.num_workers >= 0, "num_workers must be >= 0"),
             (self.cpu_threads >= 0, "cpu_threads must be >= 0"),
+            (self.film_every >= 0, "film_every must be >= 0 (0: no training film)"),
         ]
         for ok, message in checks:
             if not ok:

@@ -30,6 +30,7 @@ from ecaml.data import ClassSplit
 from ecaml.data.sampling import ImageView, class_balanced_batches
 from ecaml.data.transforms import build_transform
 from ecaml.evaluate import embed_part, pick_device, score, split_for
+from ecaml.film import FilmRecorder
 from ecaml.losses import build_loss
 from ecaml.models import BACKBONES, EmbeddingNet, build_model
 from ecaml.runs import (
@@ -166,6 +167,7 @@ class Trainer:
             build_transform(self.config.image_size, self.channels, spec.imagenet_input, train=True, flip=self.config.dataset == "folder"),
             self.label_map,
         )
+        self.film = FilmRecorder.for_trainer(self)  # None unless config.film_every > 0
 
     # ------------------------------------------------------------------ one step
 
@@ -253,10 +255,14 @@ class Trainer:
             pin_memory=self.device.type == "cuda", generator=torch.Generator().manual_seed(self.config.seed + epoch),
         )
         for images, labels, _ in loader:
+            if self.film is not None:
+                self.film.before_step(self.step, self.model)
             values = self.train_step(images, labels)
             record = {"kind": "step", "step": self.step, "epoch": epoch, **values,
                       "lr": self.optimizer.param_groups[0]["lr"], "seconds": round(time.perf_counter() - started, 4)}
             append_jsonl(self.run_dir / HISTORY_FILE, record)
+            if self.film is not None:
+                self.film.after_step(self.step, self.model)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{values['total_loss']:.4f}", epoch=epoch)
