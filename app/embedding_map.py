@@ -93,8 +93,12 @@ def thumbnails_in_background(split, part: str, identity: dict) -> tuple[str, Bac
 
         write_sheets(split, part, folder, progress=job.report)
 
-    job = background_jobs.start(("thumbnails", str(folder)), f"thumbnails of {identity.get('dataset')}", work)
+    job = background_jobs.start(thumbnails_job_key(name), f"thumbnails of {identity.get('dataset')}", work)
     return name, job
+
+
+def thumbnails_job_key(name: str) -> tuple:
+    return ("thumbnails", str(component_root() / name))
 
 
 def embedding_map(

@@ -30,18 +30,17 @@ window.addEventListener("message", (event) => {
 });
 send("streamlit:componentReady", { apiVersion: 1 });
 
-function decode(base64, Type) {
-  const bytes = Uint8Array.from(atob(base64), (c) => c.charCodeAt(0));
-  return new Type(bytes.buffer);
+// Arrays arrive as bytes (Streamlit hands bytes arguments over as a Uint8Array, without base64 or JSON).
+function decode(bytes, Type) {
+  return new Type(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength));
 }
 
 // ------------------------------------------------------------------ building the panels
 function render(args) {
-  if (args.data_key !== state.key) build(args);
-  else if (JSON.stringify(args.highlight_classes) !== JSON.stringify(state.args.highlight_classes)) {
-    state.args = args;
-    recolour();
-  }
+  if (args.data_key !== state.key) return build(args);
+  const recolourNeeded = JSON.stringify(args.highlight_classes) !== JSON.stringify(state.args.highlight_classes);
+  state.args = args;  // e.g. the thumbnails became ready; the points themselves are unchanged
+  if (recolourNeeded) recolour();
 }
 
 function build(args) {
@@ -55,7 +54,7 @@ function build(args) {
   state.selected = new Uint8Array(state.count);
   state.selectedCount = 0;
   state.hovered = -1;
-  state.frame = args.frames ? args.frames.length - 1 : 0;
+  state.frame = Math.max(0, (args.frame_steps || [0]).length - 1);
   const container = document.getElementById("panels");
   container.innerHTML = "";
   const columns = Math.min(args.per_row || 2, args.panels.length);
@@ -85,7 +84,9 @@ function makePanel(spec, number, container, height) {
   canvas.style.height = overlay.style.height = `${height}px`;
   element.append(title, canvas, overlay);
   container.append(element);
-  const frames = (spec.frames || [spec.coords]).map((b64) => decode(b64, Float32Array));
+  // Panel i's frames (one for a map, one per step for a film) arrive concatenated as the bytes argument coords_i.
+  const all = decode(state.args[`coords_${number}`], Float32Array), size = 2 * state.count;
+  const frames = Array.from({ length: all.length / size }, (_, f) => all.subarray(f * size, (f + 1) * size));
   const panel = {
     number, element, canvas, overlay, frames, positions: new Float32Array(frames[frames.length - 1]),
     gl: canvas.getContext("webgl2", { antialias: true, premultipliedAlpha: false }),
@@ -178,7 +179,9 @@ function recolour() {
   }
   state.colours = colours;
   state.order = Uint32Array.from(back.concat(front));
-  state.legend = [...colourOf.entries()];
+  state.legend = args.colour_by_class
+    ? [...new Set(state.labels)].sort((a, b) => a - b).map((label) => [label, PALETTE[label % PALETTE.length]])
+    : [...colourOf.entries()];
   for (const panel of state.panels) {
     if (!panel.gl) continue;
     const gl = panel.gl;
@@ -193,7 +196,7 @@ function recolour() {
 // ------------------------------------------------------------------ views: fit, pan, zoom
 function fit(panel) {
   let minX = Infinity, minY = Infinity, maxX = -Infinity, maxY = -Infinity;
-  for (const frame of [panel.positions]) {
+  for (const frame of panel.frames) {  // every frame of a film fits, so playing it never leaves the panel
     for (let i = 0; i < frame.length; i += 2) {
       const x = frame[i], y = frame[i + 1];
       if (!Number.isFinite(x) || !Number.isFinite(y)) continue;
@@ -295,7 +298,7 @@ function drawOverlay(panel) {
     context.fill();
     context.stroke();
   }
-  if (state.legend && state.legend.length && !state.args.colour_by_class) {
+  if (state.legend && state.legend.length && panel.number === 0) {  // one legend: the colours are the same in all
     const names = state.args.class_names;
     state.legend.slice(0, 12).forEach(([label, rgb], i) => {
       context.fillStyle = `rgb(${rgb.map((v) => v * 255).join(",")})`;
