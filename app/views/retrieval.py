@@ -25,7 +25,7 @@ SOURCES = {
     "random": "At random",
     "upload": "Upload an image",
 }
-MAX_CLASS_OPTIONS = 100  # class matches offered at once: never thousands of options in one list
+MAX_CLASS_OPTIONS = 50  # class matches offered at once: never thousands of options in one list
 UPLOAD_TYPES = [suffix.lstrip(".") for suffix in IMAGE_SUFFIXES]
 QUERY_PIXELS = 160
 NEIGHBOUR_PIXELS = 84
