@@ -279,3 +279,27 @@ def test_build_index_on_a_run_covers_its_split(runs, tmp_path):
     assert np.array_equal(np.sort(index.embeddings.indices), index.split.indices("train"))
     result = index.query_by_index(int(index.embeddings.indices[3]), k=3)
     assert all(n.label in index.split.classes("train") for n in result.neighbours)
+
+
+def test_row_and_class_look_ups_match_a_python_scan(index):
+    indices, labels = index.embeddings.indices, index.embeddings.labels
+    rng = np.random.default_rng(0)
+    for dataset_index in rng.choice(indices, size=20, replace=False):
+        assert index.row_of(int(dataset_index)) == int(np.flatnonzero(indices == dataset_index)[0])
+    wanted = rng.choice(indices, size=50, replace=False)
+    assert np.array_equal(index.rows_of(wanted), [index.row_of(int(i)) for i in wanted])
+    for label in np.unique(labels):
+        assert np.array_equal(index.class_members(label), sorted(int(i) for i, l in zip(indices, labels) if l == label))
+    with pytest.raises(ValueError, match="not in the"):
+        index.rows_of(np.array([int(indices.max()) + 1]))
+
+
+def test_disagreement_on_a_sample_of_queries_ranks_within_that_sample(runs, tmp_path):
+    indexes = [build_index(run, "unseen", cache_dir=tmp_path) for run in runs]
+    everything = disagreement_queries(indexes, k=4, limit=10_000, max_queries=None)
+    for seed in range(3):
+        sampled = disagreement_queries(indexes, k=4, limit=10_000, max_queries=200, seed=seed)
+        assert sampled == disagreement_queries(indexes, k=4, limit=10_000, max_queries=200, seed=seed)
+        assert set(sampled) <= set(everything)
+        # The sample's ranking is the full ranking restricted to the sample's disagreeing images.
+        assert sampled == [i for i in everything if i in set(sampled)]
