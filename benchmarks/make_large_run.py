@@ -60,7 +60,7 @@ def write_image_folder(root: Path, classes: int, unseen_images: int, seed: int =
             "images": written}
 
 
-def train_pair(data: Path, checkpoints: Path, steps: int) -> None:
+def train_pair(data: Path, checkpoints: Path, steps: int, film_every: int = 0) -> None:
     """Both runs at once, one process (one CPU thread) each."""
     checkpoints.mkdir(parents=True, exist_ok=True)
     processes = {
@@ -68,7 +68,7 @@ def train_pair(data: Path, checkpoints: Path, steps: int) -> None:
             [sys.executable, "-m", "ecaml", "train", "--dataset", "folder", "--data-root", str(data),
              "--image-size", str(IMAGE_PIXELS), "--loss", "triplet", "--ec-weight", weight, "--max-steps", str(steps),
              "--classes-per-batch", "8", "--images-per-class", "4", "--embedding-dim", "32", "--eval-every", "0",
-             "--seed", "0", "--quiet", "--out", str(checkpoints / name)],
+             "--seed", "0", "--film-every", str(film_every), "--quiet", "--out", str(checkpoints / name)],
             cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
         )
         for name, weight in RUN_NAMES.items()
@@ -79,7 +79,9 @@ def train_pair(data: Path, checkpoints: Path, steps: int) -> None:
             raise RuntimeError(f"training {name} failed:\n{output[-2000:]}")
 
 
-def make_large_runs(out: Path, unseen_images: int = 60_000, classes: int = 1000, steps: int = 30) -> dict:
+def make_large_runs(
+    out: Path, unseen_images: int = 60_000, classes: int = 1000, steps: int = 30, film_every: int = 0
+) -> dict:
     """OUT/data and OUT/checkpoints/{large-ec0, large-ec0.6}, made once (a finished OUT is reused); timings."""
     out = Path(out)
     done = out / "made.json"
@@ -89,7 +91,7 @@ def make_large_runs(out: Path, unseen_images: int = 60_000, classes: int = 1000,
     stats = write_image_folder(out / "data", classes, unseen_images)
     stats["write_seconds"] = round(time.perf_counter() - started, 1)
     started = time.perf_counter()
-    train_pair(out / "data", out / "checkpoints", steps)
+    train_pair(out / "data", out / "checkpoints", steps, film_every)
     stats["train_seconds"] = round(time.perf_counter() - started, 1)
     done.write_text(json.dumps(stats, indent=2) + "\n")
     return stats
@@ -101,8 +103,9 @@ def main() -> None:
     parser.add_argument("--unseen-images", type=int, default=60_000)
     parser.add_argument("--classes", type=int, default=1000)
     parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--film-every", type=int, default=0, help="training-film snapshots every N steps (0: none)")
     args = parser.parse_args()
-    stats = make_large_runs(args.out, args.unseen_images, args.classes, args.steps)
+    stats = make_large_runs(args.out, args.unseen_images, args.classes, args.steps, args.film_every)
     print(json.dumps(stats, indent=2))
 
 

@@ -537,6 +537,13 @@ function stop() {
   document.getElementById("play").textContent = "▶ Play";
 }
 
+// ------------------------------------------------------------------ for the browser test: where points are drawn
+window.ecamlMap = {
+  selectedRows: () => state.selected.reduce((rows, v, row) => (v ? rows.concat(row) : rows), []),
+  screenPosition: (panel, row) => toScreen(state.panels[panel], state.panels[panel].positions[2 * row],
+                                           state.panels[panel].positions[2 * row + 1]),
+};
+
 // ------------------------------------------------------------------ toolbar
 function setMode(mode) {
   state.mode = mode;
