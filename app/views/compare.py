@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from app import charts, errors, layout, locations, run_catalog, run_picker
+from app import charts, embedding_jobs, errors, layout, locations, run_catalog, run_picker
 
 DISTANCE_BINS = np.linspace(0.0, 2.0, 51)  # cosine distance 1 - cos lies in [0, 2]
 MAX_PAIRS = 20000
@@ -276,7 +276,8 @@ def show_distance_histograms(chosen: list[run_catalog.RunEntry]) -> None:
         st.caption("Open to see how far apart the embedding puts images of one class and of different classes.")
         return
     with expander:
-        with st.spinner("Embedding the unseen images (cached after the first time)…"):
+        chosen = embedding_jobs.ensure_embedded(chosen, "unseen")  # a background job with progress, never inline
+        with st.spinner("Reading the unseen images' embeddings…"):
             for panel, entry in zip(layout.panels(len(chosen)), chosen):
                 histograms = errors.attempt(
                     f"embed the unseen images of {entry.name}",
