@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from app import background_jobs, errors
+from app import background_jobs, errors, splits
 from app.background_jobs import BackgroundJob
 from app.locations import cache_dir
 from app.run_catalog import RunEntry, run_fingerprint
@@ -27,7 +27,9 @@ def embed_in_background(entry: RunEntry, part: str) -> BackgroundJob:
     def work(job: BackgroundJob) -> None:
         from ecaml.retrieval import cached_embeddings  # slow first import (torchvision, faiss): off the page
 
-        cached_embeddings(run, part, cache, progress=job.report)
+        # The split through the app's per-process cache: a large folder is loaded (every image checked) once,
+        # not once per run's job.
+        cached_embeddings(run, part, cache, progress=job.report, split=splits.split_of(run))
 
     return background_jobs.start(embedding_job_key(entry, part), f"embedding the {part} images of {entry.name}", work)
 

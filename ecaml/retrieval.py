@@ -119,6 +119,7 @@ def cached_embeddings(
     cache_dir: Path | None = None,
     progress: Callable[[int, int], None] | None = None,
     device: torch.device | str | None = None,
+    split: ClassSplit | None = None,
 ) -> Embeddings:
     """The run's L2-normalised embeddings of ``part``, from the disk cache or computed (and stored).
 
@@ -132,6 +133,8 @@ def cached_embeddings(
     hold what it should is ignored and rewritten. A ``Run`` whose weights file
     has changed since it was loaded (the run is still training) is embedded but
     not cached, since the digest would name other weights than the ones in memory.
+    ``split``: the run's class split when the caller holds it already (loading a
+    large image folder checks every image), else it is loaded.
     """
     if part not in SPLIT_PARTS:
         raise ValueError(f"unknown split {part!r}; choose one of {', '.join(SPLIT_PARTS)}")
@@ -141,7 +144,7 @@ def cached_embeddings(
         loaded = _read_embeddings(path)
         if loaded is not None:
             return loaded
-    embeddings = _embed_in_chunks(run, part, progress, device)
+    embeddings = _embed_in_chunks(run, part, progress, device, split or split_for(run.config))
     if cacheable:
         _write_embeddings(path, embeddings)
     return embeddings
@@ -150,9 +153,8 @@ def cached_embeddings(
 EMBED_CHUNK = 4096
 
 
-def _embed_in_chunks(run: Run, part: str, progress, device) -> Embeddings:
+def _embed_in_chunks(run: Run, part: str, progress, device, split: ClassSplit) -> Embeddings:
     """Embed the split chunk by chunk (progress after each) on ``device``; a GPU gets its own copy of the model."""
-    split = split_for(run.config)
     indices = split.indices(part)
     if len(indices) == 0:
         raise ValueError(f"the {part!r} split of {run.config.dataset} is empty")

@@ -39,7 +39,7 @@ from make_large_run import RUN_NAMES, make_large_runs  # noqa: E402
 pytestmark = pytest.mark.e2e
 
 UNSEEN_IMAGES = 20_000
-JOBS_TIMEOUT_S = 600  # both runs' embeddings of 20,000 images and the thumbnails, on 2 busy cores
+JOBS_TIMEOUT_S = 900  # both runs' embeddings of 20,000 images and the thumbnails, on 2 busy shared cores
 MAP_FRAME = "iframe[title*='embedding_map']"
 
 
