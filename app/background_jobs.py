@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import streamlit as st
 
@@ -34,6 +35,7 @@ class BackgroundJob:
     error: Exception | None = None
     thread: threading.Thread | None = None
     ended: float | None = None
+    result: Any = None  # what the work leaves for the page, when it is small (most jobs write to the disk cache)
 
     @property
     def running(self) -> bool:

@@ -15,7 +15,7 @@ import random
 
 import streamlit as st
 
-from app import embedding_jobs, errors, layout, locations, pictures, run_catalog, run_picker, splits
+from app import background_jobs, embedding_jobs, errors, layout, locations, pictures, run_catalog, run_picker, splits
 from ecaml.data.images import IMAGE_SUFFIXES, open_image
 
 SOURCES = {
@@ -150,25 +150,34 @@ def random_query(split) -> int:
     return st.session_state[RANDOM_QUERY_KEY]
 
 
-@st.cache_data(max_entries=16, show_spinner=False)
-def _disagreements(keys: tuple, _indexes: list) -> list[int]:
-    from ecaml.retrieval import disagreement_queries
+def disagreement_job(loaded: list):
+    """The background job ranking the queries where these runs disagree (on a large gallery it takes a while)."""
+    indexes = [index for _, index, _ in loaded]
+    key = ("disagreement",) + tuple((entry.key, digest) for entry, _, digest in loaded)
 
-    return [int(i) for i in disagreement_queries(_indexes, k=4, limit=50)]
+    def work(job) -> None:
+        from ecaml.retrieval import disagreement_queries
+
+        job.result = [int(i) for i in disagreement_queries(indexes, k=4, limit=50)]
+
+    return key, background_jobs.start(key, "finding where the runs disagree", work)
 
 
 def disagreement_query(loaded: list, split) -> int | None:
     if len(loaded) < 2:
         st.info("Pick at least two runs to find the queries they disagree on.")
         return None
-    keys = tuple((entry.key, digest) for entry, _, digest in loaded)
-    with st.spinner("Finding the queries where the runs disagree…"):
-        candidates = errors.attempt(
-            "find where the runs disagree", _disagreements, keys, [index for _, index, _ in loaded]
-        )
+    key, job = disagreement_job(loaded)
+    if job.running:
+        st.info("Finding the queries where the runs disagree (a background job)…", icon=":material/hourglass_top:")
+        background_jobs.follow((key,), ("Comparing the runs' answers",))
+        return None
+    if job.error is not None:
+        st.error(f"Could not find where the runs disagree: {errors.one_sentence(job.error)}")
+        return None
+    candidates = job.result
     if not candidates:
-        if candidates is not None:
-            st.info("These runs agree on every query.")
+        st.info("These runs agree on every query.")
         return None
     return st.selectbox(
         f"Query ({len(candidates)} found, most disagreement first)",
