@@ -11,7 +11,7 @@ const PALETTE = [  // Tableau 20: distinct on white, the usual choice for catego
   [255, 152, 150], [197, 176, 213], [196, 156, 148], [247, 182, 210], [199, 199, 199], [219, 219, 141],
   [158, 218, 229],
 ].map((c) => c.map((v) => v / 255));
-const GREY = [0.78, 0.78, 0.8];
+const GREY = [0.55, 0.56, 0.6];  // the classes not searched for or selected: visible as structure, quiet as colour
 const HOVER_RADIUS_PX = 8;
 const GRID = 96;  // cells per side of each panel's hover grid
 const FRAME_MS = 700;  // one film frame
@@ -172,7 +172,7 @@ function recolour() {
   for (let row = 0; row < state.count; row++) {
     const label = state.labels[row];
     const rgb = classColour(label);
-    let alpha = args.colour_by_class || highlight.has(label) ? 0.75 : 0.35;
+    let alpha = args.colour_by_class || highlight.has(label) ? 0.75 : 0.4;
     if (state.selectedCount) alpha = state.selected[row] ? 1.0 : 0.12;
     colours.set([rgb[0] * 255, rgb[1] * 255, rgb[2] * 255, alpha * 255], row * 4);
     (alpha >= 0.75 && (highlight.has(label) || state.selected[row]) ? front : back).push(row);

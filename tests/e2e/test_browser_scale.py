@@ -144,7 +144,7 @@ def test_the_map_draws_every_unseen_image_in_both_panels(tab, scale_server, erro
     assert [title.split(" · ")[0] for title in titles] == list(RUN_NAMES)
     for panel in (0, 1):  # each panel has drawn: many coloured or grey pixels, not a blank canvas
         pixels = panel_pixels(tab, panel)
-        assert (pixels.sum(axis=2) < 700).mean() > 0.02
+        assert (pixels.sum(axis=2) < 740).mean() > 0.02
     assert_no_error_boxes(tab, "Embeddings at scale")
     shot(tab, "scale-embeddings")
 
