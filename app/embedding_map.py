@@ -21,7 +21,9 @@ copied in beside the sheets). Nothing is fetched from anywhere but this server.
 from __future__ import annotations
 
 import filecmp
+import os
 import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +33,7 @@ import streamlit.components.v1 as components
 
 from app import background_jobs
 from app.background_jobs import BackgroundJob
+from app.errors import LOG
 from app.locations import cache_dir
 
 FRONTEND = Path(__file__).resolve().parent / "map_frontend"
@@ -59,8 +62,18 @@ class MapData:
 
 
 def component_root() -> Path:
-    """The component's folder under the cache: the frontend files (copied when they differ) and the sheets."""
-    root = cache_dir() / COMPONENT_FOLDER
+    """The component's folder under the cache: the frontend files (copied when they differ) and the sheets.
+
+    A cache folder that cannot be written (read-only) falls back to one under the system's temporary folder.
+    """
+    try:
+        return _prepared(cache_dir() / COMPONENT_FOLDER)
+    except OSError as error:
+        LOG.warning("cannot write the map component into the cache (%s); using the temporary folder", error)
+        return _prepared(Path(tempfile.gettempdir()) / f"ecaml-{COMPONENT_FOLDER}-{os.getuid()}")
+
+
+def _prepared(root: Path) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     for name in FRONTEND_FILES:
         source, target = FRONTEND / name, root / name
