@@ -25,6 +25,7 @@ SOURCES = {
     "random": "At random",
     "upload": "Upload an image",
 }
+QUICK_JOB_S = 1.0  # how long the page waits for a background job before it shows its progress instead
 MAX_CLASS_OPTIONS = 50  # class matches offered at once: never thousands of options in one list
 UPLOAD_TYPES = [suffix.lstrip(".") for suffix in IMAGE_SUFFIXES]
 QUERY_PIXELS = 160
@@ -168,6 +169,8 @@ def disagreement_query(loaded: list, split) -> int | None:
         st.info("Pick at least two runs to find the queries they disagree on.")
         return None
     key, job = disagreement_job(loaded)
+    if job.running:  # a small gallery is ranked in well under a second: show its answer rather than a progress bar
+        job.thread.join(timeout=QUICK_JOB_S)
     if job.running:
         st.info("Finding the queries where the runs disagree (a background job)…", icon=":material/hourglass_top:")
         background_jobs.follow((key,), ("Comparing the runs' answers",))
