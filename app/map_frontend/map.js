@@ -448,7 +448,10 @@ function hover(row, position) {
   state.hovered = row;
   document.body.dataset.hovered = String(row);
   showTip(position);
-  drawAll();  // the ring shows in every panel: the same image, wherever each run put it
+  // The ring shows in every panel (the same image, wherever each run put it). Only the 2-D overlays are redrawn:
+  // the points themselves have not changed, and redrawing 60,000 of them per mouse move is what a software
+  // WebGL (no GPU) cannot keep up with.
+  for (const panel of state.panels) drawOverlay(panel);
 }
 
 function rowsInside(panel, polygon) {
