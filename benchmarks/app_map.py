@@ -82,7 +82,8 @@ def main() -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = dict(os.environ, ECAML_CHECKPOINTS_DIR=str(args.checkpoints), ECAML_RUNS_DIR=str(scratch / "runs"),
-               ECAML_CACHE_DIR=str(args.cache or scratch / "cache"), ECAML_WARM_CACHE="0", STREAMLIT_BROWSER_GATHER_USAGE_STATS="false")
+               ECAML_CACHE_DIR=str(args.cache or scratch / "cache"), ECAML_WARM_CACHE="0",
+               STREAMLIT_BROWSER_GATHER_USAGE_STATS="false")
     command = [sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.headless", "true",
                "--server.port", str(port), "--server.address", "127.0.0.1"]
     with open(scratch / "streamlit.log", "wb") as log:

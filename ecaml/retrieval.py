@@ -2,8 +2,8 @@
 
 * ``weights_digest`` names a run's weights by content (sha256 of
   ``model.safetensors``), so caches survive renames and notice retraining.
-* ``cached_embeddings`` embeds a split once (in chunks, with progress) and keeps it on disk as a memory-mappable ``.npy``
-  (no pickles), keyed by that digest, the split part and everything in the
+* ``cached_embeddings`` embeds a split once (in chunks, with progress) and keeps it
+  on disk as a memory-mappable ``.npy`` (no pickles), keyed by that digest, the split part and everything in the
   config that decides which images are embedded and how.
 * ``RunIndex`` answers "which images does this run put next to that one?",
   for an image of the split or an uploaded one; ``disagreement_queries`` finds

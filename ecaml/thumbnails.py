@@ -32,7 +32,7 @@ BACKGROUND = (240, 240, 242)
 
 
 def sheets_key(identity: dict) -> str:
-    """A short name for the sheets of one split: sha256 of what decides its images (dataset, folder, split) and format."""
+    """A short name for the sheets of one split: sha256 of what decides its images (data, split) and the format."""
     record = {"format": SHEETS_FORMAT, "pixels": THUMBNAIL_PIXELS, "columns": SHEET_COLUMNS, **identity}
     return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:24]
 

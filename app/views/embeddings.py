@@ -102,7 +102,9 @@ def find_classes(split, present: np.ndarray) -> list[int]:
     if not matches:
         st.caption(f"No class name contains “{query}”.")
     elif len(matches) > MAX_HIGHLIGHTED_CLASSES:
-        st.caption(f"{len(matches):,} classes match; colouring the first {MAX_HIGHLIGHTED_CLASSES}. Type more to narrow.")
+        st.caption(
+            f"{len(matches):,} classes match; colouring the first {MAX_HIGHLIGHTED_CLASSES}. Type more to narrow."
+        )
     return matches[:MAX_HIGHLIGHTED_CLASSES]
 
 
@@ -113,7 +115,8 @@ def thumbnails_for(entry: run_catalog.RunEntry, split, indices: np.ndarray):
 
     identity = {key: value for key, value in data_identity(entry.run).items() if key not in ("backbone", "channels")}
     folder, job = errors.attempt(
-        "prepare the thumbnails", embedding_map.thumbnails_in_background, split, "unseen", {**identity, "part": "unseen"}
+        "prepare the thumbnails", embedding_map.thumbnails_in_background, split, "unseen",
+        {**identity, "part": "unseen"},
     ) or (None, None)
     if job is not None and job.running:
         background_jobs.follow((embedding_map.thumbnails_job_key(folder),), ("Thumbnails for hovering",))
