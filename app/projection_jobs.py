@@ -1,125 +1,53 @@
-"""Projections computed in background threads, shared by every session, and the warm-up at start.
+"""Projections computed in background jobs (``app.background_jobs``), and the warm-up at start.
 
-The threads write into the library's on-disk projection cache; pages poll the
-job and read the cache, so no request waits on a UMAP.
+The jobs write into the library's on-disk projection cache; pages poll the job
+and read the cache, so no request waits on a UMAP.
 """
 
 from __future__ import annotations
 
 import os
-import threading
-import time
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import streamlit as st
 
-from app.errors import LOG
+from app import background_jobs
+from app.background_jobs import BackgroundJob
 from app.locations import cache_dir, checkpoints_dir, runs_dir
 from app.run_catalog import RunEntry, default_selection, run_fingerprint, same_data, scan_all_runs, usable
-from ecaml.runs import Run
 
 
 WARM_CACHE_ENV = "ECAML_WARM_CACHE"  # 0: no warm-up at start; pca: warm the PCA maps only; else the aligned UMAP
 
 
-# The projection the Embeddings page shows (with method "umap" or "pca"); a warm-up must compute exactly this one.
-PROJECTION = {"part": "unseen", "aligned": True, "seed": 0, "max_points": 3000}
-
-
-MAX_FINISHED_JOBS = 16
-
-
-@dataclass
-class ProjectionJob:
-    """A projection being computed (and cached on disk) by a background thread; the page polls it."""
-
-    run_names: list[str]
-    method: str
-    started: float = field(default_factory=time.monotonic)
-    error: Exception | None = None
-    thread: threading.Thread | None = None
-
-    @property
-    def running(self) -> bool:
-        return self.thread is not None and self.thread.is_alive()
-
-    @property
-    def seconds(self) -> float:
-        return time.monotonic() - self.started
-
-
-@st.cache_resource(show_spinner=False)
-def _projection_jobs() -> dict[tuple, ProjectionJob]:
-    """Per process: job key -> its latest job, shared by every session (the disk cache is shared too)."""
-    return {}
-
-
-_jobs_lock = threading.Lock()
+# The projection the Embeddings page shows (with method "umap" or "pca"): every image of the split (no subsample,
+# the map draws them all with WebGL). A warm-up must compute exactly this one.
+PROJECTION = {"part": "unseen", "aligned": True, "seed": 0, "max_points": None}
 
 
 def projection_job_key(chosen: list[RunEntry], method: str) -> tuple:
     """Which projection a job computes: the runs (their files as they are now), the method and the cache."""
-    return (method, str(cache_dir()), tuple((entry.key, run_fingerprint(entry.path)) for entry in chosen))
+    return ("projection", method, str(cache_dir()), tuple((entry.key, run_fingerprint(entry.path)) for entry in chosen))
 
 
-def projection_job(chosen: list[RunEntry], method: str) -> ProjectionJob | None:
-    return projection_job_by_key(projection_job_key(chosen, method))
-
-
-def projection_job_by_key(key: tuple) -> ProjectionJob | None:
-    return _projection_jobs().get(key)
+def projection_job(chosen: list[RunEntry], method: str) -> BackgroundJob | None:
+    return background_jobs.job_by_key(projection_job_key(chosen, method))
 
 
 def forget_projection_job(chosen: list[RunEntry], method: str) -> None:
-    with _jobs_lock:
-        _projection_jobs().pop(projection_job_key(chosen, method), None)
+    background_jobs.forget(projection_job_key(chosen, method))
 
 
-def project_in_background(chosen: list[RunEntry], method: str) -> ProjectionJob:
-    """The job computing this projection into the disk cache: the one already known, else a thread started now."""
-    key = projection_job_key(chosen, method)
-    with _jobs_lock:
-        jobs = _projection_jobs()
-        if key in jobs:
-            return jobs[key]
-        for old in [k for k, job in jobs.items() if not job.running][: max(0, len(jobs) - MAX_FINISHED_JOBS)]:
-            del jobs[old]
-        job = ProjectionJob([entry.name for entry in chosen], method)
-        job.thread = threading.Thread(
-            target=_compute_projection,
-            args=(job, [entry.run for entry in chosen], cache_dir()),
-            name=f"ecaml-{method}-projection",
-            daemon=True,  # never holds up the server's exit
-        )
-        job.thread.start()  # before it is listed: a listed job that is not running has ended
-        jobs[key] = job
-        return job
+def project_in_background(chosen: list[RunEntry], method: str) -> BackgroundJob:
+    """The job computing this projection into the disk cache: the one already known, else one started now."""
+    runs, cache = [entry.run for entry in chosen], cache_dir()
+    names = ", ".join(entry.name for entry in chosen)
 
-
-def _compute_projection(job: ProjectionJob, runs: list[Run], cache: Path) -> None:
-    """The body of a background job: never raises, so the thread cannot take anything down; failures are logged."""
-    try:
-        _lower_thread_priority()
+    def work(job: BackgroundJob) -> None:
         from ecaml.projection import warm_projection_cache  # slow first import (scikit-learn, umap): off the page
 
-        computed = warm_projection_cache(runs, method=job.method, cache_dir=cache, **PROJECTION)
-        LOG.info(
-            "%s projection of %s %s in %.1f s",
-            job.method, ", ".join(job.run_names), "computed and cached" if computed else "was already cached",
-            job.seconds,
-        )
-    except Exception as error:  # noqa: BLE001 - a background thread must never take the app down
-        job.error = error
-        LOG.exception("computing the %s projection of %s in the background failed", job.method, job.run_names)
+        warm_projection_cache(runs, method=method, cache_dir=cache, progress=job.report, **PROJECTION)
 
-
-def _lower_thread_priority() -> None:
-    """Let the pages' own threads go first on a busy CPU (Linux: a nice value per thread); elsewhere nothing."""
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
-    except (AttributeError, OSError):
-        pass
+    return background_jobs.start(projection_job_key(chosen, method), f"{method} projection of {names}", work)
 
 
 def warm_projection_setting() -> str | None:
@@ -130,11 +58,11 @@ def warm_projection_setting() -> str | None:
     return "pca" if value == "pca" else "umap"
 
 
-def start_projection_warmup() -> ProjectionJob | None:
+def start_projection_warmup() -> BackgroundJob | None:
     """Once per server process (and cache folder): project the default pair in the background, as Embeddings shows it.
 
-    Called by main.py after the first page has run, so the aligned UMAP (half a minute the first
-    time) is usually cached by the time someone opens Embeddings. Off with ``ECAML_WARM_CACHE=0``.
+    Called by main.py after the first page has run, so the aligned UMAP is usually cached by the time someone
+    opens Embeddings. Off with ``ECAML_WARM_CACHE=0``.
     """
     method = warm_projection_setting()
     if method is None:
@@ -144,7 +72,7 @@ def start_projection_warmup() -> ProjectionJob | None:
     except _NothingToWarm:
         return None  # not remembered: the next page load looks again
     except Exception:  # noqa: BLE001 - a warm-up is an optimisation: it must never break a page
-        LOG.exception("could not start warming the projection cache")
+        background_jobs.LOG.exception("could not start warming the projection cache")
         return None
 
 
@@ -153,7 +81,7 @@ class _NothingToWarm(Exception):
 
 
 @st.cache_resource(show_spinner=False)
-def _start_warmup(method: str, cache: str, checkpoints: str, runs: str) -> ProjectionJob:
+def _start_warmup(method: str, cache: str, checkpoints: str, runs: str) -> BackgroundJob:
     # The folders are arguments only to key the cache: another configuration is another warm-up.
     entries = scan_all_runs()
     by_key = {entry.key: entry for entry in usable(entries)}

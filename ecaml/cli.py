@@ -64,6 +64,7 @@ TRAIN_FLAGS = {
                           "--image-size (default: image size + 1/8; the paper: 256 for 227)")),
     "log_every": (int, ("steps per history line, each the mean of those steps' losses; the device is waited for "
                         "only then (default 1 on the CPU, 10 on CUDA)")),
+    "film_every": (int, "steps between training-film snapshots of unseen embeddings (ecaml.film); 0 = none (default)"),
 }
 
 

@@ -101,6 +101,8 @@ class TrainConfig:
     log_every: int | None = None  # steps per history line (the mean of those steps); None: 1 on the CPU, 10 on CUDA
     ec_gather: bool = False  # under torchrun: EC over the embeddings of every process's batch, not just this one's
     preset: str | None = None  # the preset these settings started from (a record; the values are what counts)
+    # the training film (ecaml.film): snapshots of unseen-class embeddings every this many steps (0: none)
+    film_every: int = 0
 
     def resolved(self) -> "TrainConfig":
         """A copy with every ``None`` default filled in from the dataset and backbone, then validated."""
@@ -147,6 +149,7 @@ class TrainConfig:
             (self.eval_every >= 0 and self.checkpoint_every >= 1, "eval_every must be >= 0, checkpoint_every >= 1"),
             (self.num_workers is None or self.num_workers >= 0, "num_workers must be >= 0"),
             (self.cpu_threads >= 0, "cpu_threads must be >= 0"),
+            (self.film_every >= 0, "film_every must be >= 0 (0: no training film)"),
         ]
         for ok, message in checks + self._pipeline_checks():
             if not ok:

@@ -31,6 +31,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -82,6 +83,7 @@ def project_runs(
     max_points: int | None = 3000,
     cache_dir: Path | None = None,
     n_epochs: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> list[Projection]:
     """One 2-D projection of the ``part`` embeddings per run, in the order of ``runs``.
 
@@ -89,7 +91,8 @@ def project_runs(
     them, subsampled (seeded, stratified by class) to ``max_points`` the same way
     for every run. Runs on different datasets are each projected on their own.
     ``n_epochs`` is UMAP's (None: umap's default); ``seed`` fixes everything, so
-    the same inputs give the same coordinates.
+    the same inputs give the same coordinates. ``progress(done, total)`` is called
+    in stages: each run's embeddings (by images embedded), then the projection.
     """
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     path = _cache_path(runs, part, method, aligned, n_neighbors, min_dist, seed, max_points, cache_dir, n_epochs)
@@ -100,8 +103,23 @@ def project_runs(
         cached = _read_projections(path, runs)
         if cached is not None:
             return cached
-        embeddings = [cached_embeddings(run, part, cache_dir) for run in runs]
-        return _compute(path, runs, embeddings, method, aligned, n_neighbors, min_dist, seed, max_points, n_epochs)
+        embeddings = _embeddings_with_progress(runs, part, cache_dir, progress)
+        projections = _compute(path, runs, embeddings, method, aligned, n_neighbors, min_dist, seed, max_points, n_epochs)
+        if progress is not None:
+            progress(len(runs) + 1, len(runs) + 1)
+        return projections
+
+
+def _embeddings_with_progress(runs: list[Run], part: str, cache_dir: Path, progress) -> list[Embeddings]:
+    """Each run's cached embeddings; progress counts runs done (plus the projection still to come) in stages."""
+    stages = len(runs) + 1
+    embeddings = []
+    for number, run in enumerate(runs):
+        report = None if progress is None else (lambda done, total, n=number: progress(n * total + done, stages * total))
+        embeddings.append(cached_embeddings(run, part, cache_dir, progress=report))
+        if progress is not None:
+            progress(number + 1, stages)
+    return embeddings
 
 
 def is_projection_cached(
@@ -138,6 +156,7 @@ def warm_projection_cache(
     max_points: int | None = 3000,
     cache_dir: Path | None = None,
     n_epochs: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> bool:
     """Compute and store the projection ``project_runs`` would give for these arguments, unless already cached.
 
@@ -150,7 +169,7 @@ def warm_projection_cache(
                      seed=seed, max_points=max_points, cache_dir=cache_dir, n_epochs=n_epochs)
     if is_projection_cached(runs, **arguments):
         return False
-    project_runs(runs, **arguments)
+    project_runs(runs, progress=progress, **arguments)
     return True
 
 
@@ -281,14 +300,15 @@ def _shared_rows(embeddings: list[Embeddings], max_points: int | None, seed: int
     if len(common) < MIN_POINTS:
         raise ValueError(f"the runs share only {len(common)} images of this split; at least {MIN_POINTS} are needed")
     first = embeddings[0]
-    position = {int(index): row for row, index in enumerate(first.indices)}
-    common_labels = first.labels[[position[int(i)] for i in common]]
+    common_labels = first.labels[_rows_of(first.indices, common)]
     chosen = common[_subsample(common_labels, max_points, seed)]
-    rows = []
-    for e in embeddings:
-        lookup = {int(index): row for row, index in enumerate(e.indices)}
-        rows.append(np.array([lookup[int(i)] for i in chosen], dtype=np.int64))
-    return rows
+    return [_rows_of(e.indices, chosen) for e in embeddings]
+
+
+def _rows_of(indices: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """The rows of ``indices`` that hold each of ``wanted`` (all present), vectorised for 60k-image splits."""
+    order = np.argsort(indices, kind="stable")
+    return order[np.searchsorted(indices[order], wanted)].astype(np.int64)
 
 
 def _subsample(labels: np.ndarray, max_points: int | None, seed: int) -> np.ndarray:

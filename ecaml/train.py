@@ -40,6 +40,7 @@ from ecaml.data.loading import RunBatchSampler, resolve_num_workers, training_lo
 from ecaml.data.sampling import ImageView
 from ecaml.data.transforms import build_transform
 from ecaml.evaluate import pick_device, score_part, split_for
+from ecaml.film import FilmRecorder
 from ecaml.losses import build_loss
 from ecaml.models import BACKBONES, EmbeddingNet, build_model
 from ecaml.runs import (
@@ -219,6 +220,8 @@ class Trainer:
                             flip=mirroring_allowed(self.config.dataset), resize=self.config.resize_size),
             self.label_map,
         )
+        # None unless config.film_every > 0; only the process that writes the run films it.
+        self.film = FilmRecorder.for_trainer(self) if self.writes_files else None
 
     # ------------------------------------------------------------------ one step
 
@@ -323,7 +326,11 @@ class Trainer:
         batches = iter(training_loader(self.view, sampler, self.num_workers, self.device, self.config.seed))
         try:
             for images, labels, _ in batches:
+                if self.film is not None:
+                    self.film.before_step(self.step, self.model)
                 self._window.append(torch.stack([value.float() for value in self.train_step(images, labels).values()]))
+                if self.film is not None:
+                    self.film.after_step(self.step, self.model)
                 if bar is not None:
                     bar.update(1)
                 epoch_ended = self.step % self.plan.steps_per_epoch == 0

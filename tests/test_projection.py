@@ -255,3 +255,18 @@ def test_a_cached_umap_projection_runs_no_umap(runs, aligned_umap, monkeypatch):
     with pytest.raises(AssertionError, match="UMAP ran"):  # the patch is live: a new input does reach UMAP
         project_runs(runs, method="umap", aligned=True, max_points=UMAP_POINTS, n_epochs=UMAP_EPOCHS, min_dist=0.2,
                      cache_dir=cache)
+
+
+def test_the_whole_split_is_projected_with_progress_in_stages(runs, tmp_path):
+    reports = []
+    projections = project_runs(runs, method="pca", max_points=None, cache_dir=tmp_path,
+                               progress=lambda done, total: reports.append((done, total)))
+    unseen = split_for(runs[0].config).indices("unseen")
+    assert all(np.array_equal(np.sort(p.indices), unseen) for p in projections)  # every image, none left out
+    assert np.array_equal(projections[0].indices, projections[1].indices)  # row i is one image in every panel
+    fractions = [done / total for done, total in reports]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0 and len(reports) > len(runs)
+    # Read from the cache the second time: nothing left to report but the end.
+    reports.clear()
+    again = project_runs(runs, method="pca", max_points=None, cache_dir=tmp_path, progress=lambda d, t: reports.append((d, t)))
+    assert reports == [] and np.array_equal(again[0].coords, projections[0].coords)

@@ -49,15 +49,19 @@ def test_cached_embeddings_are_computed_once_then_read_from_disk(runs, tmp_path,
     assert np.array_equal(first.labels, split.dataset.labels[first.indices])
     assert first.vectors.dtype == np.float32 and first.vectors.shape == (len(first.indices), run.config.embedding_dim)
     np.testing.assert_allclose(np.linalg.norm(first.vectors, axis=1), 1.0, atol=1e-5)
-    files = list((tmp_path / "embeddings").glob("*.npz"))
-    assert len(files) == 1
+    assert len(list((tmp_path / "embeddings").glob("*.rows.npz"))) == 1
+    assert len([f for f in (tmp_path / "embeddings").glob("*.npy")]) == 1
 
     def no_embedding(*args, **kwargs):
         raise AssertionError("embedded again although the cache holds these embeddings")
 
-    monkeypatch.setattr(retrieval, "embed_part", no_embedding)
+    monkeypatch.setattr(retrieval, "embed_indices", no_embedding)
     second = cached_embeddings(run, "unseen", cache_dir=tmp_path)
     assert np.array_equal(second.vectors, first.vectors) and np.array_equal(second.indices, first.indices)
+    # Read back, the vectors are a read-only memory map of the cache file, not a copy in memory.
+    assert isinstance(second.vectors, np.memmap) and not second.vectors.flags.writeable
+    assert retrieval.is_embedded(run, "unseen", cache_dir=tmp_path)
+    assert not retrieval.is_embedded(run, "train", cache_dir=tmp_path)
 
     # Another part, or another run's weights, is another cache entry.
     with pytest.raises(AssertionError, match="embedded again"):
@@ -69,16 +73,35 @@ def test_cached_embeddings_are_computed_once_then_read_from_disk(runs, tmp_path,
 def test_a_corrupt_embeddings_cache_file_is_recomputed(runs, tmp_path):
     run = runs[0]
     expected = cached_embeddings(run, "unseen", cache_dir=tmp_path)
-    (path,) = (tmp_path / "embeddings").glob("*.npz")
-    for damage in (b"not an npz file", path.read_bytes()[:200]):
-        path.write_bytes(damage)
+    (path,) = (tmp_path / "embeddings").glob("*.npy")
+    (rows_path,) = (tmp_path / "embeddings").glob("*.rows.npz")
+    for damaged, damage in ((path, b"not an npy file"), (path, path.read_bytes()[:200]),
+                            (rows_path, b"not an npz"), (rows_path, rows_path.read_bytes()[:100])):
+        damaged.write_bytes(damage)
         again = cached_embeddings(run, "unseen", cache_dir=tmp_path)
         assert np.array_equal(again.vectors, expected.vectors)
-        with np.load(path, allow_pickle=False) as archive:  # and the file is whole again
-            assert np.array_equal(archive["vectors"], expected.vectors)
-    # A readable file that holds the wrong things (here: NaN vectors) is not trusted either.
-    np.savez(path, vectors=np.full_like(expected.vectors, np.nan), labels=expected.labels, indices=expected.indices)
-    assert np.array_equal(cached_embeddings(run, "unseen", cache_dir=tmp_path).vectors, expected.vectors)
+        assert np.array_equal(np.load(path, allow_pickle=False), expected.vectors)  # and the file is whole again
+    # A readable file that holds the wrong things is not trusted either: NaN vectors, or fewer rows than labels.
+    for wrong in (np.full_like(expected.vectors, np.nan), expected.vectors[:-1]):
+        np.save(path, wrong)
+        assert np.array_equal(cached_embeddings(run, "unseen", cache_dir=tmp_path).vectors, expected.vectors)
+    # A missing rows file is a missing entry.
+    rows_path.unlink()
+    assert not retrieval.is_embedded(run, "unseen", cache_dir=tmp_path)
+
+
+def test_embedding_in_chunks_reports_progress_and_equals_one_pass(runs, tmp_path, monkeypatch):
+    run = runs[0]
+    whole = cached_embeddings(run, "unseen", cache_dir=tmp_path / "whole")
+    for chunk in (1, 7, 64, 10_000):
+        monkeypatch.setattr(retrieval, "EMBED_CHUNK", chunk)
+        seen = []
+        chunked = cached_embeddings(run, "unseen", cache_dir=tmp_path / f"chunk{chunk}", progress=lambda d, t: seen.append((d, t)))
+        total = len(whole.indices)
+        assert seen[-1] == (total, total) and [d for d, _ in seen] == sorted(d for d, _ in seen)
+        assert len(seen) == -(-total // chunk)
+        np.testing.assert_allclose(chunked.vectors, whole.vectors, atol=1e-6)
+        assert np.array_equal(chunked.indices, whole.indices)
 
 
 def test_a_run_whose_weights_file_moved_on_is_embedded_but_not_cached(runs, tmp_path):
@@ -101,7 +124,7 @@ def test_the_cache_dir_defaults_to_the_environment_variable(runs, tmp_path, monk
     monkeypatch.setenv("ECAML_CACHE_DIR", str(tmp_path / "from-env"))
     assert retrieval.default_cache_dir() == tmp_path / "from-env"
     cached_embeddings(runs[0], "unseen")
-    assert len(list((tmp_path / "from-env" / "embeddings").glob("*.npz"))) == 1
+    assert len(list((tmp_path / "from-env" / "embeddings").glob("*.npy"))) == 1
     monkeypatch.delenv("ECAML_CACHE_DIR")
     assert retrieval.default_cache_dir() == Path.home() / ".cache" / "ecaml"
 
@@ -231,7 +254,7 @@ def test_disagreement_ranking_matches_brute_force_and_uses_only_shared_images(ru
     common = all_indices[keep]
     precision, recall = [], []
     for index in indexes:
-        unit = index.embeddings.vectors
+        unit = index.query_vectors(np.arange(len(index)))  # the vectors as the index holds them (unit rows)
         rows = [index.row_of(i) for i in common]
         similarity = unit[rows] @ unit.T
         similarity[np.arange(len(rows)), rows] = -np.inf
@@ -256,3 +279,27 @@ def test_build_index_on_a_run_covers_its_split(runs, tmp_path):
     assert np.array_equal(np.sort(index.embeddings.indices), index.split.indices("train"))
     result = index.query_by_index(int(index.embeddings.indices[3]), k=3)
     assert all(n.label in index.split.classes("train") for n in result.neighbours)
+
+
+def test_row_and_class_look_ups_match_a_python_scan(index):
+    indices, labels = index.embeddings.indices, index.embeddings.labels
+    rng = np.random.default_rng(0)
+    for dataset_index in rng.choice(indices, size=20, replace=False):
+        assert index.row_of(int(dataset_index)) == int(np.flatnonzero(indices == dataset_index)[0])
+    wanted = rng.choice(indices, size=50, replace=False)
+    assert np.array_equal(index.rows_of(wanted), [index.row_of(int(i)) for i in wanted])
+    for label in np.unique(labels):
+        assert np.array_equal(index.class_members(label), sorted(int(i) for i, l in zip(indices, labels) if l == label))
+    with pytest.raises(ValueError, match="not in the"):
+        index.rows_of(np.array([int(indices.max()) + 1]))
+
+
+def test_disagreement_on_a_sample_of_queries_ranks_within_that_sample(runs, tmp_path):
+    indexes = [build_index(run, "unseen", cache_dir=tmp_path) for run in runs]
+    everything = disagreement_queries(indexes, k=4, limit=10_000, max_queries=None)
+    for seed in range(3):
+        sampled = disagreement_queries(indexes, k=4, limit=10_000, max_queries=200, seed=seed)
+        assert sampled == disagreement_queries(indexes, k=4, limit=10_000, max_queries=200, seed=seed)
+        assert set(sampled) <= set(everything)
+        # The sample's ranking is the full ranking restricted to the sample's disagreeing images.
+        assert sampled == [i for i in everything if i in set(sampled)]

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from app import charts, comparisons, errors, guided_path, layout, locations, run_catalog, run_picker
+from app import charts, comparisons, embedding_jobs, errors, guided_path, layout, locations, run_catalog, run_picker
 
 DISTANCE_BIN_COUNT = 50
 MAX_PAIRS = 20000
@@ -416,7 +416,8 @@ def show_distance_histograms(chosen: list[run_catalog.RunEntry]) -> None:
         st.caption("Open to see how far apart the embedding puts images of one class and of different classes.")
         return
     with expander:
-        with st.spinner("Embedding the unseen images (cached after the first time)…"):
+        chosen = embedding_jobs.ensure_embedded(chosen, "unseen")  # a background job with progress, never inline
+        with st.spinner("Reading the unseen images' embeddings…"):
             samples = {}
             for entry in chosen:
                 sample = errors.attempt(

@@ -1,38 +1,60 @@
-"""The Embeddings page: 2-D maps of the unseen-class embeddings, one panel per run, aligned across runs.
+"""The Embeddings page: every unseen image of the split on a 2-D map, one panel per run, and the training film.
 
-Projections come from ``ecaml.projection`` (disk-cached by the library). The
-page opens on the aligned UMAP only when it is cached (the app warms it for the
-shipped pair when it starts); otherwise it opens on PCA at once, and the UMAP is
-computed in a background thread on request while the PCA maps stay usable.
-Selecting points with the lasso, the box or a click shows their images.
+The map is ``app.embedding_map`` (WebGL, all panels in one frame: hover shows an
+image's thumbnail and rings the same image in every panel; a lasso or click
+selection lights the same images everywhere and lists them below). Embeddings
+come from background jobs (``app.embedding_jobs``) and projections from
+``ecaml.projection`` (disk-cached): PCA at once, the aligned UMAP in a
+background job, so no request ever waits on either. With many classes, points
+are grey except the classes found by name or selected.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 
+import numpy as np
 import streamlit as st
 
-from app import charts, errors, layout, locations, pictures, projection_jobs, run_catalog, run_picker, splits
+from app import background_jobs, errors, locations, pictures, projection_jobs, run_catalog, run_picker, splits
+from app import embedding_jobs, embedding_map
 
 METHODS = {"umap": "UMAP, aligned across runs", "pca": "PCA (instant)"}
 METHOD_KEY = "projection_method"
-COMPUTE_UMAP = "Compute aligned UMAP (about half a minute the first time; cached afterwards)"
+VIEWS = {"map": "Map of every image", "film": "Training film"}
+VIEW_KEY = "embeddings_view"
+COMPUTE_UMAP = "Compute aligned UMAP (in the background; cached afterwards)"
 MAX_SHOWN_IMAGES = 60
 THUMBNAIL_PIXELS = 56
+MAX_HIGHLIGHTED_CLASSES = 20
+CLASS_SEARCH_KEY = "map_class_search"
 
 
 def render() -> None:
     st.title("Embeddings of unseen classes")
     st.caption(
-        "Each panel maps one run's embeddings of the images of classes it never saw to two dimensions, one colour "
-        "per class. Tight, well separated clusters mean the embedding generalises. The maps are aligned, so the "
-        "same image sits in roughly the same place in every panel."
+        "Each panel maps one run's embeddings of the images of classes it never saw to two dimensions. Tight, well "
+        "separated clusters mean the embedding generalises. The maps are aligned, so the same image sits in "
+        "roughly the same place in every panel."
     )
     chosen = run_picker.choose_runs("embeddings")
     if not chosen:
         return
     chosen = run_picker.same_data_only(chosen, "so their maps cannot be aligned with it")
+    view = st.segmented_control("View", list(VIEWS), format_func=VIEWS.get, key=VIEW_KEY, default="map")
+    if view == "film":
+        show_film(chosen)
+    else:
+        show_map(chosen)
+
+
+# ----------------------------------------------------------------------------- the map
+
+
+def show_map(chosen: list[run_catalog.RunEntry]) -> None:
+    ready = embedding_jobs.ensure_embedded(chosen, "unseen")
+    if len(ready) < len(chosen):
+        return  # the progress bars are showing; the page redraws itself when the embeddings are cached
     umap_ready = errors.attempt("look up the projection cache", umap_cached, chosen)
     if umap_ready is None:  # the runs' files cannot be read: no map can be drawn either
         return
@@ -46,20 +68,64 @@ def render() -> None:
     projections = load_projections(chosen, shown)
     if projections is None:
         return
+    split = splits.split_of(chosen[0].run)
+    first = projections[0]
+    highlight = find_classes(split, np.unique(first.labels))
+    thumbnails, slots = thumbnails_for(chosen[0], split, first.indices)
     st.caption(
-        "**Click a point or lasso a group to see the images.** The lasso and the box are in each map's toolbar "
-        "(top right); dragging zooms in, a double click zooms out. Hovering only shows a point's class and image "
-        "number."
+        "**Hover a point to see its image** (a ring marks the same image in every panel). Drag to pan, scroll to "
+        "zoom, double click to fit; **Lasso** (or Shift + drag) or a click selects, and the same images light up in "
+        "every panel. Esc clears."
     )
-    for panel, entry, projection in zip(layout.panels(len(chosen), per_row=2), chosen, projections):
-        with panel:
-            show_panel(entry, projection)
+    panels = [
+        embedding_map.MapPanel(f"{entry.name} · {run_catalog.ec_summary(entry.run.config.ec_weight)}", [p.coords])
+        for entry, p in zip(chosen, projections)
+    ]
+    data = embedding_map.MapData(first.labels, first.indices, list(split.dataset.class_names), slots, thumbnails)
+    rows = embedding_map.embedding_map(panels, data, key=f"map_{shown}", highlight_classes=highlight)
+    if rows:
+        show_selected_images([int(first.indices[row]) for row in rows], split)
+
+
+def find_classes(split, present: np.ndarray) -> list[int]:
+    """Classes to colour, found by name; only asked for when there are more classes than colours."""
+    if len(present) <= embedding_map.COLOUR_BY_CLASS_UP_TO:
+        return []
+    names = split.dataset.class_names
+    query = st.text_input(
+        f"Find classes by name ({len(present):,} classes: all grey until found or selected)",
+        key=CLASS_SEARCH_KEY, placeholder="part of a class name, e.g. 17 or chair",
+    ).strip().lower()
+    if not query:
+        return []
+    matches = [int(c) for c in present if query in names[c].lower()]
+    if not matches:
+        st.caption(f"No class name contains “{query}”.")
+    elif len(matches) > MAX_HIGHLIGHTED_CLASSES:
+        st.caption(
+            f"{len(matches):,} classes match; colouring the first {MAX_HIGHLIGHTED_CLASSES}. Type more to narrow."
+        )
+    return matches[:MAX_HIGHLIGHTED_CLASSES]
+
+
+def thumbnails_for(entry: run_catalog.RunEntry, split, indices: np.ndarray):
+    """(the sprite sheets' folder, each row's slot) while a background job writes any sheet still missing."""
+    from ecaml.retrieval import data_identity
+    from ecaml.thumbnails import slots
+
+    identity = {key: value for key, value in data_identity(entry.run).items() if key not in ("backbone", "channels")}
+    folder, job = errors.attempt(
+        "prepare the thumbnails", embedding_map.thumbnails_in_background, split, "unseen",
+        {**identity, "part": "unseen"},
+    ) or (None, None)
+    if job is not None and job.running:
+        background_jobs.follow((embedding_map.thumbnails_job_key(folder),), ("Thumbnails for hovering",))
+        folder = None  # hovering shows class and image number until the sheets are all there
+    return folder, slots(split, "unseen", np.asarray(indices))
 
 
 def umap_cached(chosen: list[run_catalog.RunEntry]) -> bool:
     """Whether the aligned UMAP of these runs is on disk already (a cheap look-up: nothing is computed)."""
-    # Imported here, not at the top: its first import (scikit-learn, torchvision) takes seconds, and the page's
-    # title and controls should paint before it.
     from ecaml.projection import is_projection_cached
 
     runs = [entry.run for entry in chosen]
@@ -75,21 +141,21 @@ def offer_umap(chosen: list[run_catalog.RunEntry]) -> None:
     st.button(COMPUTE_UMAP, icon=":material/scatter_plot:", key="compute_umap", on_click=choose_umap)
     job = projection_jobs.projection_job(chosen, "umap")
     if job is not None and job.running:
-        st.caption(
-            f"It is being computed in the background already (for {job.seconds:.0f} s), so it may take less."
-        )
+        st.caption(f"It is being computed in the background already (for {job.seconds:.0f} s), so it may take less.")
 
 
 def umap_in_background(chosen: list[run_catalog.RunEntry]) -> str:
     """Start (or follow) the aligned UMAP's background job; the method to show meanwhile ("umap" once it is done)."""
     job = projection_jobs.project_in_background(chosen, "umap")
     if job.running:
+        count = len(splits.split_of(chosen[0].run).indices("unseen"))
         st.info(
-            "Computing the aligned UMAP maps in the background (about half a minute the first time, cached "
-            "afterwards). Meanwhile the PCA maps show below; the page switches to UMAP by itself when it is ready.",
+            f"Computing the aligned UMAP of {count:,} images per run in the background (cached afterwards; for "
+            "60,000 images this takes minutes). Meanwhile the PCA maps show below; the page switches to UMAP by "
+            "itself when it is ready, and you may leave and come back.",
             icon=":material/hourglass_top:",
         )
-        follow_job(projection_jobs.projection_job_key(chosen, job.method))
+        background_jobs.follow((projection_jobs.projection_job_key(chosen, "umap"),), ("Aligned UMAP",))
         return "pca"
     if job.error is not None:
         st.error(f"Could not compute the aligned UMAP: {errors.one_sentence(job.error)} Showing the PCA maps.")
@@ -98,15 +164,6 @@ def umap_in_background(chosen: list[run_catalog.RunEntry]) -> str:
             st.rerun()
         return "pca"
     return "umap"  # done; computed here if the cache could not keep it (a read-only cache, a run still training)
-
-
-@st.fragment(run_every=2.0)
-def follow_job(job_key: tuple) -> None:
-    """Redraw the page once the background job ends; until then, say for how long it has been running."""
-    job = projection_jobs.projection_job_by_key(job_key)
-    if job is None or not job.running:
-        st.rerun()
-    st.caption(f"Computing for {job.seconds:.0f} s…")
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
@@ -123,46 +180,11 @@ def load_projections(chosen: list[run_catalog.RunEntry], method: str):
         return errors.attempt("project the embeddings", _projections, keys, method, [entry.run for entry in chosen])
 
 
-def show_panel(entry: run_catalog.RunEntry, projection) -> None:
-    split = splits.split_of(entry.run)
-    figure = charts.projection_figure(
-        projection.coords,
-        projection.labels,
-        projection.indices,
-        split.dataset.class_names,
-        f"{entry.name} · {run_catalog.ec_summary(entry.run.config.ec_weight)}",
-    )
-    event = st.plotly_chart(
-        figure,
-        key=f"projection_{entry.key}",
-        on_select="rerun",
-        selection_mode=("points", "box", "lasso"),
-    )
-    selected = selected_indices(event)
-    if selected:
-        show_selected_images(selected, split)
-
-
-def selected_indices(event) -> list[int]:
-    """Dataset indices of the selected points (carried as each point's customdata)."""
-    points = event.selection.points if event else []
-    indices = [dataset_index(point.get("customdata")) for point in points]
-    return list(dict.fromkeys(index for index in indices if index is not None))
-
-
-def dataset_index(customdata) -> int | None:
-    """A point's dataset index; Plotly hands customdata back as a number, a list or (typed arrays) a {"0": ...} dict."""
-    if isinstance(customdata, dict):
-        customdata = customdata.get("0")
-    elif isinstance(customdata, (list, tuple)):
-        customdata = customdata[0] if customdata else None
-    return int(customdata) if isinstance(customdata, (int, float)) else None
-
-
 def show_selected_images(indices: list[int], split) -> None:
     counts = Counter(split.dataset.class_name(index) for index in indices)
-    summary = ", ".join(f"{name} ×{count}" for name, count in counts.most_common())
-    st.markdown(f"**{len(indices)} selected** — classes: {summary}")
+    summary = ", ".join(f"{name} ×{count}" for name, count in counts.most_common(12))
+    more = f" and {len(counts) - 12} more classes" if len(counts) > 12 else ""
+    st.markdown(f"**{len(indices):,} selected** — classes: {summary}{more}")
     shown = indices[:MAX_SHOWN_IMAGES]
     st.image(
         [pictures.framed(split.dataset.image(index), None, THUMBNAIL_PIXELS, border=2) for index in shown],
@@ -170,7 +192,50 @@ def show_selected_images(indices: list[int], split) -> None:
         width=THUMBNAIL_PIXELS,
     )
     if len(indices) > len(shown):
-        st.caption(f"Showing the first {len(shown)} of {len(indices)}.")
+        st.caption(f"Showing the first {len(shown)} of {len(indices):,}.")
+
+
+# ----------------------------------------------------------------------------- the training film
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def _film(keys: tuple, paths: tuple) -> tuple[list[int], list[list[np.ndarray]], np.ndarray, np.ndarray]:
+    from ecaml.film import film_frames, read_film
+
+    films = [read_film(path) for path in paths]
+    steps, frames = film_frames(films)
+    return steps, frames, films[0].labels, films[0].indices
+
+
+def show_film(chosen: list[run_catalog.RunEntry]) -> None:
+    from ecaml.film import has_film
+
+    filmed = [entry for entry in chosen if has_film(entry.path)]
+    st.caption(
+        "A run trained with `film_every` keeps snapshots of its embeddings of a fixed set of unseen images as it "
+        "trains. Press **Play** (or drag the step slider) to watch classes form, EC off and EC on side by side, on "
+        "one aligned projection (each step's PCA rotated onto the final map)."
+    )
+    missing = [entry.name for entry in chosen if entry not in filmed]
+    if missing:
+        st.info(f"No training film in {', '.join(missing)}. The **Train** page's lesson trains a pair with one.")
+    if not filmed:
+        return
+    keys = tuple((entry.key, run_catalog.run_fingerprint(entry.path)) for entry in filmed)
+    result = errors.attempt("read the training films", _film, keys, tuple(str(entry.path) for entry in filmed))
+    if result is None:
+        return
+    steps, frames, labels, indices = result
+    split = splits.split_of(filmed[0].run)
+    panels = [
+        embedding_map.MapPanel(f"{entry.name} · {run_catalog.ec_summary(entry.run.config.ec_weight)}", run_frames)
+        for entry, run_frames in zip(filmed, frames)
+    ]
+    folder, slots = thumbnails_for(filmed[0], split, indices)
+    data = embedding_map.MapData(labels, indices, list(split.dataset.class_names), slots, folder, steps)
+    rows = embedding_map.embedding_map(panels, data, key="film_map", height=420)
+    if rows:
+        show_selected_images([int(indices[row]) for row in rows], split)
 
 
 # Streamlit runs a page file as "__main__"; importing it (as the tests do) only defines its functions.

@@ -1,8 +1,12 @@
 """The Retrieval page: one query image, its nearest unseen-class neighbours in each run, side by side.
 
-Indexes come from ``ecaml.retrieval.build_index`` and are kept per process with
-``st.cache_resource``, keyed by run folder and weights digest. Uploaded images are
-decoded in memory by ``ecaml.data.open_image``; nothing is written to disk.
+The page opens on a query where the runs disagree. Embeddings are computed by
+background jobs (``app.embedding_jobs``, with progress); indexes are built from
+the cached vectors (``ecaml.retrieval.RunIndex``: faiss holds the one in-memory
+copy) and kept per process with ``st.cache_resource``, keyed by run folder and
+weights digest. Classes are found by typing part of a name (only the matches are
+offered), images by their number. Uploaded images are decoded in memory by
+``ecaml.data.open_image``; nothing is written to disk.
 """
 
 from __future__ import annotations
@@ -11,15 +15,19 @@ import random
 
 import streamlit as st
 
-from app import deployment, errors, layout, locations, pictures, run_catalog, run_picker, splits, upload_preview
+from app import (background_jobs, deployment, embedding_jobs, errors, layout, locations, pictures, run_catalog,
+                 run_picker, splits, upload_preview)
 from ecaml.data.images import IMAGE_SUFFIXES, open_image
 
 SOURCES = {
-    "browse": "Browse by class",
-    "random": "At random",
     "disagree": "Where the runs disagree",
+    "browse": "Find a class",
+    "number": "By image number",
+    "random": "At random",
     "upload": "Upload an image",
 }
+QUICK_JOB_S = 1.0  # how long the page waits for a background job before it shows its progress instead
+MAX_CLASS_OPTIONS = 50  # class matches offered at once: never thousands of options in one list
 UPLOAD_TYPES = [suffix.lstrip(".") for suffix in IMAGE_SUFFIXES]
 QUERY_PIXELS = 160
 NEIGHBOUR_PIXELS = 84
@@ -35,13 +43,18 @@ def render() -> None:
     chosen = run_picker.choose_runs("retrieval")
     if not chosen:
         return
-    loaded = load_indexes(run_picker.same_data_only(chosen, "so its gallery holds other images"))
+    chosen = run_picker.same_data_only(chosen, "so its gallery holds other images")
+    ready = embedding_jobs.ensure_embedded(chosen, "unseen")
+    if len(ready) < len(chosen):
+        return  # the progress bars are showing; the page redraws itself when the embeddings are cached
+    loaded = load_indexes(ready)
     if not loaded:
         return
     split = loaded[0][1].split
     left, right = st.columns([1, 2], gap="large")
     with left:
-        source = st.radio("Query", list(SOURCES), format_func=SOURCES.get, key="query_source")
+        sources = list(SOURCES) if len(loaded) > 1 else [name for name in SOURCES if name != "disagree"]
+        source = st.radio("Query", sources, format_func=SOURCES.get, key="query_source")
         query = choose_query(source, loaded, split)
         k = st.slider("Neighbours per run", 1, 16, 8, key="neighbours_k")
     with right:
@@ -86,7 +99,9 @@ def load_indexes(chosen: list[run_catalog.RunEntry]) -> list[tuple[run_catalog.R
 def choose_query(source: str, loaded: list, split):
     """A dataset index (int) or an uploaded PIL image, or None when there is nothing to ask yet."""
     if source == "browse":
-        return browse_query(split)
+        return browse_query(loaded[0][1], split)
+    if source == "number":
+        return numbered_query(loaded[0][1], split)
     if source == "random":
         return random_query(split)
     if source == "disagree":
@@ -94,12 +109,37 @@ def choose_query(source: str, loaded: list, split):
     return uploaded_query(split, loaded[0][0].run)
 
 
-def browse_query(split) -> int:
+def browse_query(index, split) -> int | None:
+    """Type part of a class name; pick among the matches (at most MAX_CLASS_OPTIONS listed); then an image of it."""
+    names = split.dataset.class_names
     classes = split.classes("unseen")
-    label = st.selectbox("Class", classes, format_func=lambda c: split.dataset.class_names[c], key="query_class")
-    members = [int(i) for i in split.indices("unseen") if split.dataset.labels[i] == label]
+    typed = st.text_input(
+        f"Class name contains ({len(classes):,} unseen classes)", key="query_class_search",
+        placeholder="type part of a name",
+    ).strip().lower()
+    matches = [c for c in classes if typed in names[c].lower()] if typed else list(classes)
+    if not matches:
+        st.caption(f"No unseen class name contains “{typed}”.")
+        return None
+    if len(matches) > MAX_CLASS_OPTIONS:
+        st.caption(f"{len(matches):,} classes match; the first {MAX_CLASS_OPTIONS} are listed. Type more to narrow.")
+    label = st.selectbox("Class", matches[:MAX_CLASS_OPTIONS], format_func=lambda c: names[c], key="query_class")
+    members = index.class_members(label)
     number = st.number_input(f"Image number (1–{len(members)})", 1, len(members), 1, key=f"query_number_{label}")
-    return members[int(number) - 1]
+    return int(members[int(number) - 1])
+
+
+def numbered_query(index, split) -> int | None:
+    """Any unseen image by its dataset number (the number the map's hover and the captions show)."""
+    unseen = index.embeddings.indices
+    lowest, highest = int(unseen.min()), int(unseen.max())
+    number = st.number_input(f"Dataset image number ({lowest}–{highest})", lowest, highest, lowest, key="query_image")
+    try:
+        index.row_of(int(number))
+    except ValueError:
+        st.caption(f"Image {int(number)} is not of an unseen class; choose another number.")
+        return None
+    return int(number)
 
 
 def random_query(split) -> int:
@@ -112,25 +152,36 @@ def random_query(split) -> int:
     return st.session_state[RANDOM_QUERY_KEY]
 
 
-@st.cache_data(max_entries=16, show_spinner=False)
-def _disagreements(keys: tuple, _indexes: list) -> list[int]:
-    from ecaml.retrieval import disagreement_queries
+def disagreement_job(loaded: list):
+    """The background job ranking the queries where these runs disagree (on a large gallery it takes a while)."""
+    indexes = [index for _, index, _ in loaded]
+    key = ("disagreement",) + tuple((entry.key, digest) for entry, _, digest in loaded)
 
-    return [int(i) for i in disagreement_queries(_indexes, k=4, limit=50)]
+    def work(job) -> None:
+        from ecaml.retrieval import disagreement_queries
+
+        job.result = [int(i) for i in disagreement_queries(indexes, k=4, limit=50)]
+
+    return key, background_jobs.start(key, "finding where the runs disagree", work)
 
 
 def disagreement_query(loaded: list, split) -> int | None:
     if len(loaded) < 2:
         st.info("Pick at least two runs to find the queries they disagree on.")
         return None
-    keys = tuple((entry.key, digest) for entry, _, digest in loaded)
-    with st.spinner("Finding the queries where the runs disagree…"):
-        candidates = errors.attempt(
-            "find where the runs disagree", _disagreements, keys, [index for _, index, _ in loaded]
-        )
+    key, job = disagreement_job(loaded)
+    if job.running:  # a small gallery is ranked in well under a second: show its answer rather than a progress bar
+        job.thread.join(timeout=QUICK_JOB_S)
+    if job.running:
+        st.info("Finding the queries where the runs disagree (a background job)…", icon=":material/hourglass_top:")
+        background_jobs.follow((key,), ("Comparing the runs' answers",))
+        return None
+    if job.error is not None:
+        st.error(f"Could not find where the runs disagree: {errors.one_sentence(job.error)}")
+        return None
+    candidates = job.result
     if not candidates:
-        if candidates is not None:
-            st.info("These runs agree on every query.")
+        st.info("These runs agree on every query.")
         return None
     return st.selectbox(
         f"Query ({len(candidates)} found, most disagreement first)",

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from app import charts, deployment, errors, layout, locations, run_catalog, run_picker, training_job
+from app import charts, deployment, errors, layout, lesson, locations, run_catalog, run_picker, training_job
 from ecaml.config import DATASET_DEFAULTS, TrainConfig
 from ecaml.paths import PathError, confine
 from ecaml.runs import read_metrics
@@ -50,7 +50,7 @@ def render() -> None:
         "the other pages meanwhile. A finished run appears on the Compare page."
     )
     running = show_job()
-    # (The lesson pair section, app/lesson.py, goes here: one call, between the job and the form.)
+    lesson.offer_lesson()
     st.subheader("New run")
     show_form(running)
     show_twin_section(running)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 from apptest_support import assert_clean, open_page, plotly_specs, run_key, vega_charts
+from map_support import open_ready
 
 
 def metrics_columns(app) -> list[str]:
@@ -31,7 +32,7 @@ def test_opens_on_the_shipped_pair_with_a_delta_column(shipped_runs):
 
 
 def test_the_distance_histograms_are_drawn_once_their_expander_is_open():
-    app = open_page("compare", {"distances_open": True})
+    app = open_ready(open_page, "compare", {"distances_open": True})  # the embeddings come from background jobs
     assert_clean(app)
     charts = vega_charts(app)
     assert len(charts) == 4  # curves, recall over training, one distance histogram per run

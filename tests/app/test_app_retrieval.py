@@ -1,11 +1,23 @@
-"""The Retrieval page: query sources, neighbour captions per run, uploads good and bad."""
+"""The Retrieval page: it opens where the runs disagree; classes found by typing, images by number; neighbour
+captions per run; uploads good and bad; embeddings from background jobs."""
 
 from __future__ import annotations
 
 import io
+import shutil
+from pathlib import Path
 
+import pytest
 from apptest_support import assert_clean, image_captions, open_page, run_key
+from map_support import open_ready
 from PIL import Image
+
+from app.views import retrieval as page
+from ecaml.data import load_split
+from ecaml.retrieval import build_index, disagreement_queries
+from ecaml.runs import load_run
+
+REPO_CHECKPOINTS = Path(__file__).resolve().parents[2] / "checkpoints"
 
 
 def neighbour_captions(app) -> list[list[str]]:
@@ -19,55 +31,102 @@ def png_bytes(size=(8, 8)) -> bytes:
     return buffer.getvalue()
 
 
-def test_browsing_shows_marked_neighbours_for_each_run():
-    app = open_page("retrieval")
+def open_retrieval(state: dict | None = None):
+    return open_ready(open_page, "retrieval", state)
+
+
+def test_the_page_opens_on_the_query_where_the_runs_disagree_most(shipped_runs, session_cache):
+    app = open_retrieval()
     assert_clean(app)
+    assert app.radio(key="query_source").value == "disagree"
+    indexes = [build_index(load_run(shipped_runs / name), "unseen", session_cache) for name in ("digits-ec-off", "digits-ec-on")]
+    expected = disagreement_queries(indexes, k=4, limit=50)
+    box = app.selectbox(key="query_disagreement")
+    assert expected and box.value == expected[0] and len(box.options) == len(expected)
     grids = neighbour_captions(app)
     assert len(grids) == 2 and all(len(grid) == 8 for grid in grids)
-    assert all(caption[0] in "✓✗" for grid in grids for caption in grid)
-    assert [subheader.value for subheader in app.markdown if subheader.value.startswith("####")] == [
+    assert [markdown.value for markdown in app.markdown if markdown.value.startswith("####")] == [
         "#### digits-ec-off",
         "#### digits-ec-on",
     ]
     assert any("answered in" in caption.value for caption in app.caption)
 
 
-def test_picking_another_query_changes_the_neighbours():
-    app = open_page("retrieval")
-    before = neighbour_captions(app)
-    query_before = image_captions(app)[0]
-    app.selectbox(key="query_class").set_value(8).run()
+def test_a_class_is_found_by_typing_part_of_its_name():
+    app = open_retrieval({"query_source": "browse"})
     assert_clean(app)
-    assert image_captions(app)[0] != query_before
-    assert neighbour_captions(app) != before
+    assert app.selectbox(key="query_class").options == ["5", "6", "7", "8", "9"]
+    app.text_input(key="query_class_search").set_value("7").run()
+    assert_clean(app)
+    assert app.selectbox(key="query_class").options == ["7"]
+    assert image_captions(app)[0] == ["query: class 7"]
+    assert all(len(grid) == 8 for grid in neighbour_captions(app))
     app.slider(key="neighbours_k").set_value(3).run()
     assert all(len(grid) == 3 for grid in neighbour_captions(app))
+    app.text_input(key="query_class_search").set_value("3").run()  # a seen digit: not offered
+    assert not app.exception and not neighbour_captions(app)
+    assert any("No unseen class name contains" in caption.value for caption in app.caption)
 
 
-def test_random_and_disagreement_queries():
-    app = open_page("retrieval")
-    app.radio(key="query_source").set_value("random").run()
+@pytest.fixture
+def glyph_runs(monkeypatch, tmp_path) -> Path:
+    root = tmp_path / "glyphs"
+    for name in ("glyphs-triplet-ec0-seed0", "glyphs-triplet-ec0.13-seed0"):
+        shutil.copytree(REPO_CHECKPOINTS / name, root / name, ignore=shutil.ignore_patterns("film"))
+    monkeypatch.setenv("ECAML_CHECKPOINTS_DIR", str(root))
+    return root
+
+
+def test_with_many_classes_only_the_first_matches_are_listed(glyph_runs):
+    app = open_retrieval({"query_source": "browse"})
+    assert_clean(app)
+    split = load_split("glyphs")
+    unseen = split.classes("unseen")
+    assert len(unseen) > page.MAX_CLASS_OPTIONS
+    assert len(app.selectbox(key="query_class").options) == page.MAX_CLASS_OPTIONS
+    assert any(f"{len(unseen)} classes match" in caption.value for caption in app.caption)
+    wanted = split.dataset.class_names[unseen[-1]]
+    app.text_input(key="query_class_search").set_value(wanted).run()
+    options = app.selectbox(key="query_class").options
+    assert wanted in options and all(wanted.lower() in option.lower() for option in options)
+
+
+def test_a_query_by_image_number(shipped_runs):
+    app = open_retrieval({"query_source": "number"})
+    assert_clean(app)
+    split = load_split("digits")
+    unseen = split.indices("unseen")
+    box = app.number_input(key="query_image")
+    assert box.value == int(unseen.min())
+    chosen = int(unseen[123])
+    box.set_value(chosen).run()
+    assert_clean(app)
+    assert image_captions(app)[0] == [f"query: class {split.dataset.class_name(chosen)}"]
+    assert len(neighbour_captions(app)) == 2
+    seen = int(split.indices("train")[-1])
+    if seen > unseen.min():  # a seen image inside the number range: refused in one line
+        app.number_input(key="query_image").set_value(seen).run()
+        assert not app.exception and not neighbour_captions(app)
+        assert any(f"Image {seen} is not of an unseen class" in caption.value for caption in app.caption)
+
+
+def test_random_queries():
+    app = open_retrieval({"query_source": "random"})
     assert_clean(app)
     assert app.button(key="random_again")
-    app.radio(key="query_source").set_value("disagree").run()
-    assert_clean(app)
-    found = [box for box in app.selectbox if box.key == "query_disagreement"]
-    if found:  # tiny runs may agree everywhere; then the page says so
-        assert found[0].options
-        assert len(neighbour_captions(app)) == 2
-    else:
-        assert any("agree on every query" in info.value for info in app.info)
+    assert len(neighbour_captions(app)) == 2
 
 
-def test_disagreement_needs_two_runs(shipped_runs):
-    app = open_page("retrieval", {"query_source": "disagree"})
+def test_with_one_run_there_is_no_disagreement_to_open_on(shipped_runs):
+    app = open_retrieval()
     app.multiselect(key="runs_retrieval").set_value([run_key(shipped_runs, "digits-ec-on")]).run()
     assert_clean(app)
-    assert any("at least two runs" in info.value for info in app.info)
+    assert "disagree" not in [option for option in app.radio(key="query_source").options]
+    assert len(neighbour_captions(app)) == 1
 
 
 def test_an_uploaded_image_is_searched_without_marks():
-    app = open_page("retrieval", {"query_source": "upload"})
+    app = open_retrieval({"query_source": "upload"})
     app.file_uploader(key="query_upload").set_value(("grey.png", png_bytes(), "image/png")).run()
     assert_clean(app)
     grids = neighbour_captions(app)
@@ -76,13 +135,11 @@ def test_an_uploaded_image_is_searched_without_marks():
 
 
 def test_a_non_image_upload_is_one_error_and_the_page_keeps_working():
-    app = open_page("retrieval", {"query_source": "upload"})
+    app = open_retrieval({"query_source": "upload"})
     app.file_uploader(key="query_upload").set_value(("notes.png", b"this is not a picture", "image/png")).run()
     assert not app.exception
     assert len(app.error) == 1 and app.error[0].value.startswith("Could not read this upload")
     assert "\n" not in app.error[0].value
-    app.file_uploader(key="query_upload").set_value(("empty.png", b"", "image/png")).run()
-    assert not app.exception and len(app.error) == 1
     app.radio(key="query_source").set_value("browse").run()
     assert_clean(app)
     assert len(neighbour_captions(app)) == 2

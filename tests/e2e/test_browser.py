@@ -350,47 +350,45 @@ def test_embeddings(page, app_server, errors):
             f"the job is {job_state(app_server)!r} but the sidebar shows no progress"
         )
 
-    # The aligned UMAP is not cached yet (and the server's warm-up is off): the page opens on PCA, at once.
+    # The aligned UMAP is not cached yet (and the server's warm-up is off): the page opens on PCA, once the
+    # background job has embedded the runs' unseen images.
     settle(page)
     wait_for_text(page, "Embeddings of unseen classes")
+    frame = wait_for_map(page)
     radios = page.locator(f'{MAIN} [data-testid="stRadio"] input[type="radio"]')
     assert radios.nth(1).is_checked(), "the page did not open on PCA"
     compute = page.locator(MAIN).get_by_role("button", name=re.compile("Compute aligned UMAP"))
     assert compute.count() == 1, "no button to compute the aligned UMAP"
-    wait_for_plots(page, 2)
-    titles = plot_texts(page)
-    assert f"{RUN_OFF} · EC off" in titles and f"{RUN_ON} · EC λ=0.13" in titles, titles
-    assert page.locator(f"{PLOTS} .scatterlayer .point").count() > 100, "the PCA panels have no points"
-    assert "Click a point or lasso a group to see the images." in main_text(page)
+    titles = frame.locator(".panel h4").all_inner_texts()
+    assert titles == [f"{RUN_OFF} · EC off", f"{RUN_ON} · EC λ=0.13"], titles
+    assert int(frame.evaluate("() => document.body.dataset.points")) == 896, "not every unseen digit is on the map"
+    assert "Hover a point to see its image" in main_text(page)
     assert_no_error_boxes(page, "Embeddings (PCA)")
     screenshot(page, "embeddings-pca")
 
     # The button computes the UMAP in the background; the PCA maps stay usable meanwhile.
-    pca_points = point_positions(page)
+    pca_points = map_positions(frame)
     compute.click()
-    computing = page.locator(MAIN).get_by_text("Computing the aligned UMAP maps in the background")
+    computing = page.locator(MAIN).get_by_text("Computing the aligned UMAP")
     computing.wait_for(timeout=PAGE_TIMEOUT_S * 1000)
     assert radios.nth(0).is_checked()
-    settle(page)  # the page is not blocked while the UMAP computes
-    if computing.count():
-        assert plot_count(page) == 2 and point_positions(page) == pca_points, "the PCA maps went away meanwhile"
     # When it is done the page switches by itself.
     computing.wait_for(state="detached", timeout=UMAP_TIMEOUT_S * 1000)
     settle(page)
-    wait_for_plots(page, 2)
     deadline = time.monotonic() + PAGE_TIMEOUT_S
-    while point_positions(page) == pca_points:  # the panels now show the UMAP maps
+    while True:  # the panels now show the UMAP maps
+        frame = wait_for_map(page)
+        if map_positions(frame) != pca_points:
+            break
         assert time.monotonic() < deadline, "the finished UMAP did not replace the PCA maps"
         time.sleep(0.2)
     assert radios.nth(0).is_checked()
     assert page.locator(MAIN).get_by_role("button", name=re.compile("Compute aligned UMAP")).count() == 0
-    assert page.locator(f"{PLOTS} .scatterlayer .point").count() > 100, "the UMAP panels have no points"
 
-    # Hovering cannot show images; a click on a point does, under its map.
-    point = page.locator(f"{PLOTS} .scatterlayer .point").nth(40)
-    point.scroll_into_view_if_needed()
-    box = point.bounding_box()
-    page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    # A click on a point selects it: its image shows under the map.
+    x, y = frame.evaluate("() => window.ecamlMap.screenPosition(0, 40)")
+    box = page.frame_locator("iframe[title*='embedding_map']").locator(".panel[data-panel='0'] canvas.overlay").bounding_box()
+    page.mouse.click(box["x"] + x, box["y"] + y)
     wait_for_text(page, "1 selected")
     settle(page)
     assert page.locator(f'{MAIN} [data-testid="stImage"] img').count() == 1, "the clicked point's image is missing"
@@ -399,9 +397,29 @@ def test_embeddings(page, app_server, errors):
     errors.check()
 
 
+def wait_for_map(page, timeout: float = PAGE_TIMEOUT_S):
+    """The embedding map's frame once it has built its panels (app/map_frontend)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for frame in page.frames:
+            try:
+                if frame.evaluate("() => document.body && document.body.dataset.ready === '1'"):
+                    return frame
+            except Exception:  # noqa: BLE001 - frames come and go while Streamlit renders
+                pass
+        time.sleep(0.2)
+    raise AssertionError(f"the map did not build within {timeout:.0f} s")
+
+
+def map_positions(frame) -> list:
+    return frame.evaluate("() => [0, 100, 500].map((row) => window.ecamlMap.screenPosition(0, row))")
+
+
 def test_retrieval(page, app_server, errors):
     open_page(page, app_server, "Retrieval")
     wait_for_text(page, "Nearest neighbours")
+    wait_for_text(page, "query: class")  # it opens where the runs disagree, ranked by a (short) background job
+    settle(page)
     text = main_text(page)
     assert "query: class" in text, "no query image caption"
     times = re.findall(r"answered in (\d+(?:\.\d+)?) ms", text)

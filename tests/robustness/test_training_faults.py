@@ -8,7 +8,6 @@ good checkpoint loadable and the files it did not commit untouched, and allow
 from __future__ import annotations
 
 import errno
-import json
 import os
 
 import pytest

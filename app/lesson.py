@@ -1,0 +1,123 @@
+"""The Train page's lesson: one click trains an EC-off / EC-on pair on the built-in digits with a training film,
+then opens the film on the Embeddings page.
+
+The pair is the study's clearest setting (``checkpoints/featured.json``: triplet
+loss, λ = 0.6), with the featured runs' length and seed, so the lesson re-makes
+the comparison the app opens on and lets it be watched forming. Both runs train
+at once, each in its own ``python -m ecaml train`` process (one CPU thread each),
+started and waited for (so reaped) by a background job of this server; their
+progress is read from their run folders.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import streamlit as st
+
+from app import background_jobs, errors, run_picker
+from app.background_jobs import BackgroundJob
+from app.locations import REPO_ROOT, runs_dir
+from ecaml.config import TrainConfig
+from ecaml.jobs import config_flags
+from ecaml.runs import read_status
+
+LESSON_SETTINGS = dict(dataset="digits", loss="triplet", epochs=4, seed=0, eval_every=0, film_every=2, device="cpu")
+LESSON_EC_WEIGHTS = {"ec0": 0.0, "ec0.6": 0.6}
+LESSON_KEY = "lesson_runs"  # this session's lesson: its run folders
+FILM_VIEW = "film"
+
+
+def lesson_configs() -> dict[str, TrainConfig]:
+    """The pair: the same config but for λ (EC off, EC on)."""
+    base = TrainConfig(**LESSON_SETTINGS)
+    return {suffix: dataclasses.replace(base, ec_weight=weight) for suffix, weight in LESSON_EC_WEIGHTS.items()}
+
+
+def lesson_job_key(folders: tuple[str, ...]) -> tuple:
+    return ("lesson",) + folders
+
+
+def start_lesson() -> tuple[str, ...]:
+    """Start both runs (in the background) into new folders under runs/; their folders."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    configs = lesson_configs()
+    folders = tuple(str(runs_dir() / f"lesson-digits-triplet-{suffix}-{stamp}") for suffix in configs)
+
+    def work(job: BackgroundJob) -> None:
+        runs_dir().mkdir(parents=True, exist_ok=True)
+        environment = dict(os.environ, PYTHONUNBUFFERED="1")
+        processes = []
+        for folder, config in zip(folders, configs.values()):
+            command = [sys.executable, "-m", "ecaml", "train", *config_flags(config.resolved()), f"--out={folder}",
+                       "--quiet"]
+            processes.append(subprocess.Popen(command, cwd=REPO_ROOT, env=environment, stdin=subprocess.DEVNULL,
+                                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        failures = []
+        for folder, process in zip(folders, processes):
+            output, _ = process.communicate()  # waits, so the process is reaped
+            if process.returncode != 0:
+                failures.append(f"{Path(folder).name}: {(output or '').strip().splitlines()[-1:] or ['no output']}")
+        if failures:
+            raise RuntimeError("; ".join(failures))
+
+    background_jobs.start(lesson_job_key(folders), "the lesson pair", work)
+    return folders
+
+
+def lesson_progress(folders: tuple[str, ...]) -> tuple[int, int]:
+    done = total = 0
+    for folder in folders:
+        status = read_status(Path(folder)) or {}
+        done += int(status.get("step") or 0)
+        total += int(status.get("total_steps") or 0)
+    return done, total
+
+
+@st.fragment(run_every=1.0)
+def _follow(folders: tuple[str, ...]) -> None:
+    job = background_jobs.job_by_key(lesson_job_key(folders))
+    if job is None or not job.running:
+        st.rerun()
+    done, total = lesson_progress(folders)
+    st.progress(done / total if total else 0.0, text=f"Training the lesson pair: step {done:,} of {total or '…'} "
+                                                     f"({job.seconds:.0f} s)")
+
+
+def open_film(folders: tuple[str, ...]) -> None:
+    from app.views import embeddings
+
+    st.session_state[run_picker.SELECTION_KEY] = list(folders)
+    st.session_state.pop("runs_embeddings", None)  # the picker's own state would win over the selection
+    st.session_state[embeddings.VIEW_KEY] = FILM_VIEW
+    st.switch_page("views/embeddings.py")
+
+
+def offer_lesson() -> None:
+    """The lesson's panel on the Train page: the button, the pair's progress, then the way to its film."""
+    st.subheader("Lesson: watch Energy Confusion shape an embedding")
+    st.caption(
+        "Trains two small networks on handwritten digits, EC off and EC on (triplet loss, λ = 0.6, the study's "
+        "clearest effect), both at once in about a minute, filming their embeddings of the 5 digits they never see. "
+        "Then the film plays them side by side."
+    )
+    folders = tuple(st.session_state.get(LESSON_KEY) or ())
+    job = background_jobs.job_by_key(lesson_job_key(folders)) if folders else None
+    if job is not None and job.running:
+        _follow(folders)
+        return
+    if job is not None and job.error is not None:
+        st.error(f"The lesson's training failed: {errors.one_sentence(job.error)}")
+    elif folders and all(Path(folder, "metrics.json").is_file() for folder in folders):
+        st.success("The lesson pair has finished training.", icon=":material/check_circle:")
+        if st.button("Open the training film", icon=":material/movie:", key="lesson_film", type="primary"):
+            open_film(folders)
+        return
+    if st.button("Train the lesson pair", icon=":material/school:", key="lesson_start"):
+        st.session_state[LESSON_KEY] = list(start_lesson())
+        st.rerun()

@@ -1,0 +1,61 @@
+"""The Train page's lesson: the featured EC-off / EC-on pair, trained with a film, then its film opens."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+from apptest_support import assert_clean, open_page
+from map_support import finish_background_jobs, maps
+
+from app import lesson
+from ecaml.config import TrainConfig
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SETTING_FIELDS = ("dataset", "loss", "epochs", "seed", "embedding_dim", "classes_per_batch", "images_per_class", "lr",
+                  "weight_decay", "backbone", "image_size", "ec_pairs", "ec_partners", "ec_route")
+
+
+def test_the_lesson_pair_is_the_featured_pair_with_a_film():
+    featured = json.loads((REPO_ROOT / "checkpoints" / "featured.json").read_text())["runs"]
+    configs = list(lesson.lesson_configs().values())
+    assert [c.ec_weight for c in configs] == [0.0, 0.6]
+    for config, name in zip(configs, featured):
+        shipped = json.loads((REPO_ROOT / "checkpoints" / name / "config.json").read_text())
+        resolved = config.resolved()
+        assert {f: getattr(resolved, f) for f in SETTING_FIELDS} == {f: shipped[f] for f in SETTING_FIELDS}, name
+        assert resolved.ec_weight == shipped["ec_weight"] and resolved.film_every > 0
+    # The two runs differ in the EC weight only.
+    first, second = (c.to_dict() for c in configs)
+    assert {key for key in first if first[key] != second[key]} == {"ec_weight"}
+
+
+def test_the_button_trains_the_pair_and_opens_its_film(monkeypatch, app_environment):
+    monkeypatch.setitem(lesson.LESSON_SETTINGS, "max_steps", 4)  # a short lesson for the test
+    app = open_page("train")
+    assert_clean(app)
+    app.button(key="lesson_start").click().run()
+    assert_clean(app)
+    folders = [Path(folder) for folder in app.session_state[lesson.LESSON_KEY]]
+    assert [folder.parent for folder in folders] == [app_environment, app_environment]
+    finish_background_jobs()
+    app.run()
+    assert_clean(app)
+    assert any("has finished training" in success.value for success in app.success)
+    for folder, weight in zip(folders, (0.0, 0.6)):
+        config = TrainConfig.from_dict({k: v for k, v in json.loads((folder / "config.json").read_text()).items()
+                                        if k not in ("format_version", "ecaml_version")})
+        assert config.ec_weight == weight and config.max_steps == 4 and config.film_every == 2
+        assert json.loads((folder / "film" / "film.json").read_text())["steps"] == [0, 2, 4]
+    app.button(key="lesson_film").click().run()  # switches to Embeddings, on the film
+    assert_clean(app)
+    assert app.title[0].value == "Embeddings of unseen classes"
+    (film,) = maps(app)
+    assert film.args["frame_steps"] == [0, 2, 4]
+    assert [title.split(" (yours)")[0] for title in film.titles] == [folder.name for folder in folders]
+    # Both processes were waited for: none is left behind as a zombie of this test process.
+    children = subprocess.run(["ps", "--ppid", str(os.getpid()), "-o", "stat="], capture_output=True,
+                              text=True).stdout.split()
+    assert not [state for state in children if state.startswith("Z")]
