@@ -11,7 +11,7 @@ from apptest_support import assert_clean, open_page
 from map_support import finish_background_jobs, maps
 
 from app import lesson
-from ecaml.config import TrainConfig
+from ecaml.runs import read_config
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SETTING_FIELDS = ("dataset", "loss", "epochs", "seed", "embedding_dim", "classes_per_batch", "images_per_class", "lr",
@@ -45,8 +45,7 @@ def test_the_button_trains_the_pair_and_opens_its_film(monkeypatch, app_environm
     assert_clean(app)
     assert any("has finished training" in success.value for success in app.success)
     for folder, weight in zip(folders, (0.0, 0.6)):
-        config = TrainConfig.from_dict({k: v for k, v in json.loads((folder / "config.json").read_text()).items()
-                                        if k not in ("format_version", "ecaml_version")})
+        config = read_config(folder)
         assert config.ec_weight == weight and config.max_steps == 4 and config.film_every == 2
         assert json.loads((folder / "film" / "film.json").read_text())["steps"] == [0, 2, 4]
     app.button(key="lesson_film").click().run()  # switches to Embeddings, on the film
