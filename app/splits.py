@@ -1,19 +1,20 @@
-"""Class splits (a run's images and class names), loaded once per process and dataset."""
+"""Class splits (a run's images and class names), loaded once per process for each distinct split."""
 
 from __future__ import annotations
 
 import streamlit as st
 
-from ecaml.data import load_split
+from ecaml.evaluate import split_for, split_settings
 from ecaml.runs import Run
 
 
 @st.cache_resource(max_entries=8, show_spinner=False)
-def _split(dataset: str, data_root: str | None, val_classes: float, split_seed: int):
-    return load_split(dataset, data_root, val_classes, split_seed)
+def _split(settings: tuple, _run: Run):
+    # Keyed by what decides the split (dataset, folder, validation classes, held-out images), not by the run:
+    # every run of one split shares one copy of its image list.
+    return split_for(_run.config)
 
 
 def split_of(run: Run):
-    """The run's class split (its images and class names), loaded once per dataset."""
-    config = run.config
-    return _split(config.dataset, config.data_root, config.val_classes, config.split_seed)
+    """The run's class split, exactly as it was trained with (ecaml.evaluate.split_for)."""
+    return _split(split_settings(run.config), run)
