@@ -46,8 +46,8 @@ def render() -> None:
         st.markdown(deployment.LOCAL_TRAINING_HINT)
         return
     st.caption(
-        f"Training runs in its own process and writes to `{locations.shown_path(locations.runs_dir())}/`; you can browse "
-        "the other pages meanwhile. A finished run appears on the Compare page."
+        f"Training runs in its own process and writes to `{locations.shown_path(locations.runs_dir())}/`; you can "
+        "browse the other pages meanwhile. A finished run appears on the Compare page."
     )
     running = show_job()
     lesson.offer_lesson()
@@ -333,8 +333,8 @@ def show_form(running: Path | None) -> None:
             "Data root (folder dataset only)",
             key="train_data_root",
             placeholder="my-images",
-            help=f"A folder inside `{locations.shown_path(locations.data_dir())}/` (set ECAML_DATA_DIR to allow another) "
-            "with one sub-folder of images per class.",
+            help=f"A folder inside `{locations.shown_path(locations.data_dir())}/` (set ECAML_DATA_DIR to allow "
+            "another) with one sub-folder of images per class.",
         )
         loss = second.selectbox("Base metric loss", LOSSES, index=index_of(LOSSES, defaults.loss), key="train_loss")
         ec_weight = second.number_input(
@@ -408,7 +408,8 @@ def show_form(running: Path | None) -> None:
             st.caption(f"A job is running: **{running.name}**. You can start a new run when it ends or is stopped.")
     if not submitted:
         return
-    config = TrainConfig(
+    config = form_config(
+        defaults,
         dataset=dataset,
         data_root=data_root.strip() or None,
         loss=loss,
@@ -422,6 +423,20 @@ def show_form(running: Path | None) -> None:
         val_classes=int(val_classes),
     )
     start(config, name.strip() or None)
+
+
+def form_config(defaults: TrainConfig, **shown) -> TrainConfig:
+    """The run the form asks for: its fields, and on the featured run's data set the featured run's split too.
+
+    What the form does not show (images held out of training, the validation seed) follows the featured run, so a
+    run from the form shares its split and gets a Δ against it on Compare. During training it scores the validation
+    classes when some are held out, else the test classes, which Compare labels "not for model selection".
+    """
+    hidden = {}
+    if shown["dataset"] == defaults.dataset:
+        hidden = {"seen_test_per_class": defaults.seen_test_per_class, "val_seed": defaults.val_seed}
+    scored = (["val"] if shown["val_classes"] else ["unseen"]) if shown["eval_every"] else None
+    return TrainConfig(**hidden, **shown, eval_splits=scored)
 
 
 def confined_data_root(text: str) -> str | None:
