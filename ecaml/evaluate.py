@@ -65,7 +65,7 @@ def embed_indices(
     under autocast. Workers and batch size change the speed, never the vectors.
     """
     device = device or next(model.parameters()).device
-    batch_size = batch_size or (1024 if config.image_size <= 64 else 256)
+    batch_size = batch_size or (1024 if (config.image_size or 224) <= 64 else 256)
     workers = _embedding_workers(len(indices), batch_size) if num_workers is None else num_workers
     view = ImageView(split.dataset, indices, eval_transform(config, channels))
     # A private generator keeps evaluation from drawing on the training run's global RNG.

@@ -23,6 +23,7 @@ indexes, where it has no rival.
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from typing import Iterator
@@ -44,8 +45,12 @@ APPROXIMATE_KINDS = ("hnsw", "ivf")
 RECALL_SAMPLE = 1000
 
 
+@functools.lru_cache(maxsize=1)
 def default_device() -> torch.device:
-    """CUDA when there is a GPU (the matrix products and partial sorts run there), else the CPU."""
+    """CUDA when there is a GPU (the matrix products and partial sorts run there), else the CPU.
+
+    Asked once per process: without a driver, ``torch.cuda.is_available()`` costs milliseconds a call.
+    """
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 

@@ -12,6 +12,7 @@ from ecaml.metrics import (
     DEFAULT_RECALL_KS,
     kmeans_settings,
     l2_normalise,
+    lloyd_kmeans,
     nearest_neighbours,
     pair_distance_samples,
     query_gallery_metrics,
@@ -411,22 +412,61 @@ def test_nmi_with_pml_settings_is_pytorch_metric_learnings_own():
 
 
 def test_kmeans_settings_keep_restarts_while_cheap_and_follow_the_budget_above():
-    full = {"niter": 20, "nredo": 5, "min_points_per_centroid": 1}
-    # Small sets (every shipped checkpoint's unseen split): today's settings exactly.
+    full = {"implementation": "faiss", "niter": 20, "nredo": 5, "min_points_per_centroid": 1}
+    # Small sets (every shipped checkpoint's unseen split): today's faiss settings exactly.
     for count, clusters, dim in ((900, 5, 64), (5000, 100, 128), (35_000, 10, 128)):
         settings = kmeans_settings(count, clusters, dim)
         assert {key: settings[key] for key in full} == full
         assert settings["max_points_per_centroid"] == count
-    # Many small classes (SOP's test shape): one run, iterations cut to the budget's floor.
-    assert (kmeans_settings(60_502, 11_316, 512)["niter"], kmeans_settings(60_502, 11_316, 512)["nredo"]) == (10, 1)
-    # In between, restarts go before iterations do.
-    middle = kmeans_settings(30_000, 1000, 512)
-    assert (middle["niter"], middle["nredo"]) == (20, 3)
-    assert kmeans_settings(60_502, 11_316, 512, "pml") == {"niter": 20, "nredo": 1}
+    # SOP's test shape: one torch run of 20 iterations, within 4 N^2 d.
+    assert kmeans_settings(60_502, 11_316, 512) == {"implementation": "torch", "niter": 20, "nredo": 1}
+    # Restarts go before iterations do; iterations stop at 10.
+    assert kmeans_settings(30_000, 3_000, 512) == {"implementation": "torch", "niter": 20, "nredo": 2}
+    assert kmeans_settings(30_000, 10_000, 512) == {"implementation": "torch", "niter": 12, "nredo": 1}
+    assert kmeans_settings(30_000, 29_000, 512) == {"implementation": "torch", "niter": 10, "nredo": 1}
+    assert kmeans_settings(60_502, 11_316, 512, "pml") == {"implementation": "faiss", "niter": 20, "nredo": 1}
     with pytest.raises(ValueError, match="unknown nmi_kmeans 'sklearn'"):
         kmeans_settings(10, 2, 2, "sklearn")
     with pytest.raises(ValueError, match="unknown nmi_kmeans"):
         retrieval_metrics(np.ones((4, 2)), np.array([0, 0, 1, 1]), nmi_kmeans="fast")
+
+
+def _lloyd_reference(points, initial, iterations):
+    """Plain numpy Lloyd iterations from given centroids (float64), empty clusters kept."""
+    centroids = initial.astype(np.float64).copy()
+    for _ in range(iterations):
+        ids = np.argmin(((points[:, None, :] - centroids[None]) ** 2).sum(-1), axis=1)
+        for cluster in range(len(centroids)):
+            if np.any(ids == cluster):
+                centroids[cluster] = points[ids == cluster].mean(axis=0)
+    return np.argmin(((points[:, None, :] - centroids[None]) ** 2).sum(-1), axis=1)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_lloyd_kmeans_follows_lloyds_iterations_and_is_seeded(seed):
+    embeddings, labels = _clustered_data(240, 6, 8, seed=seed, spread=0.6)
+    unit = l2_normalise(embeddings)
+    initial = unit[torch.randperm(240, generator=torch.Generator().manual_seed(seed))[:8].numpy()]
+    for iterations in (1, 5):
+        ids = lloyd_kmeans(unit, 8, niter=iterations, nredo=1, seed=seed)
+        np.testing.assert_array_equal(ids, _lloyd_reference(unit.astype(np.float64), initial, iterations))
+    np.testing.assert_array_equal(lloyd_kmeans(unit, 8, niter=5, nredo=3, seed=seed),
+                                  lloyd_kmeans(unit, 8, niter=5, nredo=3, seed=seed))
+    # Restarts keep the lowest squared error, so they never do worse than the first run alone.
+    def error(ids):
+        return sum(((unit[ids == c] - unit[ids == c].mean(0)) ** 2).sum() for c in np.unique(ids))
+    assert error(lloyd_kmeans(unit, 8, niter=5, nredo=4, seed=seed)) <= error(lloyd_kmeans(unit, 8, niter=5, seed=seed)) + 1e-9
+
+
+def test_nmi_of_a_set_over_budget_uses_the_torch_kmeans(monkeypatch):
+    # 3,000 points in ~1,000 classes of 3: 5 x 20 faiss iterations cost 9.6e9 multiply-adds, over
+    # 4 N^2 d = 1.2e9; with the 1e11 floor lowered (to keep the test small), the torch k-means runs.
+    monkeypatch.setattr("ecaml.metrics._KMEANS_BUDGET_FLOOR", 0)
+    embeddings, labels = _clustered_data(3000, 32, 1000, seed=0, spread=0.05)
+    assert kmeans_settings(3000, len(np.unique(labels)), 32)["implementation"] == "torch"
+    nmi = retrieval_metrics(embeddings, labels, recall_ks=(1,), seed=3)["nmi"]
+    assert nmi == retrieval_metrics(embeddings, labels, recall_ks=(1,), seed=3)["nmi"]
+    assert nmi > 0.9
 
 
 # --- errors ---------------------------------------------------------------------------
