@@ -303,7 +303,7 @@ def _retrieval_scores(
                                            relevant_counts, max(recall_ks), self_rows, approximate_above)
     else:
         per_query = _exact_per_query(query_vectors, gallery_vectors, query_codes, gallery_codes, relevant_counts,
-                                     self_rows, device or default_device())
+                                     max(recall_ks), self_rows, device or default_device())
     first_hit_ranks, average_precisions, r_precisions = per_query
     scores = {f"recall@{k}": float(np.count_nonzero(first_hit_ranks < k) / len(first_hit_ranks)) for k in recall_ks}
     scores["map@r"] = float(np.mean(average_precisions))
@@ -311,14 +311,16 @@ def _retrieval_scores(
     return scores
 
 
-def _exact_per_query(query_vectors, gallery_vectors, query_codes, gallery_codes, relevant_counts, self_rows, device):
+def _exact_per_query(query_vectors, gallery_vectors, query_codes, gallery_codes, relevant_counts, largest_k, self_rows,
+                     device):
     """Per query: the 0-based rank of its first relevant neighbour, AP@R and R-Precision, searched exactly.
 
     Queries go by increasing R, so that a block's partial sort only goes as deep as its
     own largest R. Recall@K needs no list of K neighbours at all: the rank of the first
     relevant neighbour answers it for every K. Rows with no relevant neighbour in their
     top R get that rank by counting, over the full row, the neighbours ranked before the
-    best relevant one (ties by lower index, as in the lists).
+    best relevant one (ties by lower index, as in the lists), unless no K reaches past
+    their R: then "beyond R" answers every K.
     """
     order = np.argsort(relevant_counts, kind="stable")
     first_hit_ranks = np.empty(len(order), dtype=np.int64)
@@ -341,8 +343,10 @@ def _exact_per_query(query_vectors, gallery_vectors, query_codes, gallery_codes,
         found = is_relevant.any(dim=1)
         ranks = is_relevant.to(torch.int8).argmax(dim=1)  # the first True
         missed = torch.nonzero(~found).flatten()
-        if len(missed):
+        if len(missed) and largest_k > depth:
             ranks[missed] = _rank_of_best_relevant(block[missed], codes[missed], gallery_code_tensor, columns)
+        elif len(missed):
+            ranks[missed] = depth  # a miss for every K <= depth, and no K is larger
         first_hit_ranks[queries] = ranks.cpu().numpy()
         average_precisions[queries] = average_precision.cpu().numpy()
         r_precisions[queries] = r_precision.cpu().numpy()
