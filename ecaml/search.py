@@ -43,6 +43,8 @@ DEFAULT_APPROXIMATE_ABOVE = 1_000_000
 APPROXIMATE_KINDS = ("hnsw", "ivf")
 # Queries searched both ways to measure an approximate index's recall.
 RECALL_SAMPLE = 1000
+# Odd-even passes that order runs of equal similarities by index before a row is re-sorted instead.
+_TIE_PASSES = 16
 
 
 @functools.lru_cache(maxsize=1)
@@ -136,10 +138,32 @@ def _row_topk_lowest_tied(row: torch.Tensor, values: torch.Tensor, positions: to
 
 
 def _order_by_value_then_index(values: torch.Tensor, positions: torch.Tensor):
-    positions, by_position = torch.sort(positions, dim=1)
-    values = values.gather(1, by_position)
-    values, by_value = torch.sort(values, dim=1, descending=True, stable=True)
-    return values, positions.gather(1, by_value)
+    """Rows sorted by value (descending) with runs of equal values put in ascending position order.
+
+    Runs of equal float32 similarities are short (a few colliding values, or duplicates),
+    so odd-even transposition inside runs settles them in a few vectorised passes, where a
+    full re-sort would cost more than the partial sort itself when k is in the thousands.
+    Rows still unsettled after ``_TIE_PASSES`` passes (long runs: many duplicates) are re-sorted.
+    """
+    k = values.shape[1]
+    for _ in range(_TIE_PASSES):
+        swapped = False
+        for first in (0, 1):
+            left, right = slice(first, k - 1, 2), slice(first + 1, k, 2)
+            swap = (values[:, left] == values[:, right]) & (positions[:, left] > positions[:, right])
+            if swap.any():
+                low, high = positions[:, left], positions[:, right]
+                positions[:, left], positions[:, right] = torch.where(swap, high, low), torch.where(swap, low, high)
+                swapped = True
+        if not swapped:
+            return values, positions
+    unsettled = ((values[:, 1:] == values[:, :-1]) & (positions[:, 1:] < positions[:, :-1])).any(dim=1)
+    rows = torch.nonzero(unsettled).flatten()
+    positions[rows], by_position = torch.sort(positions[rows], dim=1)
+    ordered = values[rows].gather(1, by_position)
+    values[rows], by_value = torch.sort(ordered, dim=1, descending=True, stable=True)
+    positions[rows] = positions[rows].gather(1, by_value)
+    return values, positions
 
 
 # --- index choice -------------------------------------------------------------

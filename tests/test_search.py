@@ -158,3 +158,18 @@ def test_recall_report_counts_what_the_approximate_index_misses(seed):
     assert f"{report.recall:.2%}" in str(report)
     index.faiss_index.nprobe = index.faiss_index.nlist  # every list probed: exact
     assert index.measure_recall(k=10, sample=200, seed=seed).recall == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("run_length", [2, 3, 15, 40, 200])
+def test_long_and_short_runs_of_equal_values_are_ordered_by_index(run_length):
+    # Runs longer than the odd-even passes settle take the re-sort; both must give the index order.
+    rng = np.random.default_rng(run_length)
+    rows = rng.normal(size=(6, 500)).astype(np.float32)
+    for row in rows:
+        row[rng.choice(500, run_length, replace=False)] = 3.0  # the run is the top of the row
+    block = torch.from_numpy(rows)
+    for k in (run_length, run_length + 5, 499):
+        values, positions = topk_with_index_ties(block.clone(), k)
+        expected_values, expected_positions = torch.sort(block, dim=1, descending=True, stable=True)
+        np.testing.assert_array_equal(positions.numpy(), expected_positions[:, :k].numpy())
+        np.testing.assert_array_equal(values.numpy(), expected_values[:, :k].numpy())
