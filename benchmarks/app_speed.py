@@ -24,7 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import ROOT, SCALES, machine, pick, seconds  # noqa: E402
+from common import ROOT, SCALES, machine, pick  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402

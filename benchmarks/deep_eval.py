@@ -63,7 +63,8 @@ def measure(scale: str = "full") -> dict:
     unseen = embeddings["unseen"]
     calculator = AccuracyCalculator(include=("precision_at_1", "mean_average_precision_at_r", "r_precision"),
                                     k="max_bin_count", device=torch.device("cpu"))
-    pml_s, theirs = seconds(lambda: calculator.get_accuracy(torch.from_numpy(unseen.vectors), torch.from_numpy(unseen.labels)))
+    pml_s, theirs = seconds(lambda: calculator.get_accuracy(torch.from_numpy(unseen.vectors),
+                                                            torch.from_numpy(unseen.labels)))
     differences = {ours: abs(parts["unseen"]["metrics"][ours] - theirs[key]) for ours, key in MATCHED}
     return {
         "images": int(len(split.dataset)), "per_class": per_class, "image_size": 28, "embedding_dim": 128,

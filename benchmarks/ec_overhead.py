@@ -134,7 +134,8 @@ def build_trainers(names, scratch: Path, split=None, **config_values) -> dict[st
     return trainers
 
 
-def interleaved_times(trainers: dict[str, Trainer], batches, steps: int, rounds: int, warmup: int) -> dict[str, list[float]]:
+def interleaved_times(trainers: dict[str, Trainer], batches, steps: int, rounds: int,
+                      warmup: int) -> dict[str, list[float]]:
     """Seconds per step of each variant in each round; the order rotates each round."""
     for trainer in trainers.values():
         time_steps(trainer, batches, warmup, 0)
@@ -153,8 +154,10 @@ def ratio_summary(per_round: dict[str, list[float]]) -> dict[str, dict]:
     for name, times in per_round.items():
         ratios = [t / o for t, o in zip(times, per_round["off"])]
         q1, q3 = np.percentile(ratios, [25, 75])
-        result[name] = {"ms_per_step_median": 1000 * statistics.median(times), "ms_per_step_all": [1000 * t for t in times],
-                        "ratio_to_off_median": float(statistics.median(ratios)), "ratio_to_off_iqr": [float(q1), float(q3)]}
+        result[name] = {"ms_per_step_median": 1000 * statistics.median(times),
+                        "ms_per_step_all": [1000 * t for t in times],
+                        "ratio_to_off_median": float(statistics.median(ratios)),
+                        "ratio_to_off_iqr": [float(q1), float(q3)]}
     return result
 
 
@@ -177,8 +180,8 @@ def measure(scale: str = "full") -> dict:
         size, classes_per_batch = pick(scale, (227, 65), (227, 65), (64, 8))
         root = image_folder(classes=140, per_class=4, size=48)
         big = build_trainers(("off", "sampled"), Path(scratch) / "googlenet", dataset="folder", data_root=str(root),
-                             loss="binomial", backbone="googlenet", image_size=size, classes_per_batch=classes_per_batch,
-                             images_per_class=2, device="cpu")
+                             loss="binomial", backbone="googlenet", image_size=size,
+                             classes_per_batch=classes_per_batch, images_per_class=2, device="cpu")
         batches = make_batches(big["off"], 2, seed=0)
         rounds = pick(scale, 3, 1, 1)
         result["googlenet"] = {"batch_shape": list(batches[0][0].shape),

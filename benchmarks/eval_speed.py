@@ -58,8 +58,8 @@ def faiss_vs_blocked(vectors: np.ndarray, sample: int) -> dict:
         k = min(k, len(vectors) - 1)
         faiss_s = best_seconds(lambda: index.search(queries, k), repeats=2)
         blocked_s = best_seconds(lambda: exact_topk(queries, vectors, k), repeats=2)
-        result[f"k{k}"] = {"faiss_ms_per_query": 1000 * faiss_s / sample, "blocked_ms_per_query": 1000 * blocked_s / sample,
-                           "blocked_speedup": faiss_s / blocked_s}
+        result[f"k{k}"] = {"faiss_ms_per_query": 1000 * faiss_s / sample,
+                           "blocked_ms_per_query": 1000 * blocked_s / sample, "blocked_speedup": faiss_s / blocked_s}
     return result
 
 

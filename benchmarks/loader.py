@@ -48,7 +48,8 @@ def pipeline_images_per_s(trainer: Trainer, workers: int, batches: int) -> float
     labels = trainer.view.dataset.labels[trainer.train_indices]
     positions = class_balanced_batches(labels, trainer.config.classes_per_batch, trainer.config.images_per_class, 0, 0)
     positions = [p.tolist() for p in positions[:batches]]
-    loader = DataLoader(trainer.view, batch_sampler=positions, num_workers=workers, generator=torch.Generator().manual_seed(0))
+    loader = DataLoader(trainer.view, batch_sampler=positions, num_workers=workers,
+                        generator=torch.Generator().manual_seed(0))
     started = time.perf_counter()
     images = sum(len(batch[0]) for batch in loader)
     return images / (time.perf_counter() - started)

@@ -59,8 +59,9 @@ def headline(results: dict, scale: str) -> dict:
     return {
         "scale": scale,
         "ec_overhead": None if ec is None else {
-            backbone: {"ratio_on_off": entry["sampled"]["ratio_to_off_median"], "ms_off": entry["off"]["ms_per_step_median"],
-                       "ms_on": entry["sampled"]["ms_per_step_median"], "batch_shape": entry["batch_shape"]}
+            backbone: {"ratio_on_off": entry["sampled"]["ratio_to_off_median"],
+                       "ms_off": entry["off"]["ms_per_step_median"], "ms_on": entry["sampled"]["ms_per_step_median"],
+                       "batch_shape": entry["batch_shape"]}
             for backbone, entry in ec.items()},
         "eval_speedup_vs_pml": get("eval_speed", "speedup_vs_pml"),
         "eval_metrics_match": get("eval_speed", "metrics_match"),

@@ -117,7 +117,10 @@ def topk_with_index_ties(block: torch.Tensor, k: int) -> tuple[torch.Tensor, tor
     """
     depth = min(k + 1, block.shape[1])
     values, positions = torch.topk(block, depth, dim=1, largest=True, sorted=True)
-    cut_in_tie = values[:, k] == values[:, k - 1] if depth > k else torch.zeros(len(block), dtype=torch.bool, device=block.device)
+    if depth > k:
+        cut_in_tie = values[:, k] == values[:, k - 1]
+    else:
+        cut_in_tie = torch.zeros(len(block), dtype=torch.bool, device=block.device)
     values, positions = values[:, :k].contiguous(), positions[:, :k].contiguous()
     for row in torch.nonzero(cut_in_tie).flatten().tolist():
         values[row], positions[row] = _row_topk_lowest_tied(block[row], values[row], positions[row])

@@ -61,7 +61,8 @@ def test_exact_topk_equals_stable_brute_force_query_vs_gallery(seed, query_count
     rng = np.random.default_rng(seed)
     coarse = seed % 3 != 0
     gallery = _vectors(rng, gallery_count, dim, duplicates=gallery_count // 5, coarse=coarse)
-    query = np.concatenate([gallery[: query_count // 2], _vectors(rng, query_count - query_count // 2, dim, coarse=coarse)])
+    fresh = _vectors(rng, query_count - query_count // 2, dim, coarse=coarse)
+    query = np.concatenate([gallery[: query_count // 2], fresh])
     for k in sorted({1, 2, 5, gallery_count // 2, gallery_count}):
         # Small blocks force several blocks per call; the answer must not depend on them.
         for block_entries in (gallery_count * 7, 1 << 25):
