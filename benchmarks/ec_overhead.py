@@ -4,6 +4,9 @@
     python benchmarks/ec_overhead.py                 # smallcnn on glyphs batches (16 classes x 4 images), CPU
     python benchmarks/ec_overhead.py --rounds 30 --json out.json
 
+(``benchmarks/run.py`` calls ``measure``: smallcnn EC off vs on, and GoogLeNet at 227 px with
+65 x 2 batches for a few CPU steps.)
+
 Every variant is the library's own ``Trainer.train_step`` (forward, metric loss,
 EC, backward, Adam update) on the same pre-loaded glyphs batches, so data
 loading is left out and only the step's compute is timed:
@@ -34,9 +37,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+for path in (ROOT, ROOT / "benchmarks"):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
 
+import common  # noqa: E402, F401  (first: it sets OMP_WAIT_POLICY before torch loads)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
@@ -118,6 +123,82 @@ def step_memory(trainer: Trainer, batch) -> dict[str, float]:
     return {"bytes_allocated_per_step": float(allocated)}
 
 
+def build_trainers(names, scratch: Path, split=None, **config_values) -> dict[str, Trainer]:
+    """One Trainer per variant in ``names``, on one shared split, writing under ``scratch``."""
+    trainers: dict[str, Trainer] = {}
+    for name in names:
+        config = TrainConfig(seed=0, **config_values, **VARIANTS[name])
+        split = split or split_for(config.resolved())
+        cls = TwoPassTrainer if name == "two-pass" else Trainer
+        trainers[name] = cls(config, scratch / name, split=split)
+    return trainers
+
+
+def interleaved_times(trainers: dict[str, Trainer], batches, steps: int, rounds: int,
+                      warmup: int) -> dict[str, list[float]]:
+    """Seconds per step of each variant in each round; the order rotates each round."""
+    for trainer in trainers.values():
+        time_steps(trainer, batches, warmup, 0)
+    names = list(trainers)
+    per_round: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for name in order:
+            per_round[name].append(time_steps(trainers[name], batches, steps, r * steps))
+    return per_round
+
+
+def ratio_summary(per_round: dict[str, list[float]]) -> dict[str, dict]:
+    """Median ms/step and median (variant / off) ratio within a round, per variant."""
+    result = {}
+    for name, times in per_round.items():
+        ratios = [t / o for t, o in zip(times, per_round["off"])]
+        q1, q3 = np.percentile(ratios, [25, 75])
+        result[name] = {"ms_per_step_median": 1000 * statistics.median(times),
+                        "ms_per_step_all": [1000 * t for t in times],
+                        "ratio_to_off_median": float(statistics.median(ratios)),
+                        "ratio_to_off_iqr": [float(q1), float(q3)]}
+    return result
+
+
+def measure(scale: str = "full") -> dict:
+    """For the suite: EC on/off step time of smallcnn (glyphs batches) and of GoogLeNet at 227 px, 65 x 2 batches.
+
+    GoogLeNet needs 65 seen classes, more than the glyphs have: its batches come from a
+    generated folder of 140 classes (small images, resized to 227 px by the transform).
+    """
+    from common import image_folder, pick
+
+    result = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        small = build_trainers(("off", "sampled"), Path(scratch) / "smallcnn", dataset="glyphs", loss="binomial",
+                               backbone="smallcnn", device="cpu")
+        batches = make_batches(small["off"], 16, seed=0)
+        steps, rounds = pick(scale, (10, 9), (5, 5), (2, 2))
+        result["smallcnn"] = {"batch_shape": list(batches[0][0].shape),
+                              **ratio_summary(interleaved_times(small, batches, steps, rounds, warmup=3))}
+        size, classes_per_batch = pick(scale, (227, 65), (227, 65), (64, 8))
+        root = image_folder(classes=140, per_class=4, size=48)
+        big = build_trainers(("off", "sampled"), Path(scratch) / "googlenet", dataset="folder", data_root=str(root),
+                             loss="binomial", backbone="googlenet", image_size=size,
+                             classes_per_batch=classes_per_batch, images_per_class=2, device="cpu")
+        batches = make_batches(big["off"], 2, seed=0)
+        rounds = pick(scale, 3, 1, 1)
+        result["googlenet"] = {"batch_shape": list(batches[0][0].shape),
+                               **ratio_summary(interleaved_times(big, batches, 1, rounds, warmup=1))}
+    return result
+
+
+def summary(result: dict) -> list[tuple[str, str, str]]:
+    rows = []
+    for backbone, entry in result.items():
+        shape = "x".join(str(n) for n in entry["batch_shape"])
+        rows.append((f"EC overhead: {backbone}", f"{entry['sampled']['ratio_to_off_median']:.3f}x",
+                     f"step time EC on / off, batch {shape}, CPU: {entry['off']['ms_per_step_median']:.0f} ms vs "
+                     f"{entry['sampled']['ms_per_step_median']:.0f} ms"))
+    return rows
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      epilog="\n\n".join(__doc__.split("\n\n")[1:]),
@@ -132,52 +213,32 @@ def main(argv=None) -> int:
     parser.add_argument("--json", help="also write the numbers to this JSON file")
     args = parser.parse_args(argv)
 
-    trainers: dict[str, Trainer] = {}
-    split = None
     with tempfile.TemporaryDirectory() as scratch:
-        for name, overrides in VARIANTS.items():
-            config = TrainConfig(dataset=args.dataset, loss=args.loss, backbone=args.backbone, device=args.device,
-                                 seed=0, **overrides)
-            split = split or split_for(config.resolved())
-            cls = TwoPassTrainer if name == "two-pass" else Trainer
-            trainers[name] = cls(config, Path(scratch) / name, split=split)
-    first = trainers["off"]
-    batches = make_batches(first, 32, seed=0)
-    batch_shape = tuple(batches[0][0].shape)
-    for trainer in trainers.values():
-        time_steps(trainer, batches, args.warmup, 0)
-
-    names = list(trainers)
-    per_round: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(args.rounds):
-        order = names[r % len(names):] + names[:r % len(names)]
-        for name in order:
-            per_round[name].append(time_steps(trainers[name], batches, args.steps, r * args.steps))
-    memory = {name: step_memory(trainer, batches[0]) for name, trainer in trainers.items()}
+        trainers = build_trainers(VARIANTS, Path(scratch), dataset=args.dataset, loss=args.loss,
+                                  backbone=args.backbone, device=args.device)
+        first = trainers["off"]
+        batches = make_batches(first, 32, seed=0)
+        batch_shape = tuple(batches[0][0].shape)
+        per_round = interleaved_times(trainers, batches, args.steps, args.rounds, args.warmup)
+        memory = {name: step_memory(trainer, batches[0]) for name, trainer in trainers.items()}
 
     results = {
         "command": "python benchmarks/ec_overhead.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "dataset": args.dataset, "loss": args.loss, "backbone": args.backbone, "device": str(first.device),
         "torch_threads": torch.get_num_threads(), "batch_shape": list(batch_shape),
         "embedding_dim": first.config.embedding_dim, "steps_per_round": args.steps, "rounds": args.rounds,
-        "torch": torch.__version__, "platform": platform.platform(), "variants": {},
+        "torch": torch.__version__, "platform": platform.platform(), "variants": ratio_summary(per_round),
     }
     print(f"{args.backbone} on {args.dataset} batches {batch_shape}, loss {args.loss}, device {first.device}, "
           f"{torch.get_num_threads()} thread(s); {args.rounds} interleaved rounds x {args.steps} steps per variant")
     memory_key = next(iter(memory["off"]))
     print(f"{'variant':<10} {'ms/step (median)':>17} {'ratio to off':>13} {'ratio IQR':>16} {memory_key:>28} {'ratio':>7}")
-    for name in names:
-        times = per_round[name]
-        ratios = [t / o for t, o in zip(times, per_round["off"])]
-        q1, q3 = np.percentile(ratios, [25, 75])
+    for name, entry in results["variants"].items():
         mem = memory[name][memory_key]
         mem_ratio = mem / memory["off"][memory_key] if memory["off"][memory_key] else float("nan")
-        results["variants"][name] = {
-            "ms_per_step_median": 1000 * statistics.median(times), "ms_per_step_all": [1000 * t for t in times],
-            "ratio_to_off_median": float(statistics.median(ratios)), "ratio_to_off_iqr": [float(q1), float(q3)],
-            **memory[name], "memory_ratio_to_off": mem_ratio,
-        }
-        print(f"{name:<10} {1000 * statistics.median(times):>17.2f} {statistics.median(ratios):>13.3f} "
+        entry.update(memory[name], memory_ratio_to_off=mem_ratio)
+        q1, q3 = entry["ratio_to_off_iqr"]
+        print(f"{name:<10} {entry['ms_per_step_median']:>17.2f} {entry['ratio_to_off_median']:>13.3f} "
               f"{f'[{q1:.3f}, {q3:.3f}]':>16} {mem / 1e6:>25.2f} MB {mem_ratio:>7.3f}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1) + "\n")

@@ -10,7 +10,9 @@ from pytorch_metric_learning.utils.inference import FaissKMeans
 
 from ecaml.metrics import (
     DEFAULT_RECALL_KS,
+    kmeans_settings,
     l2_normalise,
+    lloyd_kmeans,
     nearest_neighbours,
     pair_distance_samples,
     query_gallery_metrics,
@@ -133,6 +135,90 @@ def test_nearest_neighbours_without_self_exclusion_finds_self_first():
     similarities, indices = nearest_neighbours(embeddings, embeddings, k=3, exclude_self=False)
     np.testing.assert_array_equal(indices[:, 0], np.arange(len(embeddings)))
     np.testing.assert_allclose(similarities[:, 0], 1.0, atol=1e-5)
+
+
+# --- many seeds and shapes, with exact ties ------------------------------------------
+
+
+def _tied_data(rng, count, classes, dim=8):
+    """Rows with four entries of +-1 and the rest 0: unit length after dividing by 2, so every
+    cosine is a multiple of 1/4, exact in float32, and ties (and duplicates) are everywhere."""
+    embeddings = np.zeros((count, dim), dtype=np.float32)
+    for row in embeddings:
+        row[rng.choice(dim, 4, replace=False)] = rng.choice([-1.0, 1.0], 4)
+    labels = rng.integers(0, classes, count)
+    return embeddings, labels
+
+
+def _stable_ranking(query, gallery, exclude_self):
+    """Gallery indices per query, most similar first, equal similarities by lower index."""
+    similarity = l2_normalise(query).astype(np.float64) @ l2_normalise(gallery).astype(np.float64).T
+    if exclude_self:
+        np.fill_diagonal(similarity, -np.inf)
+    ranking = np.argsort(-similarity, axis=1, kind="stable")
+    return ranking[:, : len(gallery) - 1] if exclude_self else ranking
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_retrieval_metrics_match_brute_force_with_ties_over_many_shapes(seed):
+    rng = np.random.default_rng(seed)
+    count = int(rng.integers(3, 160))
+    embeddings, labels = _tied_data(rng, count, classes=int(rng.integers(1, 12)))
+    labels[rng.integers(0, count)] = 1000  # a lone query
+    relevant_counts = np.array([np.sum(labels == label) - 1 for label in labels])
+    if not relevant_counts.any():
+        labels[:2] = 7
+        relevant_counts = np.array([np.sum(labels == label) - 1 for label in labels])
+    ks = sorted({1, 2, max(1, count // 3), count - 1})
+    expected = _brute_force_scores(_stable_ranking(embeddings, embeddings, True), labels, labels, relevant_counts, ks)
+
+    actual = retrieval_metrics(embeddings, labels, recall_ks=ks, nmi=False)
+
+    _assert_scores_match(actual, expected)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_query_gallery_metrics_match_brute_force_with_ties_over_many_shapes(seed):
+    rng = np.random.default_rng(100 + seed)
+    gallery, gallery_labels = _tied_data(rng, int(rng.integers(2, 120)), classes=6)
+    query, query_labels = _tied_data(rng, int(rng.integers(1, 40)), classes=7)  # class 6 may be absent
+    query[: len(query) // 2] = gallery[: len(query) // 2]  # duplicates across the two sets
+    query_labels[0] = gallery_labels[0]
+    ks = sorted({1, 3, len(gallery)} & set(range(1, len(gallery) + 1)))
+    relevant_counts = np.array([np.sum(gallery_labels == label) for label in query_labels])
+    expected = _brute_force_scores(_stable_ranking(query, gallery, False), query_labels, gallery_labels,
+                                   relevant_counts, ks)
+
+    actual = query_gallery_metrics(query, query_labels, gallery, gallery_labels, ks)
+
+    _assert_scores_match(actual, expected)
+
+
+def test_large_k_is_answered_beyond_the_depth_of_r():
+    # Tiny classes (R = 1) but K up to N - 1: recall for K far beyond R comes from the
+    # rank of the first relevant neighbour, which must match the full brute-force ranking.
+    rng = np.random.default_rng(5)
+    embeddings = rng.normal(size=(300, 6)).astype(np.float32)
+    labels = np.repeat(np.arange(150), 2)
+    ks = (1, 10, 100, 250, 299)
+    relevant_counts = np.ones(300, dtype=int)
+    expected = _brute_force_scores(_stable_ranking(embeddings, embeddings, True), labels, labels, relevant_counts, ks)
+    actual = retrieval_metrics(embeddings, labels, recall_ks=ks, nmi=False)
+    _assert_scores_match(actual, expected)
+    assert 0 < actual["recall@10"] < actual["recall@250"] < 1.0 == actual["recall@299"]
+
+
+def test_approximate_search_above_the_threshold_is_close_and_reports_its_recall(caplog):
+    embeddings, labels = _clustered_data(600, 16, 8, seed=4, spread=1.0)
+    exact = retrieval_metrics(embeddings, labels, recall_ks=(1, 10), nmi=False)
+    with caplog.at_level("WARNING", logger="ecaml.metrics"):
+        approximate = retrieval_metrics(embeddings, labels, recall_ks=(1, 10), nmi=False, approximate_above=500)
+    assert list(approximate) == list(exact)
+    for key in exact:
+        assert approximate[key] == pytest.approx(exact[key], abs=0.03), key
+    assert "approximate search (hnsw, 600 vectors)" in caplog.text
+    assert "of the exact top 10" in caplog.text
+    assert retrieval_metrics(embeddings, labels, recall_ks=(1, 10), nmi=False, approximate_above=600) == exact
 
 
 # --- pytorch-metric-learning ---------------------------------------------------
@@ -312,6 +398,76 @@ def test_nmi_is_low_when_labels_ignore_the_geometry():
     embeddings, _ = _clustered_data(300, 16, 6, seed=11, spread=0.2)
     shuffled_labels = np.random.default_rng(0).integers(0, 6, 300)
     assert retrieval_metrics(embeddings, shuffled_labels)["nmi"] < 0.1
+
+
+def test_nmi_with_pml_settings_is_pytorch_metric_learnings_own():
+    for seed in (0, 1, 2):
+        embeddings, labels = _clustered_data(500, 16, 12, seed=seed, spread=1.4)
+        unit = l2_normalise(embeddings)
+        calculator = AccuracyCalculator(include=("NMI",), k="max_bin_count", device=torch.device("cpu"))
+        reference = calculator.get_accuracy(torch.from_numpy(unit), torch.from_numpy(labels))["NMI"]
+        ours = retrieval_metrics(embeddings, labels, nmi_kmeans="pml")["nmi"]
+        assert ours == pytest.approx(reference, abs=1e-12)
+        assert ours != retrieval_metrics(embeddings, labels)["nmi"], "the two settings should differ somewhere"
+
+
+def test_kmeans_settings_keep_restarts_while_cheap_and_follow_the_budget_above():
+    full = {"implementation": "faiss", "niter": 20, "nredo": 5, "min_points_per_centroid": 1}
+    # Small sets (every shipped checkpoint's unseen split): today's faiss settings exactly.
+    for count, clusters, dim in ((900, 5, 64), (5000, 100, 128), (35_000, 10, 128)):
+        settings = kmeans_settings(count, clusters, dim)
+        assert {key: settings[key] for key in full} == full
+        assert settings["max_points_per_centroid"] == count
+    # SOP's test shape: one torch run of 10 iterations, within 2 N^2 d.
+    assert kmeans_settings(60_502, 11_316, 512) == {"implementation": "torch", "niter": 10, "nredo": 1}
+    # Restarts go before iterations do; iterations stop at 10.
+    assert kmeans_settings(30_000, 1_000, 512) == {"implementation": "torch", "niter": 20, "nredo": 3}
+    assert kmeans_settings(30_000, 4_000, 512) == {"implementation": "torch", "niter": 15, "nredo": 1}
+    assert kmeans_settings(30_000, 29_000, 512) == {"implementation": "torch", "niter": 10, "nredo": 1}
+    assert kmeans_settings(60_502, 11_316, 512, "pml") == {"implementation": "faiss", "niter": 20, "nredo": 1}
+    with pytest.raises(ValueError, match="unknown nmi_kmeans 'sklearn'"):
+        kmeans_settings(10, 2, 2, "sklearn")
+    with pytest.raises(ValueError, match="unknown nmi_kmeans"):
+        retrieval_metrics(np.ones((4, 2)), np.array([0, 0, 1, 1]), nmi_kmeans="fast")
+
+
+def _lloyd_reference(points, initial, iterations):
+    """Plain numpy Lloyd iterations from given centroids (float64), empty clusters kept."""
+    centroids = initial.astype(np.float64).copy()
+    for _ in range(iterations):
+        ids = np.argmin(((points[:, None, :] - centroids[None]) ** 2).sum(-1), axis=1)
+        for cluster in range(len(centroids)):
+            if np.any(ids == cluster):
+                centroids[cluster] = points[ids == cluster].mean(axis=0)
+    return np.argmin(((points[:, None, :] - centroids[None]) ** 2).sum(-1), axis=1)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_lloyd_kmeans_follows_lloyds_iterations_and_is_seeded(seed):
+    embeddings, labels = _clustered_data(240, 6, 8, seed=seed, spread=0.6)
+    unit = l2_normalise(embeddings)
+    initial = unit[torch.randperm(240, generator=torch.Generator().manual_seed(seed))[:8].numpy()]
+    for iterations in (1, 5):
+        ids = lloyd_kmeans(unit, 8, niter=iterations, nredo=1, seed=seed)
+        np.testing.assert_array_equal(ids, _lloyd_reference(unit.astype(np.float64), initial, iterations))
+    np.testing.assert_array_equal(lloyd_kmeans(unit, 8, niter=5, nredo=3, seed=seed),
+                                  lloyd_kmeans(unit, 8, niter=5, nredo=3, seed=seed))
+    # Restarts keep the lowest squared error, so they never do worse than the first run alone.
+    def error(ids):
+        return sum(((unit[ids == c] - unit[ids == c].mean(0)) ** 2).sum() for c in np.unique(ids))
+    single = error(lloyd_kmeans(unit, 8, niter=5, seed=seed))
+    assert error(lloyd_kmeans(unit, 8, niter=5, nredo=4, seed=seed)) <= single + 1e-9
+
+
+def test_nmi_of_a_set_over_budget_uses_the_torch_kmeans(monkeypatch):
+    # 3,000 points in ~1,000 classes of 3: 5 x 20 faiss iterations cost 9.6e9 multiply-adds, over
+    # 2 N^2 d = 5.8e8; with the 1e11 floor lowered (to keep the test small), the torch k-means runs.
+    monkeypatch.setattr("ecaml.metrics._KMEANS_BUDGET_FLOOR", 0)
+    embeddings, labels = _clustered_data(3000, 32, 1000, seed=0, spread=0.05)
+    assert kmeans_settings(3000, len(np.unique(labels)), 32)["implementation"] == "torch"
+    nmi = retrieval_metrics(embeddings, labels, recall_ks=(1,), seed=3)["nmi"]
+    assert nmi == retrieval_metrics(embeddings, labels, recall_ks=(1,), seed=3)["nmi"]
+    assert nmi > 0.9
 
 
 # --- errors ---------------------------------------------------------------------------

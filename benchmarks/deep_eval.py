@@ -1,0 +1,108 @@
+#!/usr/bin/env python
+"""The final evaluation of a run on a large, deep-class folder: embedding plus scoring of both splits.
+
+    python benchmarks/deep_eval.py           # 70,000 28-px images in 10 classes (7,000 each), smallcnn
+    python benchmarks/deep_eval.py --quick   # 10,000 images (1,000 per class)
+
+What ``Trainer.finish`` does at the end of training, timed part by part: the seen
+("train") and unseen splits (5 classes each, 35,000 images at full size) are each
+embedded (``embed_part``: loader workers, large batches) and scored (``score``:
+Recall@K, NMI, MAP@R with R = 6,999, R-Precision). The model is an untrained smallcnn
+(128-d): speed does not depend on the weights. Also reported: the old embedding path
+(no workers, batches of 256) on a slice, for images/s before and after (the vectors must
+be identical), and pytorch-metric-learning's P@1, MAP@R and R-Precision on the unseen
+split, which ecaml's must equal to 1e-6. The folder is generated once (``common.image_folder``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from common import SCALES, image_folder, machine, pick, seconds  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from ecaml.config import TrainConfig  # noqa: E402
+from ecaml.data import load_split  # noqa: E402
+from ecaml.evaluate import embed_indices, embed_part, score  # noqa: E402
+from ecaml.models import build_model  # noqa: E402
+
+MATCHED = (("recall@1", "precision_at_1"), ("map@r", "mean_average_precision_at_r"), ("r_precision", "r_precision"))
+
+
+def measure(scale: str = "full") -> dict:
+    from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
+
+    per_class = pick(scale, full=7000, quick=1000, tiny=40)
+    generate_s, root = seconds(lambda: image_folder(classes=10, per_class=per_class, size=28))
+    load_s, split = seconds(lambda: load_split("folder", str(root)))
+    config = TrainConfig(dataset="folder", data_root=str(root), backbone="smallcnn", image_size=28, embedding_dim=128)
+    torch.manual_seed(0)
+    model = build_model("smallcnn", 128, in_channels=3)
+    device = torch.device("cpu")
+
+    parts, embeddings = {}, {}
+    for part in ("train", "unseen"):
+        embed_s, embedded = seconds(lambda: embed_part(model, split, part, config, 3, device))
+        score_s, metrics = seconds(lambda: score(embedded, config.recall_ks))
+        embeddings[part] = embedded
+        parts[part] = {"images": len(embedded.labels), "embed_s": embed_s, "score_s": score_s,
+                       "images_per_s": len(embedded.labels) / embed_s, "metrics": metrics}
+    total_s = sum(p["embed_s"] + p["score_s"] for p in parts.values())
+
+    # The old embedding path on a slice: one process, batches of 256. Same vectors, how much slower.
+    sample = embeddings["unseen"].indices[: min(len(embeddings["unseen"].indices), 5000)]
+    old_s, old = seconds(lambda: embed_indices(model, split, sample, config, 3, device, batch_size=256, num_workers=0))
+    same_batches = embed_indices(model, split, sample[:1024], config, 3, device, batch_size=256, num_workers=2)
+    vectors_identical = bool(np.array_equal(same_batches.vectors, old.vectors[:1024]))
+    vectors_close = float(np.abs(old.vectors - embeddings["unseen"].vectors[: len(sample)]).max())
+
+    unseen = embeddings["unseen"]
+    calculator = AccuracyCalculator(include=("precision_at_1", "mean_average_precision_at_r", "r_precision"),
+                                    k="max_bin_count", device=torch.device("cpu"))
+    pml_s, theirs = seconds(lambda: calculator.get_accuracy(torch.from_numpy(unseen.vectors),
+                                                            torch.from_numpy(unseen.labels)))
+    differences = {ours: abs(parts["unseen"]["metrics"][ours] - theirs[key]) for ours, key in MATCHED}
+    return {
+        "images": int(len(split.dataset)), "per_class": per_class, "image_size": 28, "embedding_dim": 128,
+        "generate_folder_s": generate_s, "load_folder_s": load_s,
+        "final_eval_s": total_s, "parts": parts,
+        "old_embedding_images_per_s": len(sample) / old_s,
+        "embedding_speedup": parts["unseen"]["images_per_s"] / (len(sample) / old_s),
+        "vectors_identical_with_and_without_workers": vectors_identical,
+        "max_abs_vector_difference_across_batch_sizes": vectors_close,
+        "pml_unseen_s": pml_s, "pml_abs_differences": differences,
+        "metrics_match_pml": all(d <= 1e-6 for d in differences.values()),
+    }
+
+
+def summary(result: dict) -> list[tuple[str, str, str]]:
+    unseen = result["parts"]["unseen"]
+    return [
+        ("deep eval: final evaluation", f"{result['final_eval_s']:.1f} s",
+         f"{result['images']:,} images of 28 px, 10 classes, two splits embedded + scored"),
+        ("deep eval: embedding", f"{unseen['images_per_s']:.0f} img/s",
+         f"{result['embedding_speedup']:.1f}x the old path ({result['old_embedding_images_per_s']:.0f} img/s)"),
+        ("deep eval: metrics, R deep", f"{unseen['score_s']:.1f} s",
+         f"{unseen['images']:,} x 128, R = {result['per_class'] - 1:,}; pml {result['pml_unseen_s']:.1f} s, equal: "
+         + ("yes" if result["metrics_match_pml"] else "NO")),
+    ]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scale", choices=SCALES, default="full")
+    parser.add_argument("--quick", action="store_const", const="quick", dest="scale")
+    args = parser.parse_args(argv)
+    result = measure(args.scale)
+    for row in summary(result):
+        print("  ".join(row))
+    print(json.dumps({"machine": machine(), **result}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
