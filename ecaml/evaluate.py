@@ -10,7 +10,6 @@ every ``seen_test`` part).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +18,7 @@ from torch.utils.data import DataLoader
 
 from ecaml.config import TrainConfig
 from ecaml.data import ClassSplit, load_split
+from ecaml.data.loading import default_num_workers
 from ecaml.data.sampling import ImageView
 from ecaml.data.transforms import build_transform
 from ecaml.metrics import query_gallery_metrics, retrieval_metrics
@@ -103,18 +103,9 @@ def embed_indices(
 
 
 def _embedding_workers(image_count: int, batch_size: int) -> int:
-    """Loader processes for embedding: none for a few batches (starting workers costs more than it saves),
-    else one per CPU this process may use, at most 8.
-
-    Private until ``ecaml.data.loading.default_num_workers`` lands; then that one decides.
-    """
-    if image_count < 4 * batch_size:
-        return 0
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cpus = os.cpu_count() or 1
-    return min(8, cpus)
+    """Loader processes for embedding: none for a few batches (starting workers costs more than it saves), else
+    the library's default for a loader that decodes images (``ecaml.data.loading.default_num_workers``)."""
+    return 0 if image_count < 4 * batch_size else default_num_workers()
 
 
 def embed_part(model, split: ClassSplit, part: str, config: TrainConfig, channels: int, device=None) -> Embeddings:
