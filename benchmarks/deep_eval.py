@@ -39,7 +39,8 @@ def measure(scale: str = "full") -> dict:
     per_class = pick(scale, full=7000, quick=1000, tiny=40)
     generate_s, root = seconds(lambda: image_folder(classes=10, per_class=per_class, size=28))
     load_s, split = seconds(lambda: load_split("folder", str(root)))
-    config = TrainConfig(dataset="folder", data_root=str(root), backbone="smallcnn", image_size=28, embedding_dim=128)
+    config = TrainConfig(dataset="folder", data_root=str(root), backbone="smallcnn", image_size=28,
+                         embedding_dim=128).resolved()
     torch.manual_seed(0)
     model = build_model("smallcnn", 128, in_channels=3)
     device = torch.device("cpu")
