@@ -225,6 +225,8 @@ _PAPER_SETUP: dict[str, Any] = {
     "classes_per_batch": 65, "images_per_class": 2, "lr": 1e-5, "head_lr_mult": 10.0, "weight_decay": 2e-4,
     "max_steps": 10_000, "loss": "binomial", "ec_weight": 0.13, "ec_pairs": "sampled", "ec_partners": 10,
     "ec_route": "head",
+    # The paper trains on every training image; --seen-test-per-class N holds N per class out to measure the gap.
+    "seen_test_per_class": 0,
 }
 # dataset -> (Recall@K list of its benchmark, epochs between evaluations, epochs between checkpoints);
 # epochs of 130 images: CUB ~45 steps, CARS ~62, SOP ~458, In-Shop ~199.
