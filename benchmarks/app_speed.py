@@ -17,14 +17,13 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from common import ROOT, SCALES, machine, pick  # noqa: E402
+from common import ROOT, pick, run_alone  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -113,15 +112,7 @@ def summary(result: dict) -> list[tuple[str, str, str]]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--scale", choices=SCALES, default="full")
-    parser.add_argument("--quick", action="store_const", const="quick", dest="scale")
-    args = parser.parse_args(argv)
-    result = measure(args.scale)
-    for row in summary(result):
-        print("  ".join(row))
-    print(json.dumps({"machine": machine(), **result}))
-    return 0
+    return run_alone(measure, summary, __doc__, argv)
 
 
 if __name__ == "__main__":

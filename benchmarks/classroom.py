@@ -171,8 +171,8 @@ async def settle(page, session: int, name: str, since: float) -> Visit:
         seconds = None
         spinner = await page.locator('[data-testid="stSpinner"]').count()
         states = await page.evaluate("JSON.stringify((window.__ecamlStates || []).slice(-4))")
-        print(f"session {session} {name}: no settle since {since:.0f} ms at {page.url}; spinners {spinner}; states {states}",
-              file=sys.stderr)
+        print(f"session {session} {name}: no settle since {since:.0f} ms at {page.url}; spinners {spinner}; "
+              f"states {states}", file=sys.stderr)
     exceptions = await page.locator('[data-testid="stException"]').count()
     return Visit(session, name or "compare", seconds, exceptions)
 

@@ -127,3 +127,19 @@ def table(rows: list[tuple[str, str, str]]) -> str:
     """A plain three-column table: benchmark, figure, note."""
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
+
+
+def run_alone(measure: Callable[[str], dict], summary: Callable[[dict], list], description: str, argv=None) -> int:
+    """``main`` of a benchmark module run by itself: its summary rows, then its result as one JSON line."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description=description.split("\n\n")[0])
+    parser.add_argument("--scale", choices=SCALES, default="full")
+    parser.add_argument("--quick", action="store_const", const="quick", dest="scale")
+    args = parser.parse_args(argv)
+    result = measure(args.scale)
+    for row in summary(result):
+        print("  ".join(row))
+    print(json.dumps({"machine": machine(), **result}))
+    return 0

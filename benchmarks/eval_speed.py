@@ -18,11 +18,9 @@ On one array of clustered unit vectors, in one process:
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 
-from common import SCALES, best_seconds, clustered_unit_embeddings, machine, pick, seconds  # noqa: E402
+from common import best_seconds, clustered_unit_embeddings, pick, seconds, run_alone  # noqa: E402
 
 import faiss  # noqa: E402
 import numpy as np  # noqa: E402
@@ -117,15 +115,7 @@ def summary(result: dict) -> list[tuple[str, str, str]]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--scale", choices=SCALES, default="full")
-    parser.add_argument("--quick", action="store_const", const="quick", dest="scale")
-    args = parser.parse_args(argv)
-    result = measure(args.scale)
-    for row in summary(result):
-        print("  ".join(row))
-    print(json.dumps({"machine": machine(), **result}))
-    return 0
+    return run_alone(measure, summary, __doc__, argv)
 
 
 if __name__ == "__main__":

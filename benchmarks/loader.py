@@ -18,15 +18,13 @@ so a step runs at about the slower of the two.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from common import SCALES, image_folder, machine, pick, seconds  # noqa: E402
+from common import image_folder, pick, seconds, run_alone  # noqa: E402
 
 import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
@@ -99,15 +97,7 @@ def summary(result: dict) -> list[tuple[str, str, str]]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--scale", choices=SCALES, default="full")
-    parser.add_argument("--quick", action="store_const", const="quick", dest="scale")
-    args = parser.parse_args(argv)
-    result = measure(args.scale)
-    for row in summary(result):
-        print("  ".join(row))
-    print(json.dumps({"machine": machine(), **result}))
-    return 0
+    return run_alone(measure, summary, __doc__, argv)
 
 
 if __name__ == "__main__":
