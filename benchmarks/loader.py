@@ -18,7 +18,6 @@ so a step runs at about the slower of the two.
 
 from __future__ import annotations
 
-import os
 import sys
 import tempfile
 import time
@@ -27,27 +26,20 @@ from pathlib import Path
 from common import image_folder, pick, seconds, run_alone  # noqa: E402
 
 import torch  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
 
 from ecaml.config import TrainConfig  # noqa: E402
+from ecaml.data.loading import RunBatchSampler, available_cpus, training_loader  # noqa: E402
 from ecaml.data.sampling import class_balanced_batches  # noqa: E402
 from ecaml.train import Trainer  # noqa: E402
 
 
-def _cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
 def pipeline_images_per_s(trainer: Trainer, workers: int, batches: int) -> float:
-    """Images per second of the training loader alone, over ``batches`` batches (worker start-up included)."""
+    """Images per second of the run's own training loader alone (``ecaml.data.loading.training_loader``: seeded
+    per-image augmentation, the class-balanced sampler), over ``batches`` batches, worker start-up included."""
     labels = trainer.view.dataset.labels[trainer.train_indices]
-    positions = class_balanced_batches(labels, trainer.config.classes_per_batch, trainer.config.images_per_class, 0, 0)
-    positions = [p.tolist() for p in positions[:batches]]
-    loader = DataLoader(trainer.view, batch_sampler=positions, num_workers=workers,
-                        generator=torch.Generator().manual_seed(0))
+    sampler = RunBatchSampler(labels, trainer.config.classes_per_batch, trainer.config.images_per_class, 0,
+                              steps_per_epoch=trainer.plan.steps_per_epoch, start_step=0, end_step=batches)
+    loader = training_loader(trainer.view, sampler, workers, torch.device("cpu"), seed=0)
     started = time.perf_counter()
     images = sum(len(batch[0]) for batch in loader)
     return images / (time.perf_counter() - started)
@@ -68,7 +60,7 @@ def measure(scale: str = "full") -> dict:
     image_size = pick(scale, 224, 224, 64)
     generate_s, root = seconds(lambda: image_folder(classes, per_class, size, suffix="jpg"))
     batches, steps = pick(scale, (40, 3), (12, 1), (2, 1))
-    workers = _cpus()
+    workers = available_cpus()
     with tempfile.TemporaryDirectory() as scratch:
         config = TrainConfig(dataset="folder", data_root=str(root), backbone="googlenet", image_size=image_size,
                              classes_per_batch=16 if classes >= 32 else classes // 2, images_per_class=4, device="cpu",
