@@ -8,8 +8,8 @@ Writes OUT/data/<class>/<n>.png (tiny synthetic images: each class a random
 blocky pattern, each image that pattern shifted, contrast-jittered and noisy,
 so a network can learn something in a few steps), then trains two smallcnn runs
 on it into OUT/checkpoints/ (``large-ec0``, ``large-ec0.6``; triplet loss, one
-process each, at once). Unseen classes (the folder split's seeded half, split
-seed 0) get ``--unseen-images`` images in all; seen classes only a few each, so
+process each, at once). Unseen classes (a folder's fixed split: the second half of the sorted
+class names) get ``--unseen-images`` images in all; seen classes only a few each, so
 training and its final evaluation stay short. Point the app at it with
 ``ECAML_CHECKPOINTS_DIR=OUT/checkpoints``. Not part of CI (too slow); the
 browser test uses a smaller instance through ``make_large_runs``.
@@ -30,7 +30,7 @@ from PIL import Image
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from ecaml.data.folder import seeded_half_split  # noqa: E402
+from ecaml.data.folder import sorted_half_split  # noqa: E402
 
 RUN_NAMES = {"large-ec0": "0", "large-ec0.6": "0.6"}
 IMAGE_PIXELS = 12
@@ -38,8 +38,9 @@ SEEN_PER_CLASS = 8
 
 
 def write_image_folder(root: Path, classes: int, unseen_images: int, seed: int = 0) -> dict:
-    """The data folder; the unseen classes (split seed 0) share ``unseen_images`` images, the seen ones a few each."""
-    seen, unseen = seeded_half_split(classes, 0)
+    """The data folder; the unseen classes (a folder's fixed split: the second half of the sorted class names) share
+    ``unseen_images`` images, the seen ones a few each."""
+    unseen = sorted_half_split(classes).unseen_classes
     per_unseen = -(-unseen_images // len(unseen))
     rng = np.random.default_rng(seed)
     written = 0
