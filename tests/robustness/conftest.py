@@ -31,7 +31,8 @@ def fault_case():
 def finished_run(tmp_path_factory) -> Path:
     """A completed tiny digits run: every file of a run directory, made once; tests work on copies."""
     run_dir = tmp_path_factory.mktemp("robustness") / "finished"
-    train(TrainConfig(dataset="digits", max_steps=FINISHED_STEPS, eval_every=0), run_dir, progress=False)
+    train(TrainConfig(dataset="digits", max_steps=FINISHED_STEPS, eval_every=0, seen_test_per_class=0), run_dir,
+          progress=False)
     return run_dir
 
 

@@ -39,7 +39,7 @@ def test_nan_loss_stops_at_its_step_keeping_the_last_checkpoint(tmp_path, cli, m
     fault_case()
     poison_loss_at(monkeypatch, 35, float("nan"))
     out = tmp_path / "run"
-    result = cli("train", "--dataset", "digits", "--max-steps", "40", "--eval-every", "0", "--quiet", "--out", out)
+    result = cli("train", "--dataset", "digits", "--seen-test-per-class", "0", "--max-steps", "40", "--eval-every", "0", "--quiet", "--out", out)
     assert result.code == 1
     expected = "error: loss became nan at step 35; training stopped, the checkpoint of step 30 is kept (try a lower --lr)"
     assert result.one_error_line() == expected
@@ -64,7 +64,7 @@ def test_infinite_loss_during_a_resume_keeps_the_resumed_checkpoint(run_copy, cl
 def test_a_huge_learning_rate_really_diverges_and_is_reported(tmp_path, cli, fault_case):
     fault_case()
     out = tmp_path / "run"
-    result = cli("train", "--dataset", "digits", "--lr", "1e30", "--max-steps", "30", "--eval-every", "0", "--quiet", "--out", out)
+    result = cli("train", "--dataset", "digits", "--seen-test-per-class", "0", "--lr", "1e30", "--max-steps", "30", "--eval-every", "0", "--quiet", "--out", out)
     assert result.code == 1
     line = result.one_error_line()
     assert "loss became nan at step 2" in line and "the checkpoint of step 0 is kept" in line
@@ -85,7 +85,7 @@ def test_weights_gone_nan_are_never_committed(tmp_path, cli, monkeypatch, fault_
 
     monkeypatch.setattr(Trainer, "train_step", corrupting)
     out = tmp_path / "run"
-    result = cli("train", "--dataset", "digits", "--max-steps", "20", "--eval-every", "0", "--quiet", "--out", out)
+    result = cli("train", "--dataset", "digits", "--seen-test-per-class", "0", "--max-steps", "20", "--eval-every", "0", "--quiet", "--out", out)
     assert result.code == 1
     assert result.one_error_line() == (
         "error: weights became NaN or infinite by step 15 (head.weight); training stopped, "
