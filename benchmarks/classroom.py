@@ -8,8 +8,8 @@ Starts the real Streamlit server of this checkout on loopback with the shipped c
 and cache), then one warm-up tab visits every page (the lecturer's check before class) and the server is left to
 finish its background work. Then N browser contexts (separate Streamlit sessions, one headless Chromium on this
 machine) open the app at the same moment and click through every page in the sidebar. Each visit is timed in the
-browser from the click (or the navigation start) until the page's script has run and stopped: Streamlit's
-``data-test-script-state`` went to ``running`` and back, and no spinner shows.
+browser from the click (or the navigation start) until the new page has run: its title shows, Streamlit's
+``data-test-script-state`` is ``notRunning`` and no spinner shows.
 
 Prints a table, then as its last line one JSON object: p50/p95/max settle seconds, exceptions shown on any page or
 thrown in the browser, the server's CPU seconds per page visit (utime + stime of the server process, all its
@@ -50,41 +50,21 @@ IDLE_CPU_SECONDS = 0.15  # the server counts as idle when it used less CPU than 
 IDLE_WINDOW_S = 2.0
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
-# Records every change of the app's script state with its time, from the first paint on.
-STATE_RECORDER = """
-(() => {
-  window.__ecamlStates = [];
-  const attach = () => {
-    const app = document.querySelector('[data-testid="stApp"]');
-    if (!app) { setTimeout(attach, 10); return; }
-    const push = (state) => {
-      const states = window.__ecamlStates;
-      if (!states.length || states[states.length - 1][0] !== state) states.push([state, performance.now()]);
-    };
-    push(app.getAttribute('data-test-script-state'));
-    // A short script can go running -> notRunning before the callback runs: the records' old values keep
-    // every state in between, so no run is missed.
-    new MutationObserver((records) => {
-      for (const record of records) push(record.oldValue);
-      push(app.getAttribute('data-test-script-state'));
-    }).observe(app, {attributes: true, attributeOldValue: true, attributeFilter: ['data-test-script-state']});
-  };
-  attach();
-})();
-"""
-
-# Seconds from ``since`` (performance.now() ms) until the script ran and stopped, or null while it has not. A run
-# already going at ``since`` (a rerun the click interrupts) counts as the start: Streamlit then goes straight on.
-SETTLED_SINCE = """(since) => {
-  const states = window.__ecamlStates || [];
-  const after = states.findIndex(([state, at]) => at >= since);
-  const atSince = after < 0 ? states.length - 1 : after - 1;
-  let started = atSince >= 0 && states[atSince][0] === 'running' ? atSince : -1;
-  if (started < 0) started = states.findIndex(([state, at]) => state === 'running' && at >= since);
-  if (started < 0) return null;
-  const stopped = states.slice(started + 1).find(([state]) => state !== 'running');
-  if (!stopped || document.querySelector('[data-testid="stSpinner"]')) return null;
-  return (stopped[1] - since) / 1000;
+# Seconds since ``since`` (performance.now() ms) once the page a click led to has run: its title is on the page (not
+# the previous page's), the script is not running and no spinner shows; null until then. A fast page's run can go
+# from "running" back to "notRunning" within one React render, so the title, not a seen "running" state, says
+# that the new page ran.
+SETTLED_SINCE = """([since, previousTitle]) => {
+  const app = document.querySelector('[data-testid="stApp"]');
+  if (!app || app.getAttribute('data-test-script-state') !== 'notRunning') return null;
+  if (document.querySelector('[data-testid="stSpinner"]')) return null;
+  const title = document.querySelector('[data-testid="stMain"] h1');
+  if (!title || title.textContent === previousTitle) return null;
+  return (performance.now() - since) / 1000;
+}"""
+PAGE_TITLE = """() => {
+  const title = document.querySelector('[data-testid="stMain"] h1');
+  return title && title.textContent;
 }"""
 
 
@@ -147,32 +127,32 @@ async def visit_every_page(browser, url: str, session: int, log: list[str]) -> l
     context = await browser.new_context(viewport=VIEWPORT, service_workers="block")
     await context.route("**/*", lambda route: route.continue_() if route.request.url.startswith(url)
                         else route.abort())  # loopback only: nothing may leave the machine
-    await context.add_init_script(STATE_RECORDER)
     page = await context.new_page()
     page.on("pageerror", lambda error: log.append(f"session {session}: {error}"))
     visits = []
     try:
         await page.goto(url, wait_until="commit")
-        visits.append(await settle(page, session, PAGES[0], since=0.0))
+        visits.append(await settle(page, session, PAGES[0], since=0.0, previous_title=None))
         for name in PAGES[1:]:
+            previous_title = await page.evaluate(PAGE_TITLE)
             since = await page.evaluate("performance.now()")
             await page.locator(f'[data-testid="stSidebarNav"] a[href$="/{name}"]').first.click()
-            visits.append(await settle(page, session, name, since))
+            visits.append(await settle(page, session, name, since, previous_title))
     finally:
         await context.close()
     return visits
 
 
-async def settle(page, session: int, name: str, since: float) -> Visit:
+async def settle(page, session: int, name: str, since: float, previous_title: str | None) -> Visit:
     try:
-        handle = await page.wait_for_function(SETTLED_SINCE, arg=since, timeout=VISIT_TIMEOUT_S * 1000, polling=20)
+        handle = await page.wait_for_function(SETTLED_SINCE, arg=[since, previous_title],
+                                              timeout=VISIT_TIMEOUT_S * 1000, polling=20)
         seconds = await handle.json_value()
     except Exception:  # noqa: BLE001 - a visit that never settles is reported, not fatal
         seconds = None
-        spinner = await page.locator('[data-testid="stSpinner"]').count()
-        states = await page.evaluate("JSON.stringify((window.__ecamlStates || []).slice(-4))")
-        print(f"session {session} {name}: no settle since {since:.0f} ms at {page.url}; spinners {spinner}; "
-              f"states {states}", file=sys.stderr)
+        title = await page.evaluate(PAGE_TITLE)
+        print(f"session {session} {name}: not settled {VISIT_TIMEOUT_S:.0f} s after the click at {page.url} "
+              f"(title {title!r}, previous {previous_title!r})", file=sys.stderr)
     exceptions = await page.locator('[data-testid="stException"]').count()
     return Visit(session, name or "compare", seconds, exceptions)
 

@@ -46,7 +46,7 @@ def test_torch_threads_are_bounded_by_the_budget():
     budget = job_thread_budget()
     assert 1 <= budget
     for backbone, asked in (("resnet18", 0), ("resnet18", 64), ("googlenet", 0)):
-        shared = _sharing_cores(TrainConfig(dataset="digits", backbone=backbone, cpu_threads=asked))
+        shared = _sharing_cores(TrainConfig(dataset="digits", backbone=backbone, cpu_threads=asked).resolved())
         assert 1 <= shared.cpu_threads <= budget
         assert f"--cpu-threads={shared.cpu_threads}" in config_flags(shared)
     assert _sharing_cores(TrainConfig(dataset="digits", backbone="resnet18", cpu_threads=1)).cpu_threads == 1
