@@ -104,3 +104,13 @@ def checkpoints_copy(monkeypatch, tmp_path, shipped_runs) -> Path:
 def pytest_configure(config):
     # Keep Streamlit's bare-mode notices out of the test output.
     os.environ.setdefault("STREAMLIT_LOGGER_LEVEL", "error")
+
+
+@pytest.fixture
+def glyph_runs(monkeypatch, tmp_path) -> Path:
+    """Two shipped glyphs runs (52 unseen classes: more than the map's palette) as the checkpoints folder."""
+    root = tmp_path / "glyphs"
+    for name in ("glyphs-triplet-ec0-seed0", "glyphs-triplet-ec0.13-seed0"):
+        shutil.copytree(REPO_ROOT / "checkpoints" / name, root / name, ignore=shutil.ignore_patterns("film"))
+    monkeypatch.setenv("ECAML_CHECKPOINTS_DIR", str(root))
+    return root

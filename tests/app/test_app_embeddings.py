@@ -5,7 +5,6 @@ and the app's start-up warm-up of the projection cache."""
 from __future__ import annotations
 
 import logging
-import shutil
 import subprocess
 import sys
 import threading
@@ -124,16 +123,6 @@ def test_a_failing_embedding_job_shows_one_error_and_can_be_retried(fresh_cache,
     app.run()
     assert len(app.error) == 1 and "digits-ec-on" in app.error[0].value
     assert retrieval.is_embedded(load_run(Path(retry.removeprefix("retry_embedding_"))), "unseen", fresh_cache)
-
-
-@pytest.fixture
-def glyph_runs(monkeypatch, tmp_path) -> Path:
-    """Two shipped glyphs runs (52 unseen classes: more than the palette) as the checkpoints folder."""
-    root = tmp_path / "glyphs"
-    for name in ("glyphs-triplet-ec0-seed0", "glyphs-triplet-ec0.13-seed0"):
-        shutil.copytree(REPO_CHECKPOINTS / name, root / name, ignore=shutil.ignore_patterns("film"))
-    monkeypatch.setenv("ECAML_CHECKPOINTS_DIR", str(root))
-    return root
 
 
 def test_with_many_classes_points_are_grey_until_classes_are_found_by_name(glyph_runs):

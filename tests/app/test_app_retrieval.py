@@ -4,10 +4,7 @@ captions per run; uploads good and bad; embeddings from background jobs."""
 from __future__ import annotations
 
 import io
-import shutil
-from pathlib import Path
 
-import pytest
 from apptest_support import assert_clean, image_captions, open_page, run_key
 from map_support import open_ready
 from PIL import Image
@@ -17,7 +14,6 @@ from ecaml.data import load_split
 from ecaml.retrieval import build_index, disagreement_queries
 from ecaml.runs import load_run
 
-REPO_CHECKPOINTS = Path(__file__).resolve().parents[2] / "checkpoints"
 
 
 def neighbour_captions(app) -> list[list[str]]:
@@ -66,15 +62,6 @@ def test_a_class_is_found_by_typing_part_of_its_name():
     app.text_input(key="query_class_search").set_value("3").run()  # a seen digit: not offered
     assert not app.exception and not neighbour_captions(app)
     assert any("No unseen class name contains" in caption.value for caption in app.caption)
-
-
-@pytest.fixture
-def glyph_runs(monkeypatch, tmp_path) -> Path:
-    root = tmp_path / "glyphs"
-    for name in ("glyphs-triplet-ec0-seed0", "glyphs-triplet-ec0.13-seed0"):
-        shutil.copytree(REPO_CHECKPOINTS / name, root / name, ignore=shutil.ignore_patterns("film"))
-    monkeypatch.setenv("ECAML_CHECKPOINTS_DIR", str(root))
-    return root
 
 
 def test_with_many_classes_only_the_first_matches_are_listed(glyph_runs):

@@ -252,9 +252,9 @@ def test_retrieval_finds_a_class_by_typing(tab, scale_server, errors):
     main = tab.locator('[data-testid="stMain"]')
     main.get_by_text("Find a class", exact=True).click()
     settle(tab)
-    from ecaml.data.folder import seeded_half_split
+    from ecaml.data.folder import sorted_half_split
 
-    wanted = f"class{seeded_half_split(200, 0)[1][7]:05d}"  # an unseen class of the generated folder
+    wanted = f"class{sorted_half_split(200).unseen_classes[7]:05d}"  # an unseen class of the generated folder
     main.get_by_label("Class name contains", exact=False).fill(wanted)
     main.get_by_label("Class name contains", exact=False).press("Enter")
     settle(tab)
