@@ -1,8 +1,8 @@
 """The Train page's lesson: one click trains an EC-off / EC-on pair on the built-in digits with a training film,
 then opens the film on the Embeddings page.
 
-The pair is the study's clearest setting (``checkpoints/featured.json``: triplet
-loss, λ = 0.6), with the featured runs' length and seed, so the lesson re-makes
+The pair is the featured pair's setting (``checkpoints/featured.json``, written by
+``scripts/study.py``): its dataset, loss, λ, length and seed, so the lesson re-makes
 the comparison the app opens on and lets it be watched forming. Both runs train
 at once, each in its own ``python -m ecaml train`` process (one CPU thread each),
 started and waited for (so reaped) by a background job of this server; their
@@ -20,23 +20,28 @@ from pathlib import Path
 
 import streamlit as st
 
-from app import background_jobs, errors, run_picker
+from app import background_jobs, errors, run_catalog, run_picker
 from app.background_jobs import BackgroundJob
 from app.locations import REPO_ROOT, runs_dir
 from ecaml.config import TrainConfig
 from ecaml.jobs import config_flags
 from ecaml.runs import read_status
 
-LESSON_SETTINGS = dict(dataset="digits", loss="triplet", epochs=4, seed=0, eval_every=0, film_every=2, device="cpu")
-LESSON_EC_WEIGHTS = {"ec0": 0.0, "ec0.6": 0.6}
+# Used when no featured pair can be read: the digits/triplet setting of the study that chose it first.
+FALLBACK_SETTING = dict(dataset="digits", loss="triplet", ec_weight=0.6, epochs=4, seed=0)
+LESSON_FILM_EVERY = 2  # when the featured run has no film of its own to take the spacing from
+LESSON_OVERRIDES: dict = {}  # further config fields (tests shorten the lesson with max_steps)
 LESSON_KEY = "lesson_runs"  # this session's lesson: its run folders
 FILM_VIEW = "film"
 
 
 def lesson_configs() -> dict[str, TrainConfig]:
-    """The pair: the same config but for λ (EC off, EC on)."""
-    base = TrainConfig(**LESSON_SETTINGS)
-    return {suffix: dataclasses.replace(base, ec_weight=weight) for suffix, weight in LESSON_EC_WEIGHTS.items()}
+    """The pair, keyed by λ tag ("ec0", "ec0.6"): the featured EC-on run's config, on the CPU, filmed, EC off and on."""
+    featured = run_catalog.featured_setting() or TrainConfig(**FALLBACK_SETTING)
+    settings = {"device": "cpu", "eval_every": 0, "film_every": featured.film_every or LESSON_FILM_EVERY,
+                **LESSON_OVERRIDES}
+    base = dataclasses.replace(featured, **settings)
+    return {f"ec{weight:g}": dataclasses.replace(base, ec_weight=weight) for weight in (0.0, featured.ec_weight)}
 
 
 def lesson_job_key(folders: tuple[str, ...]) -> tuple:
@@ -47,7 +52,8 @@ def start_lesson() -> tuple[str, ...]:
     """Start both runs (in the background) into new folders under runs/; their folders."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     configs = lesson_configs()
-    folders = tuple(str(runs_dir() / f"lesson-digits-triplet-{suffix}-{stamp}") for suffix in configs)
+    folders = tuple(str(runs_dir() / f"lesson-{config.dataset}-{config.loss}-{suffix}-{stamp}")
+                    for suffix, config in configs.items())
 
     def work(job: BackgroundJob) -> None:
         runs_dir().mkdir(parents=True, exist_ok=True)
@@ -101,9 +107,10 @@ def open_film(folders: tuple[str, ...]) -> None:
 def offer_lesson() -> None:
     """The lesson's panel on the Train page: the button, the pair's progress, then the way to its film."""
     st.subheader("Lesson: watch Energy Confusion shape an embedding")
+    _, on = lesson_configs().values()
     st.caption(
-        "Trains two small networks on handwritten digits, EC off and EC on (triplet loss, λ = 0.6, the study's "
-        "clearest effect), both at once in about a minute, filming their embeddings of the 5 digits they never see. "
+        f"Trains two small networks on {on.dataset}, EC off and EC on ({on.loss} loss, λ = {on.ec_weight:g}: the "
+        "featured pair's setting), both at once, filming their embeddings of the classes they never see. "
         "Then the film plays them side by side."
     )
     folders = tuple(st.session_state.get(LESSON_KEY) or ())

@@ -21,7 +21,8 @@ SETTING_FIELDS = ("dataset", "loss", "epochs", "seed", "embedding_dim", "classes
 def test_the_lesson_pair_is_the_featured_pair_with_a_film():
     featured = json.loads((REPO_ROOT / "checkpoints" / "featured.json").read_text())["runs"]
     configs = list(lesson.lesson_configs().values())
-    assert [c.ec_weight for c in configs] == [0.0, 0.6]
+    featured_weight = json.loads((REPO_ROOT / "checkpoints" / featured[1] / "config.json").read_text())["ec_weight"]
+    assert [c.ec_weight for c in configs] == [0.0, featured_weight] and featured_weight > 0
     for config, name in zip(configs, featured):
         shipped = json.loads((REPO_ROOT / "checkpoints" / name / "config.json").read_text())
         resolved = config.resolved()
@@ -33,7 +34,7 @@ def test_the_lesson_pair_is_the_featured_pair_with_a_film():
 
 
 def test_the_button_trains_the_pair_and_opens_its_film(monkeypatch, app_environment):
-    monkeypatch.setitem(lesson.LESSON_SETTINGS, "max_steps", 4)  # a short lesson for the test
+    monkeypatch.setattr(lesson, "LESSON_OVERRIDES", {"max_steps": 4, "film_every": 2})  # a short lesson for the test
     app = open_page("train")
     assert_clean(app)
     app.button(key="lesson_start").click().run()
@@ -44,7 +45,8 @@ def test_the_button_trains_the_pair_and_opens_its_film(monkeypatch, app_environm
     app.run()
     assert_clean(app)
     assert any("has finished training" in success.value for success in app.success)
-    for folder, weight in zip(folders, (0.0, 0.6)):
+    weights = [config.ec_weight for config in lesson.lesson_configs().values()]
+    for folder, weight in zip(folders, weights):
         config = read_config(folder)
         assert config.ec_weight == weight and config.max_steps == 4 and config.film_every == 2
         assert json.loads((folder / "film" / "film.json").read_text())["steps"] == [0, 2, 4]
