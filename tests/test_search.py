@@ -96,6 +96,28 @@ def test_exact_topk_agrees_with_faiss_where_faiss_is_unambiguous(seed):
     _assert_same_ranking(similarities, indices, faiss_similarities, faiss_indices, exact=False)
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_deep_lists_through_the_numpy_selection_equal_stable_brute_force(seed, monkeypatch):
+    """Deep lists (MAP@R with R in the thousands) go through numpy's partition on the CPU, in
+    threads; with ties everywhere they must still be the stable ranking, across that path's threshold."""
+    rng = np.random.default_rng(seed)
+    gallery = _vectors(rng, 1500, 5, duplicates=300, coarse=True)
+    query = np.concatenate([gallery[:20], _vectors(rng, 21, 5, coarse=True)])
+    calls = []
+    original = np.argpartition
+    monkeypatch.setattr(np, "argpartition", lambda *args, **kwargs: calls.append(1) or original(*args, **kwargs))
+    for k in (3, 511, 512, 513, 900, 1499, 1500):
+        expected_similarities, expected_indices = _brute_force_topk(query, gallery, k)
+        similarities, indices = exact_topk(query, gallery, k, device=torch.device("cpu"))
+        _assert_same_ranking(similarities, indices, expected_similarities, expected_indices, exact=True)
+    assert calls, "no list went through the numpy selection"
+    self_rows = np.arange(40)
+    for k in (600, 1499):
+        expected = _brute_force_topk(gallery[:40], gallery, k, self_rows)
+        found = exact_topk(gallery[:40], gallery, k, self_rows=self_rows, device=torch.device("cpu"))
+        _assert_same_ranking(*found, *expected, exact=True)
+
+
 def test_ties_go_to_the_lower_index_even_across_the_cut():
     # One row, values with a run of equal ones straddling the cut at k = 3.
     row = torch.tensor([[0.1, 0.9, 0.5, 0.9, 0.5, 0.5, 0.2]])
