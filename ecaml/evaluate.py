@@ -10,6 +10,7 @@ every ``seen_test`` part).
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -86,20 +87,34 @@ def embed_indices(
     loader = DataLoader(view, batch_size=batch_size, shuffle=False, num_workers=workers,
                         pin_memory=device.type == "cuda", generator=torch.Generator(),
                         prefetch_factor=4 if workers else None)
-    was_training = model.training
-    model.eval()
+    runner, layout = _inference_model(model, device)
+    was_training = runner.training
+    runner.eval()
     vectors, labels, rows = [], [], []
     try:
         with torch.inference_mode():
             for images, batch_labels, batch_indices in loader:
                 with torch.autocast(device_type=device.type, enabled=device.type == "cuda"):
-                    raw = model(images.to(device, non_blocking=True))
+                    raw = runner(images.to(device, non_blocking=True).contiguous(memory_format=layout))
                 vectors.append(torch.nn.functional.normalize(raw.float(), dim=1).cpu())
                 labels.append(batch_labels)
                 rows.append(batch_indices)
     finally:
-        model.train(was_training)
+        runner.train(was_training)
     return Embeddings(torch.cat(vectors).numpy(), torch.cat(labels).numpy(), torch.cat(rows).numpy())
+
+
+def _inference_model(model: torch.nn.Module, device: torch.device) -> tuple[torch.nn.Module, torch.memory_format]:
+    """The model to embed with and the memory layout its input batches take.
+
+    On the CPU, a copy in channels-last layout: oneDNN's convolutions run about twice as
+    fast on it (smallcnn at 28 px: 0.49 against 0.95 ms an image on 2 cores). A copy, so
+    that the training model's parameter layout (hence later training steps, bit for bit)
+    is untouched. CUDA runs the model itself, as it is (not measured there yet).
+    """
+    if device.type != "cpu":
+        return model, torch.contiguous_format
+    return copy.deepcopy(model).to(memory_format=torch.channels_last), torch.channels_last
 
 
 def _embedding_workers(image_count: int, batch_size: int) -> int:
