@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/classroom.py --sessions 30                 # read-only demo, as the Procfile serves it
     .venv/bin/python benchmarks/classroom.py --sessions 5 --train          # while a training job runs (not read-only)
     .venv/bin/python benchmarks/classroom.py --sessions 3 --warm pca       # the quick version the e2e suite runs
+    .venv/bin/python benchmarks/classroom.py --sessions 20 --floor         # the same clicks on an empty 5-page app
 
 Starts the real Streamlit server of this checkout on loopback with the shipped checkpoints (a private runs folder
 and cache), then one warm-up tab visits every page (the lecturer's check before class) and the server is left to
@@ -10,6 +11,10 @@ finish its background work. Then N browser contexts (separate Streamlit sessions
 machine) open the app at the same moment and click through every page in the sidebar. Each visit is timed in the
 browser from the click (or the navigation start) until the new page has run: its title shows, Streamlit's
 ``data-test-script-state`` is ``notRunning`` and no spinner shows.
+
+``--floor`` serves, instead of the app, a Streamlit app of five pages with the same names that each show a
+title and one sentence: what Streamlit's front end and Chromium alone cost on this machine, the floor under any
+page of ours.
 
 Prints a table, then as its last line one JSON object: p50/p95/max settle seconds, exceptions shown on any page or
 thrown in the browser, the server's CPU seconds per page visit (utime + stime of the server process, all its
@@ -215,8 +220,34 @@ def wait_until_training(runs: Path, run_dir: Path, timeout: float = 120.0) -> No
     raise RuntimeError("the training job did not start training in time")
 
 
+FLOOR_APP = """import streamlit as st
+
+st.set_page_config(page_title="floor", layout="wide")
+
+
+def page(title):
+    def show():
+        st.title(title)
+        st.write("An empty page: Streamlit's front end and nothing else.")
+    return show
+
+
+names = ("Compare", "Embeddings", "Retrieval", "Train", "About")
+pages = [st.Page(page(name), title=name, url_path=name.lower(), default=name == "Compare") for name in names]
+st.navigation(pages).run()
+"""
+
+
+def floor_repo(work: Path) -> Path:
+    """A folder holding app/main.py = the empty five-page app (``--floor``)."""
+    repo = work / "floor"
+    (repo / "app").mkdir(parents=True)
+    (repo / "app" / "main.py").write_text(FLOOR_APP)
+    return repo
+
+
 def run_benchmark(sessions: int, read_only: bool = True, train: bool = False, warm: str = "umap",
-                  checkpoints: Path = REPO_ROOT / "checkpoints", repo: Path = REPO_ROOT) -> dict:
+                  checkpoints: Path = REPO_ROOT / "checkpoints", repo: Path = REPO_ROOT, floor: bool = False) -> dict:
     """Serve the app, warm it with one tab, then time ``sessions`` students visiting every page at once."""
     if read_only and train:
         raise ValueError("a read-only server cannot train: use --train without --read-only")
@@ -229,7 +260,7 @@ def run_benchmark(sessions: int, read_only: bool = True, train: bool = False, wa
     environment = {"ECAML_CHECKPOINTS_DIR": str(Path(checkpoints).resolve()), "ECAML_RUNS_DIR": str(runs),
                    "ECAML_CACHE_DIR": str(cache), "ECAML_WARM_CACHE": warm,
                    "ECAML_READ_ONLY": "1" if read_only else "0"}
-    server = start_server(port, work / "streamlit.log", environment, repo)
+    server = start_server(port, work / "streamlit.log", environment, floor_repo(work) if floor else repo)
     try:
         wait_healthy(url, server, 90)
         meter = ServerMeter(server.pid)
@@ -250,6 +281,7 @@ def run_benchmark(sessions: int, read_only: bool = True, train: bool = False, wa
     settled = [visit.seconds for visit in visits if visit.seconds is not None]
     return {
         "sessions": sessions,
+        "app": "empty five-page floor app" if floor else "ecaml",
         "read_only": read_only,
         "training": train,
         "visits": len(visits),
@@ -290,9 +322,10 @@ def main() -> None:
                         help="a training job runs meanwhile (the server is then not read-only)")
     parser.add_argument("--warm", default="umap", choices=("umap", "pca", "0"), help="the server's start-up warm-up")
     parser.add_argument("--checkpoints", type=Path, default=REPO_ROOT / "checkpoints")
+    parser.add_argument("--floor", action="store_true", help="time an empty app of five pages instead (the floor)")
     args = parser.parse_args()
     report = run_benchmark(args.sessions, read_only=not args.train, train=args.train, warm=args.warm,
-                           checkpoints=args.checkpoints)
+                           checkpoints=args.checkpoints, floor=args.floor)
     for key, value in report.items():
         print(f"{key:36} {value}")
     print(json.dumps(report))
