@@ -17,6 +17,8 @@ from app.run_catalog import LIVE_STATES
 from ecaml.jobs import JobError, JobManager
 
 OWN_JOB_KEY = "own_training_job"  # the run directory of the last job this session started
+OWN_JOB_REFRESH_S = 1.0  # the sidebar progress of a job this session started
+OTHER_JOB_REFRESH_S = 5.0  # ... and of a job another session started
 
 
 def job_manager() -> JobManager:
@@ -72,16 +74,18 @@ def job_title(run_dir: Path) -> str:
 
 
 def show_training_in_sidebar() -> None:
-    """A small progress bar in the sidebar while a job trains, refreshed every second."""
+    """A small progress bar in the sidebar while a job trains: refreshed every second for this session's own job,
+    every few seconds for another session's (each refresh is a rerun on the server for every open tab, and a room
+    of viewers should not pay a second-by-second progress bar they did not ask for)."""
     run_dir = current_job()
     progress = job_progress(run_dir) if run_dir else None
     if progress is None or progress.state not in LIVE_STATES:
         return
+    refresh = OWN_JOB_REFRESH_S if started_here(run_dir) else OTHER_JOB_REFRESH_S
     with st.sidebar:
-        _sidebar_progress(str(run_dir))
+        st.fragment(run_every=refresh)(_sidebar_progress)(str(run_dir))
 
 
-@st.fragment(run_every=1.0)
 def _sidebar_progress(run_dir: str) -> None:
     progress = job_progress(Path(run_dir))
     if progress is None or progress.state not in LIVE_STATES:
