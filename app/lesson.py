@@ -27,8 +27,8 @@ from ecaml.config import TrainConfig
 from ecaml.jobs import config_flags
 from ecaml.runs import read_status
 
-# Used when no featured pair can be read: the digits/triplet setting of the study that chose it first.
-FALLBACK_SETTING = dict(dataset="digits", loss="triplet", ec_weight=0.6, epochs=4, seed=0)
+# Used when no featured pair can be read: the featured setting of the study in results/ (digits, triplet, λ = 1).
+FALLBACK_SETTING = {"dataset": "digits", "loss": "triplet", "ec_weight": 1.0, "epochs": 2, "seed": 0}
 LESSON_FILM_EVERY = 2  # when the featured run has no film of its own to take the spacing from
 LESSON_OVERRIDES: dict = {}  # further config fields (tests shorten the lesson with max_steps)
 LESSON_KEY = "lesson_runs"  # this session's lesson: its run folders

@@ -28,8 +28,13 @@ triplet, npair):
 
 2. Study: seeds 0-4, EC off (weight 0) and EC on (the chosen weight), trained
    on all seen classes (``val_classes`` 0) for the chosen epochs; unseen-class
-   Recall@K, NMI, MAP@R from each run's metrics.json, seen-class (training
-   classes) Recall@1 and MAP@R from its final ``"split": "train"`` history line.
+   Recall@K, NMI, MAP@R from each run's metrics.json, seen-class Recall@1 and
+   MAP@R from its final ``"split": "seen_test"`` history line: images of the
+   training classes held out of training (the dataset's ``seen_test_per_class``,
+   digits 10 and glyphs 4 an image class), so the seen/unseen gap compares new
+   images of known classes with images of new classes, not memorisation.
+   The seed-0 runs of the datasets in ``film_frames`` (digits) also record a
+   training film of about that many frames (ecaml.film; it changes no weight).
    Summaries: mean +- std (ddof 1) and the paired difference (EC on - off, same
    seed) with a 95% t confidence interval and a paired t-test p-value.
 
@@ -38,7 +43,10 @@ triplet, npair):
    alone (``--render-only`` re-renders it); the seed-0 run directories of each
    (dataset, loss) pair, EC off and on, are copied into ``--checkpoints``
    (default ``checkpoints/``; not in ``--quick`` mode unless asked), without
-   their trainer_state_*.safetensors, with a generated README.md.
+   their trainer_state_*.safetensors, with their film when they have one and a
+   generated README.md; ``featured.json`` names the pair the app opens on (the
+   digits pair with the largest mean paired MAP@R difference, the films being
+   of digits runs).
 
 Runs live in a work directory (default ``runs/study`` or ``runs/study-quick``,
 git-ignored). A run whose directory already has metrics.json is not trained
@@ -52,6 +60,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as futures
+import functools
 import json
 import math
 import multiprocessing
@@ -75,6 +84,9 @@ LOSSES = ("binomial", "triplet", "npair")
 UNSEEN_METRICS = ("recall@1", "recall@2", "recall@4", "recall@8", "nmi", "map@r", "r_precision")
 SEEN_METRICS = ("recall@1", "map@r")
 SHIPPED_FILES = ("config.json", "model.safetensors", "history.jsonl", "metrics.json", "status.json")
+FILM_FOLDER = "film"  # ecaml.film.FILM_FOLDER
+SEEN_PART = "seen_test"  # held-out images of the training classes
+FEATURED_DATASET = "digits"  # the featured pair is a digits pair: its runs carry films and re-train in seconds
 SELECTION_METRIC = "map@r"
 PINNED_KEYS = ("image_size", "embedding_dim", "classes_per_batch", "images_per_class")
 
@@ -91,6 +103,7 @@ class Plan:
     datasets: tuple[str, ...] = DATASETS
     losses: tuple[str, ...] = LOSSES
     extra: dict[str, Any] = field(default_factory=dict)  # further TrainConfig fields for every run
+    film_frames: dict[str, int] = field(default_factory=dict)  # seed-0 final runs of these datasets get a film
 
     def eval_every(self, dataset: str) -> int:
         """Evaluate at every grid epoch: the gcd of the grid."""
@@ -108,6 +121,7 @@ class Plan:
             "losses": list(self.losses),
             "eval_every_while_tuning": {d: self.eval_every(d) for d in self.datasets},
             "extra_config": dict(self.extra),
+            "film_frames_for_seed0_finals": dict(self.film_frames),
             "selection": (
                 f"epochs: argmax over the epoch grid of the baseline's (EC off) validation {SELECTION_METRIC}, "
                 f"mean over tuning seeds, ties to fewer epochs; reused for EC. EC weight: argmax over the EC grid of "
@@ -124,6 +138,7 @@ FULL = Plan(
     val_classes={"digits": 2, "glyphs": 13},
     tune_seeds=(100, 101),
     final_seeds=(0, 1, 2, 3, 4),
+    film_frames={"digits": 30},
 )
 QUICK = Plan(
     ec_grid={"digits": (0.13, 1.0), "glyphs": (0.13, 1.0)},
@@ -131,6 +146,7 @@ QUICK = Plan(
     val_classes={"digits": 2, "glyphs": 13},
     tune_seeds=(100, 101),
     final_seeds=(0, 1),
+    film_frames={"digits": 4},
 )
 
 
@@ -158,10 +174,26 @@ def tune_config(plan: Plan, dataset: str, loss: str, weight: float, seed: int, e
 
 
 def final_config(plan: Plan, dataset: str, loss: str, weight: float, seed: int, epochs: int) -> dict[str, Any]:
-    return {
+    values = {
         "dataset": dataset, "loss": loss, "ec_weight": weight, "seed": seed, "split_seed": 0,
         "val_classes": 0, "epochs": epochs, "eval_every": 0, **plan.extra,
     }
+    if seed == plan.final_seeds[0] and dataset in plan.film_frames:
+        values["film_every"] = film_every(json.dumps(values, sort_keys=True), plan.film_frames[dataset])
+    return values
+
+
+@functools.lru_cache(maxsize=None)
+def film_every(values_json: str, frames: int) -> int:
+    """Steps between film snapshots so that the run (its config as JSON) records about ``frames`` of them."""
+    from ecaml.config import TrainConfig
+    from ecaml.evaluate import split_for
+    from ecaml.train import make_plan
+
+    config = TrainConfig.from_dict(json.loads(values_json)).resolved()
+    split = split_for(config)
+    plan = make_plan(config, split.dataset.labels[split.indices("train")])
+    return max(1, plan.total_steps // frames)
 
 
 def train_command(values: dict[str, Any], out: str) -> str:
@@ -418,7 +450,7 @@ def run_record(study: Study, dataset, loss, weight, seed, epochs) -> dict[str, A
     from ecaml.runs import read_history, read_metrics
 
     path = study.final_dir(dataset, loss, weight, seed)
-    seen = eval_lines(path, "train")[-1]
+    seen = eval_lines(path, SEEN_PART)[-1]
     steps = [r for r in read_history(path) if r.get("kind") == "step"]
     return {
         "name": path.name, "dataset": dataset, "loss": loss, "ec_weight": weight, "seed": seed, "epochs": epochs,
@@ -463,9 +495,13 @@ def build_results(study: Study, command: str, timing: dict[str, Any]) -> dict[st
     import scipy
     import torch
 
+    from ecaml.config import TrainConfig
+
+    held_out = {d: TrainConfig(dataset=d).resolved().seen_test_per_class for d in plan.datasets}
     return {
         "command": command,
         "settings": plan.to_dict(),
+        "seen_test_per_class": held_out,
         "search": search,
         "runs": runs,
         "summary": summary,
@@ -511,7 +547,9 @@ def render_markdown(results: dict[str, Any]) -> str:
         "",
         f"Unseen-class metrics in %, mean ± std over {n} seeds ({', '.join(map(str, settings['final_seeds']))}), "
         "each trained on all seen classes with the epochs and EC weight chosen on validation classes (below). "
-        "Seen R@1 is Recall@1 on the training classes; gap = seen R@1 − unseen R@1.",
+        "Seen R@1 is Recall@1 on images of the seen classes held out of training "
+        f"({', '.join(f'{d} {n}' for d, n in results.get('seen_test_per_class', {}).items())} a class); "
+        "gap = seen R@1 − unseen R@1, new images of known classes against images of new classes.",
         "",
     ]
     for dataset in settings["datasets"]:
@@ -594,6 +632,8 @@ def ship_checkpoints(results: dict[str, Any], study: Study, target: Path, log) -
             destination.mkdir()
             for file in SHIPPED_FILES:
                 shutil.copy2(source / file, destination / file)
+            if (source / FILM_FOLDER).is_dir():
+                shutil.copytree(source / FILM_FOLDER, destination / FILM_FOLDER)  # the training film, if any
             shipped.append(name)
             record = next(r for r in results["runs"] if r["name"] == name)
             # Pin the per-dataset defaults too, so the command keeps making this run if those defaults change.
@@ -601,7 +641,7 @@ def ship_checkpoints(results: dict[str, Any], study: Study, target: Path, log) -
             values = {**final_config(study.plan, dataset, loss, weight, seed, entry["epochs"]),
                       **{k: resolved[k] for k in PINNED_KEYS}}
             command = train_command(values, f"checkpoints/{name}")
-            size = sum(f.stat().st_size for f in destination.iterdir())
+            size = sum(f.stat().st_size for f in destination.rglob("*") if f.is_file())
             rows.append((name, record, command, size))
             log(f"shipped {destination} ({size / 1e6:.2f} MB)")
     lines = [
@@ -617,7 +657,10 @@ def ship_checkpoints(results: dict[str, Any], study: Study, target: Path, log) -
         "",
         f"    {results['command']}",
         "",
-        "(runs are seeded and single-threaded on the CPU, so the weights come out the same). Each one alone:",
+        "(runs are seeded and single-threaded on the CPU, so the same machine and library versions give the same "
+        "weights; another CPU or library build may differ in the last bits of floating-point sums, so its weights "
+        "differ a little and its metrics by about as much as one seed from the next). The digits runs also carry "
+        "their training film (`film/`, played on the Embeddings page). Each one alone:",
         "",
         "| run | unseen R@1 | NMI | MAP@R | size | command |",
         "|---|---|---|---|---|---|",
@@ -628,8 +671,42 @@ def ship_checkpoints(results: dict[str, Any], study: Study, target: Path, log) -
                      f"{size / 1e6:.2f} MB | `{command}` |")
     lines += ["", "Check one: `python -m ecaml evaluate checkpoints/NAME --json` prints its `metrics.json`; "
               "`pytest tests/test_checkpoints.py` checks them all.", ""]
+    for stale in sorted(target.iterdir()):
+        # A run folder of an earlier study (e.g. another chosen λ) would be shown beside this study's runs.
+        if stale.is_dir() and (stale / "config.json").is_file() and stale.name not in shipped:
+            shutil.rmtree(stale)
+            log(f"removed {stale} (not a run of this study)")
     (target / "README.md").write_text("\n".join(lines))
+    write_featured(results, target / "featured.json", log)
     return shipped
+
+
+def write_featured(results: dict[str, Any], path: Path, log) -> None:
+    """featured.json: the digits pair whose EC effect on unseen MAP@R is the largest (mean paired difference).
+
+    A choice of which comparison to show first, made after the study and said in
+    the file, not a hyper-parameter: every pair is shipped and every number is in
+    results/study.md.
+    """
+    seed = results["settings"]["final_seeds"][0]
+    candidates = {k: v for k, v in results["summary"].items() if k.startswith(FEATURED_DATASET + "/")}
+    key = max(candidates, key=lambda k: candidates[k]["diff"]["map@r"]["mean"])
+    entry = candidates[key]
+    dataset, loss = key.split("/")
+    diff = entry["diff"]
+    n = diff["map@r"]["n"]
+
+    def points(metric: str) -> str:
+        low, high = diff[metric]["ci95"]
+        return f"{diff[metric]['mean'] * 100:+.1f} [{low * 100:+.1f}, {high * 100:+.1f}]"
+
+    why = (f"The pair the app opens on: of the {FEATURED_DATASET} pairs (the ones with a training film), {dataset} with "
+           f"the {loss} loss is where the study measured the largest mean effect of Energy Confusion on unseen MAP@R "
+           f"(EC λ = {entry['ec_weight']:g} against off, paired over {n} seeds, 95% interval: Recall@1 "
+           f"{points('recall@1')}, NMI {points('nmi')}, MAP@R {points('map@r')} points; see results/study.md).")
+    runs = [final_name(dataset, loss, weight, seed) for weight in (0.0, entry["ec_weight"])]
+    path.write_text(json.dumps({"runs": runs, "why": why}, indent=2, ensure_ascii=False) + "\n")
+    log(f"featured pair: {', '.join(runs)}")
 
 
 # ----------------------------------------------------------------------------- main

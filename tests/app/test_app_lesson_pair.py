@@ -18,7 +18,8 @@ SETTING_FIELDS = ("dataset", "loss", "epochs", "seed", "embedding_dim", "classes
                   "weight_decay", "backbone", "image_size", "ec_pairs", "ec_partners", "ec_route")
 
 
-def test_the_lesson_pair_is_the_featured_pair_with_a_film():
+def test_the_lesson_pair_is_the_featured_pair_with_a_film(monkeypatch):
+    monkeypatch.setenv("ECAML_CHECKPOINTS_DIR", str(REPO_ROOT / "checkpoints"))  # the shipped runs, not the fixtures
     featured = json.loads((REPO_ROOT / "checkpoints" / "featured.json").read_text())["runs"]
     configs = list(lesson.lesson_configs().values())
     featured_weight = json.loads((REPO_ROOT / "checkpoints" / featured[1] / "config.json").read_text())["ec_weight"]
