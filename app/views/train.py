@@ -29,6 +29,7 @@ BACKBONES = ("smallcnn", "resnet18", "resnet50", "googlenet")
 DEVICES = ("auto", "cpu", "cuda")
 LIVE_CURVES = (("metric_loss", "total_loss"), ("log_energy",))
 LIVE_REFRESH_S = 0.5  # a digits run takes seconds: a slower refresh would show only its first and last steps
+OTHER_JOB_LIVE_REFRESH_S = 2.0  # a job started by another session
 # Evaluate after every epoch, so quality during training is a curve (a digits run is a few epochs long).
 EVALUATE_EVERY_EPOCHS = 1
 STOPPING_KEY = "stop_requested_for"  # the job this session asked to stop (it ends after its current step)
@@ -64,7 +65,10 @@ def show_job() -> Path | None:
     with its curves and a replay; returns the running job's folder."""
     running = training_job.current_job()
     if running is not None:
-        live_panel(str(running))
+        # Every refresh re-sends the whole chart to the tab: a job someone else started is followed less often, so
+        # a room of viewers does not cost the server (and their own browsers) two charts a second each.
+        refresh = LIVE_REFRESH_S if training_job.started_here(running) else OTHER_JOB_LIVE_REFRESH_S
+        st.fragment(run_every=refresh)(live_panel)(str(running))
         return running
     own = training_job.own_job()
     progress = training_job.job_progress(own) if own else None
@@ -73,7 +77,6 @@ def show_job() -> Path | None:
     return None
 
 
-@st.fragment(run_every=LIVE_REFRESH_S)
 def live_panel(run_dir: str) -> None:
     progress = training_job.job_progress(Path(run_dir))
     if progress is None or progress.state not in run_catalog.LIVE_STATES:
@@ -82,7 +85,7 @@ def live_panel(run_dir: str) -> None:
     if not training_job.started_here(Path(run_dir)):
         st.caption("Started from another browser tab or session; you can watch it here, and start yours when it ends.")
     st.progress(training_job.progress_fraction(progress), text=training_job.progress_text(progress))
-    show_run_curves(progress.history, key="live")
+    show_run_curves(progress.history, key="live", run_dir=run_dir)
     stopping = st.session_state.get(STOPPING_KEY) == run_dir
     st.button(
         "Stopping after the current step…" if stopping else "Stop",
@@ -95,12 +98,12 @@ def live_panel(run_dir: str) -> None:
     )
 
 
-def show_run_curves(history: list[dict], key: str, last_step: int | None = None) -> None:
+def show_run_curves(history: list[dict], key: str, run_dir: str, last_step: int | None = None) -> None:
     """The losses, log E and the evaluations of one run's history (up to ``last_step``), side by side."""
     if last_step is not None:
         history = [record for record in history if record.get("step", 0) <= last_step]
     steps = [record for record in history if record.get("kind") == "step"]
-    show_live_curves(steps, key)
+    show_live_curves(steps, key, run_dir)
     show_live_evaluations(history, key)
 
 
@@ -127,7 +130,7 @@ def split_name(split) -> str:
     return {"val": "validation classes", "unseen": "test classes (not for selection)"}.get(split, str(split))
 
 
-def show_live_curves(steps: list[dict], key: str) -> None:
+def show_live_curves(steps: list[dict], key: str, run_dir: str) -> None:
     if not steps:
         st.caption("Waiting for the first step…")
         return
@@ -137,9 +140,20 @@ def show_live_curves(steps: list[dict], key: str) -> None:
         if not present:
             column.caption("log E appears here when EC is on.")
             continue
-        colours = [layout.colour_of(i) for i in range(len(present))]
-        chart = charts.quantities_chart(steps, present, colours, smoothing=0.6, height=280)
-        column.altair_chart(chart, key=f"{key}_{'_'.join(present)}", width="stretch")
+        spec = curves_spec(run_dir, len(steps), steps[-1].get("step", 0), tuple(present), steps)
+        column.vega_lite_chart(spec, key=f"{key}_{'_'.join(present)}", width="stretch")
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def curves_spec(run_dir: str, step_count: int, last_step: int, quantities: tuple[str, ...], _steps: list[dict]) -> dict:
+    """The Vega-Lite spec of one run's curves up to a step, built once for every session that shows it.
+
+    While a job trains, every open Train page redraws its curves every refresh; building the Altair chart and
+    converting it (with schema validation) was a quarter of the server's CPU with five tabs open (py-spy). A
+    history only grows, so (run, records, last step) names the content.
+    """
+    colours = [layout.colour_of(i) for i in range(len(quantities))]
+    return charts.quantities_chart(_steps, list(quantities), colours, smoothing=0.6, height=280).to_dict()
 
 
 def stop_job(run_dir: str) -> None:
@@ -196,10 +210,10 @@ def show_replay(run_dir: str, history: list[dict]) -> None:
     if st.session_state.get("replay_run") != run_dir:  # a new run: start the replay at its end
         st.session_state.update({"replay_run": run_dir, REPLAY_STEP_KEY: last, REPLAY_PLAYING_KEY: False})
     playing = bool(st.session_state.get(REPLAY_PLAYING_KEY))
-    st.fragment(run_every=REPLAY_FRAME_S if playing else None)(replay_frame)(history, last, playing)
+    st.fragment(run_every=REPLAY_FRAME_S if playing else None)(replay_frame)(run_dir, history, last, playing)
 
 
-def replay_frame(history: list[dict], last: int, timed: bool) -> None:
+def replay_frame(run_dir: str, history: list[dict], last: int, timed: bool) -> None:
     """One frame of the replay. ``timed``: whether this fragment was drawn with a timer (it keeps the arguments of
     the full run that drew it, so a Replay or Pause clicked inside it needs a full rerun to start or drop the timer)."""
     if bool(st.session_state.get(REPLAY_PLAYING_KEY)) != timed:
@@ -221,7 +235,7 @@ def replay_frame(history: list[dict], last: int, timed: bool) -> None:
         help="Redraw the curves step by step, as they grew during training.",
     )
     step = controls[1].slider("Training step", 1, last, key=REPLAY_STEP_KEY, disabled=playing)
-    show_run_curves(history, key="replay", last_step=step)
+    show_run_curves(history, key="replay", run_dir=run_dir, last_step=step)
 
 
 def toggle_replay(last: int) -> None:
