@@ -1,8 +1,8 @@
 """End to end: the guided path a lecturer follows, in the real app and headless Chromium.
 
-The fixture pair (digits, binomial, λ 0.13, one of the settings ``results/study.json`` measured over five seeds) is
-listed as featured for this module, so the first screen shows the study's multi-seed effect beside the one seed the
-table holds. The walk: the guide on Compare; the log E curve it opens on; its links to the map (Embeddings) and to
+The fixture pair (digits, binomial) is listed as featured for this module, with its EC-on run's λ and both runs'
+epochs set to those ``results/study.json`` measured over five seeds for digits with the binomial loss, so the
+first screen shows the study's multi-seed effect beside the one seed the table holds. The walk: the guide on Compare; the log E curve it opens on; its links to the map (Embeddings) and to
 Retrieval; a black-on-white upload shown as the model sees it and called inverted; hiding the guide, which stays
 hidden on the next visit; the Train form starting from the featured setting; a run from it that moves live, stays,
 replays step by step and leaves no defunct process under the server. Each step saves a screenshot to
@@ -41,13 +41,29 @@ LESSON_RUN = "lesson-run"
 TRAIN_TIMEOUT_S = 120
 
 
+def measured_setting() -> dict:
+    """λ and epochs of the study's digits/binomial runs."""
+    from app.guided_path import STUDY_FILE
+
+    return json.loads(STUDY_FILE.read_text())["summary"]["digits/binomial"]
+
+
 @pytest.fixture(scope="module", autouse=True)
 def featured_fixture_pair(app_server):
-    """featured.json naming the fixture pair, for this module only (the other browser tests open without one)."""
+    """featured.json naming the fixture pair, set to the study's setting, for this module only (the other browser
+    tests open without one, on the fixture runs as they were trained)."""
+    measured = measured_setting()
+    originals = {}
+    for name, weight in ((RUN_OFF, 0.0), (RUN_ON, measured["ec_weight"])):
+        path = app_server.checkpoints_dir / name / "config.json"
+        originals[path] = path.read_text()
+        path.write_text(json.dumps({**json.loads(originals[path]), "ec_weight": weight, "epochs": measured["epochs"]}))
     featured = app_server.checkpoints_dir / "featured.json"
     featured.write_text(json.dumps({"runs": [RUN_OFF, RUN_ON]}))
     yield
     featured.unlink(missing_ok=True)
+    for path, text in originals.items():
+        path.write_text(text)
 
 
 @pytest.fixture
@@ -155,8 +171,9 @@ def test_the_guide_hides_for_the_session_and_the_train_form_starts_from_the_feat
     wait_for_text(page, "Starts from the featured setting")
     form = page.locator(f'{MAIN} [data-testid="stForm"]')
     assert form.get_by_label("Base metric loss", exact=True).input_value() == "binomial"
-    assert form.get_by_label("Energy Confusion weight λ", exact=True).input_value() == "0.13"
-    assert form.get_by_label("Epochs", exact=True).input_value() == "2"
+    measured = measured_setting()
+    assert form.get_by_label("Energy Confusion weight λ", exact=True).input_value() == f"{measured['ec_weight']:.2f}"
+    assert form.get_by_label("Epochs", exact=True).input_value() == str(measured["epochs"])
     assert page.locator(MAIN).get_by_role("button", name="Train its").count() >= 1  # the twin of any run
     time.sleep(0.2)
     assert_no_error_boxes(page, "Train from the featured setting")
@@ -227,5 +244,7 @@ def test_a_run_from_the_featured_form_moves_live_replays_and_leaves_no_defunct_p
     time.sleep(1.0)
     assert not defunct_children(app_server.process.pid), "defunct training processes under the server"
     config = json.loads((app_server.runs_dir / LESSON_RUN / "config.json").read_text())
-    assert (config["loss"], config["ec_weight"], config["epochs"], config["eval_every"]) == ("binomial", 0.13, 2, 1)
+    measured = measured_setting()
+    assert (config["loss"], config["ec_weight"], config["epochs"], config["eval_every"]) == \
+        ("binomial", measured["ec_weight"], measured["epochs"], 1)
     errors.check()
