@@ -96,15 +96,32 @@ def test_config_defaults_and_the_former_seed_name():
         TrainConfig.from_dict({"legacy_unseen_seed": 3})
 
 
-@pytest.mark.parametrize("run_dir", SHIPPED, ids=[p.name for p in SHIPPED])
-def test_shipped_runs_read_as_trained_without_hold_out(run_dir):
-    config = read_config(run_dir)
-    saved = json.loads((run_dir / "config.json").read_text())
-    assert "val_seed" not in saved, "the shipped runs predate val_seed: this test guards how old runs are read"
+# config.json files of runs shipped before val_seed and the seen-test hold-out existed (copied from the checkpoints
+# of commit 03aa7e7): how such runs are read must not change.
+LEGACY_CONFIGS = sorted((ROOT / "tests" / "data").glob("legacy_*_config.json"))
+
+
+@pytest.mark.parametrize("saved_config", LEGACY_CONFIGS, ids=[p.stem for p in LEGACY_CONFIGS])
+def test_runs_made_before_the_hold_out_read_as_trained_without_it(saved_config, tmp_path):
+    saved = json.loads(saved_config.read_text())
+    assert "val_seed" not in saved and "seen_test_per_class" not in saved, "not a config of the earlier format"
+    (tmp_path / "config.json").write_text(saved_config.read_text())
+    config = read_config(tmp_path)
     assert config.seen_test_per_class == 0 and config.val_seed == saved["split_seed"]
     assert config.legacy_unseen_seed is None
     split = split_for(config)
     assert len(split.indices("seen_test")) == 0
+    assert split.unseen_classes == load_split(config.dataset).unseen_classes
+
+
+@pytest.mark.parametrize("run_dir", SHIPPED, ids=[p.name for p in SHIPPED])
+def test_shipped_runs_were_trained_with_held_out_seen_images(run_dir):
+    config = read_config(run_dir)
+    assert config.seen_test_per_class > 0
+    split = split_for(config)
+    held_out = split.indices("seen_test")
+    assert len(held_out) == config.seen_test_per_class * len(split.train_classes)
+    assert not set(held_out) & set(split.indices("train")), "a held-out image is also a training image"
     assert split.unseen_classes == load_split(config.dataset).unseen_classes
 
 
