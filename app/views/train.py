@@ -10,6 +10,7 @@ new run can be compared with the shipped pair, like with like.
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import streamlit as st
@@ -140,17 +141,18 @@ def show_live_curves(steps: list[dict], key: str, run_dir: str) -> None:
         if not present:
             column.caption("log E appears here when EC is on.")
             continue
-        spec = curves_spec(run_dir, len(steps), steps[-1].get("step", 0), tuple(present), steps)
+        spec = curves_spec(run_dir, len(steps), json.dumps(steps[-1], sort_keys=True), tuple(present), steps)
         column.vega_lite_chart(spec, key=f"{key}_{'_'.join(present)}", width="stretch")
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
-def curves_spec(run_dir: str, step_count: int, last_step: int, quantities: tuple[str, ...], _steps: list[dict]) -> dict:
+def curves_spec(run_dir: str, step_count: int, last_record: str, quantities: tuple[str, ...], _steps: list[dict]) -> dict:
     """The Vega-Lite spec of one run's curves up to a step, built once for every session that shows it.
 
     While a job trains, every open Train page redraws its curves every refresh; building the Altair chart and
     converting it (with schema validation) was a quarter of the server's CPU with five tabs open (py-spy). A
-    history only grows, so (run, records, last step) names the content.
+    history only grows, so (run, record count, last record) names the content, even for a run re-made in the same
+    folder.
     """
     colours = [layout.colour_of(i) for i in range(len(quantities))]
     return charts.quantities_chart(_steps, list(quantities), colours, smoothing=0.6, height=280).to_dict()
