@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from process_table import child_states
 
 from ecaml import jobs
 from ecaml.cli import _flag_values, build_parser
@@ -242,17 +243,8 @@ def test_config_flags_rebuild_the_config_exactly():
 
 
 def children_of_this_process() -> dict[int, str]:
-    """pid -> state letter of every process whose parent is this one, from /proc."""
-    found = {}
-    for stat_file in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat_file.read_text()
-        except OSError:
-            continue
-        fields = text[text.rindex(")") + 2:].split()
-        if int(fields[1]) == os.getpid():
-            found[int(stat_file.parent.name)] = fields[0]
-    return found
+    """pid -> state letter of every process whose parent is this one."""
+    return child_states(os.getpid())
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image, ImageDraw
+from process_table import child_states
 from test_browser import (
     CHARTS,
     MAIN,
@@ -182,17 +183,8 @@ def test_the_guide_hides_for_the_session_and_the_train_form_starts_from_the_feat
 
 
 def defunct_children(pid: int) -> list[int]:
-    """Zombie (defunct) child processes of ``pid``, from /proc."""
-    zombies = []
-    for stat_file in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat_file.read_text()
-        except OSError:
-            continue
-        fields = text[text.rindex(")") + 2:].split()
-        if int(fields[1]) == pid and fields[0] == "Z":
-            zombies.append(int(stat_file.parent.name))
-    return zombies
+    """Zombie (defunct) child processes of ``pid``."""
+    return [child for child, state in child_states(pid).items() if state == "Z"]
 
 
 def test_a_run_from_the_featured_form_moves_live_replays_and_leaves_no_defunct_process(page, app_server, errors):
