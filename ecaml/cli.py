@@ -1,7 +1,9 @@
 """`python -m ecaml train | evaluate | compare | embed`.
 
 Every failure the user can cause (a bad flag value, a missing path, a broken
-run) ends in one line on stderr and exit status 2, never a traceback.
+run) ends in one line on stderr and exit status 2, never a traceback. The parser
+reads its choices from ``ecaml.registry``: ``--help`` and a refused flag import
+no torch; each command imports what it needs.
 """
 
 from __future__ import annotations
@@ -12,13 +14,9 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
-
 from ecaml import __version__
 from ecaml.config import EVAL_SPLITS, PRESETS, TrainConfig, load_toml, settings
-from ecaml.confusion import PAIR_MODES, ROUTES
-from ecaml.data import DATASETS, SPLIT_PARTS
-from ecaml.models import BACKBONES
+from ecaml.registry import BACKBONES, DATASETS, EC_PAIR_MODES, EC_ROUTES, LOSSES, PML_PREFIX, SPLIT_PARTS
 
 EXIT_USER_ERROR = 2
 # Flags whose value lands in TrainConfig under the same name (dashes -> underscores).
@@ -39,7 +37,7 @@ TRAIN_FLAGS = {
     "backbone": (str, "backbone: " + ", ".join(BACKBONES) + " (default smallcnn)"),
     "weights_path": (str, "local file with ImageNet weights for --pretrained (else the torch cache is used)"),
     "embedding_dim": (int, "embedding size d (default: per dataset)"),
-    "loss": (str, "base metric loss: binomial, triplet, npair, or pml:ClassName (default binomial)"),
+    "loss": (str, f"base metric loss: {', '.join(LOSSES)}, or {PML_PREFIX}ClassName (default binomial)"),
     "ec_weight": (float, "Energy Confusion weight lambda; 0 trains the plain baseline (default 0.13, the reference)"),
     "ec_pairs": (str, "EC pairs: sampled (k random inter-class partners per anchor, the reference) or dense (all)"),
     "ec_partners": (int, "k, partners per anchor for --ec-pairs sampled (default 10)"),
@@ -105,7 +103,7 @@ def _add_train(commands) -> None:
                             "256/227 crops, 65 x 2 batches, Adam 1e-5 with 10x head, 10,000 steps, lambda 0.13); "
                             "a --config file and flags override its values")
     for name, (kind, text) in TRAIN_FLAGS.items():
-        choices = {"ec_pairs": PAIR_MODES, "ec_route": ROUTES, "dataset": DATASETS, "backbone": list(BACKBONES)}.get(name)
+        choices = {"ec_pairs": EC_PAIR_MODES, "ec_route": EC_ROUTES, "dataset": DATASETS, "backbone": list(BACKBONES)}.get(name)
         train.add_argument("--" + name.replace("_", "-"), type=kind, help=text, choices=choices, default=None)
     train.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None,
                        help="start from ImageNet weights (local only); --no-pretrained overrides a preset")
@@ -274,6 +272,8 @@ def format_comparison(table: dict[str, dict[str, float]]) -> str:
 
 
 def command_embed(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from ecaml.evaluate import embed_part, pick_device, split_for
     from ecaml.runs import atomic_write_bytes, input_channels, load_run
 
@@ -305,13 +305,21 @@ COMMANDS = {"train": command_train, "evaluate": command_evaluate, "compare": com
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+    except UserError as error:
+        return report(error, EXIT_USER_ERROR)
+    return run_command(args)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """The parsed command, its failures reported as one line (their types come with torch: imported here, not above)."""
     from ecaml.data import DatasetError, ImageError
     from ecaml.models import WeightsError
     from ecaml.runs import RunError
     from ecaml.train import TrainingError
 
     try:
-        args = build_parser().parse_args(argv)
         return COMMANDS[args.command](args)
     except (UserError, RunError, DatasetError, ImageError, WeightsError, ValueError, FileNotFoundError) as error:
         return report(error, EXIT_USER_ERROR)

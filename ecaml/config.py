@@ -17,9 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ecaml.confusion import PAIR_MODES, ROUTES
-from ecaml.data import DATASETS, SPLIT_PARTS
-from ecaml.models import BACKBONES
+from ecaml.registry import BACKBONES, DATASETS, EC_PAIR_MODES, EC_ROUTES, SPLIT_PARTS
 
 # Sizes whose model or input transform alone would exhaust memory: refused both when
 # training and when reading a run, so training never makes a run that loading refuses.
@@ -121,8 +119,8 @@ class TrainConfig:
         checks = [
             (self.dataset in DATASETS, f"dataset must be one of {', '.join(DATASETS)}"),
             (self.backbone in BACKBONES, f"backbone must be one of {', '.join(BACKBONES)}"),
-            (self.ec_pairs in PAIR_MODES, f"ec_pairs must be one of {', '.join(PAIR_MODES)}"),
-            (self.ec_route in ROUTES, f"ec_route must be one of {', '.join(ROUTES)}"),
+            (self.ec_pairs in EC_PAIR_MODES, f"ec_pairs must be one of {', '.join(EC_PAIR_MODES)}"),
+            (self.ec_route in EC_ROUTES, f"ec_route must be one of {', '.join(EC_ROUTES)}"),
             (math.isfinite(self.ec_weight) and self.ec_weight >= 0, "ec_weight must be a finite number >= 0"),
             (self.ec_partners >= 1, "ec_partners must be at least 1"),
             (math.isfinite(self.lr) and self.lr > 0, "lr must be a positive number"),

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-PAIR_MODES = ("sampled", "dense")
-ROUTES = ("head", "full")
+from ecaml.registry import EC_PAIR_MODES as PAIR_MODES
+from ecaml.registry import EC_ROUTES as ROUTES
 
 
 def inter_class_pairs(

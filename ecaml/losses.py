@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ecaml.registry import PML_PREFIX
+
 
 def _cosine_similarities(embeddings: torch.Tensor) -> torch.Tensor:
     normalised = F.normalize(embeddings.float(), dim=1)
@@ -152,7 +154,6 @@ BUILTIN_LOSSES: dict[str, type[nn.Module]] = {
     "triplet": TripletLoss,
     "npair": NPairLoss,
 }
-PML_PREFIX = "pml:"
 
 
 class PmlLoss(nn.Module):

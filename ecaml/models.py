@@ -8,19 +8,12 @@ parameters each gradient reached.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-
-@dataclass(frozen=True)
-class BackboneSpec:
-    feature_dim: int
-    pretrained_capable: bool
-    imagenet_input: bool  # 3-channel ImageNet-normalised input at ``default_size``
-    default_size: int
+from ecaml.registry import BACKBONES
 
 
 class SmallCNN(nn.Module):
@@ -43,14 +36,6 @@ class SmallCNN(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.layers(images)
-
-
-BACKBONES: dict[str, BackboneSpec] = {
-    "smallcnn": BackboneSpec(128, pretrained_capable=False, imagenet_input=False, default_size=32),
-    "googlenet": BackboneSpec(1024, pretrained_capable=True, imagenet_input=True, default_size=224),
-    "resnet18": BackboneSpec(512, pretrained_capable=True, imagenet_input=True, default_size=224),
-    "resnet50": BackboneSpec(2048, pretrained_capable=True, imagenet_input=True, default_size=224),
-}
 
 
 class EmbeddingNet(nn.Module):

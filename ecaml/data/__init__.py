@@ -20,16 +20,11 @@ from ecaml.data.base import (
     hold_out_images,
     split_classes,
 )
-from ecaml.data.benchmarks import LAYOUTS, load_benchmark
+from ecaml.data.benchmarks import load_benchmark
 from ecaml.data.builtin import load_digits, load_glyphs
 from ecaml.data.folder import load_image_folder, seeded_half_split, sorted_half_split
 from ecaml.data.images import ImageError, open_image
-
-BUILTIN_DATASETS = ("digits", "glyphs")
-BENCHMARKS = tuple(LAYOUTS)  # cub, cars, sop, inshop
-DATASETS = (*BUILTIN_DATASETS, "folder", *BENCHMARKS)
-# Datasets read from image files on disk, in colour; the built-ins are greyscale arrays.
-COLOUR_DATASETS = ("folder", *BENCHMARKS)
+from ecaml.registry import BENCHMARKS, BUILTIN_DATASETS, COLOUR_DATASETS, DATASETS
 
 __all__ = [
     "BENCHMARKS",

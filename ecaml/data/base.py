@@ -28,8 +28,7 @@ import numpy as np
 from PIL import Image
 
 from ecaml.data.images import open_image
-
-SPLIT_PARTS = ("train", "val", "seen", "seen_test", "unseen")
+from ecaml.registry import SPLIT_PARTS
 # The random stream of the seen-test hold-out, apart from the validation draw of the same seed.
 SEEN_TEST_STREAM = 0x5EE7
 # A training class keeps at least this many images after its hold-out (one positive pair).
