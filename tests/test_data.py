@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -100,14 +101,23 @@ def _check_batches(labels: np.ndarray, batches: list[np.ndarray], classes_per_ba
     assert visits.max() - visits.min() <= 1, "classes should be visited evenly"
 
 
-@pytest.mark.parametrize("seed", range(300))
-def test_class_balanced_batches_hold_m_distinct_classes_of_n_distinct_images(seed):
-    labels, classes_per_batch, images_per_class = _random_class_shape(seed)
-    batches = class_balanced_batches(labels, classes_per_batch, images_per_class, seed=seed, epoch=seed % 4)
-    _check_batches(labels, batches, classes_per_batch, images_per_class)
+@contextmanager
+def case(name: str):
+    """Names the case of a loop in its failure: many seeds in one test cost far less than one test per seed."""
+    try:
+        yield
+    except AssertionError as error:
+        raise AssertionError(f"{name}: {error}") from error
 
 
-@pytest.mark.parametrize("seed", range(50))
+def test_class_balanced_batches_hold_m_distinct_classes_of_n_distinct_images():
+    for seed in range(300):
+        labels, classes_per_batch, images_per_class = _random_class_shape(seed)
+        with case(f"seed {seed} (m = {classes_per_batch}, n = {images_per_class})"):
+            batches = class_balanced_batches(labels, classes_per_batch, images_per_class, seed=seed, epoch=seed % 4)
+            _check_batches(labels, batches, classes_per_batch, images_per_class)
+
+
 @pytest.mark.parametrize(
     "sizes, classes_per_batch, images_per_class",
     [
@@ -118,10 +128,12 @@ def test_class_balanced_batches_hold_m_distinct_classes_of_n_distinct_images(see
         ([5, 5], 8, 2),  # fewer classes than m: clamped to all of them
     ],
 )
-def test_class_balanced_batches_on_the_hard_shapes(seed, sizes, classes_per_batch, images_per_class):
+def test_class_balanced_batches_on_the_hard_shapes(sizes, classes_per_batch, images_per_class):
     labels = np.repeat(np.arange(len(sizes)) * 7 + 3, sizes)
-    batches = class_balanced_batches(labels, classes_per_batch, images_per_class, seed=seed, epoch=1)
-    _check_batches(labels, batches, classes_per_batch, images_per_class)
+    for seed in range(50):
+        with case(f"seed {seed}"):
+            batches = class_balanced_batches(labels, classes_per_batch, images_per_class, seed=seed, epoch=1)
+            _check_batches(labels, batches, classes_per_batch, images_per_class)
 
 
 def test_class_balanced_batches_walk_through_each_class_before_repeating_an_image():
