@@ -24,6 +24,17 @@ def run_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     )
 
 
+def run_main(capsys, *args: str) -> subprocess.CompletedProcess:
+    """``python -m ecaml ARGS`` in this process (the same ``main``): no torch import of a new process to pay for.
+
+    Where the process itself is under test (exit status, nothing else on stderr), the tests use ``run_cli``.
+    """
+    capsys.readouterr()
+    status = main(list(args))
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(["ecaml", *args], status, captured.out, captured.err)
+
+
 @pytest.fixture(scope="module")
 def cli_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("cli") / "digits-ec"
@@ -52,8 +63,8 @@ def test_state_dict_keys_name_backbone_and_head(cli_run):
     assert {"head.weight", "head.bias"} <= set(keys)
 
 
-def test_evaluate_json_reproduces_metrics_json(cli_run):
-    result = run_cli("evaluate", str(cli_run), "--json")
+def test_evaluate_json_reproduces_metrics_json(cli_run, capsys):
+    result = run_main(capsys, "evaluate", str(cli_run), "--json")
     assert result.returncode == 0, result.stderr
     printed = json.loads(result.stdout)
     assert list(printed) == ["recall@1", "recall@2", "recall@4", "recall@8", "nmi", "map@r", "r_precision"]
@@ -133,10 +144,10 @@ def test_config_file_with_flags_winning(tmp_path):
         ([], "required"),
     ],
 )
-def test_user_errors_are_one_line_with_exit_status_2(tmp_path, args, message):
+def test_user_errors_are_one_line_with_exit_status_2(tmp_path, capsys, args, message):
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     (tmp_path / "empty-home").mkdir()
-    result = run_cli(*args)
+    result = run_main(capsys, *args)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
@@ -144,9 +155,16 @@ def test_user_errors_are_one_line_with_exit_status_2(tmp_path, args, message):
     assert "Traceback" not in result.stderr
 
 
-def test_train_refuses_to_overwrite_a_run(cli_run):
+def test_the_process_exits_with_the_status_main_returns_and_one_line(tmp_path):
+    result = run_cli("train", "--out", str(tmp_path / "x"), "--dataset", "imagenet")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: ") and "invalid choice" in result.stderr
+    assert result.stdout == ""
+
+
+def test_train_refuses_to_overwrite_a_run(cli_run, capsys):
     before = (cli_run / "model.safetensors").read_bytes()
-    result = run_cli("train", "--max-steps", "1", "--out", str(cli_run))
+    result = run_main(capsys, "train", "--max-steps", "1", "--out", str(cli_run))
     assert result.returncode == 2 and "already exists" in result.stderr
     assert (cli_run / "model.safetensors").read_bytes() == before
 
