@@ -102,8 +102,9 @@ def _add_train(commands) -> None:
                        help="the paper's reference setup for a benchmark (GoogLeNet from ImageNet weights, 512-d, "
                             "256/227 crops, 65 x 2 batches, Adam 1e-5 with 10x head, 10,000 steps, lambda 0.13); "
                             "a --config file and flags override its values")
+    named_choices = {"ec_pairs": EC_PAIR_MODES, "ec_route": EC_ROUTES, "dataset": DATASETS, "backbone": list(BACKBONES)}
     for name, (kind, text) in TRAIN_FLAGS.items():
-        choices = {"ec_pairs": EC_PAIR_MODES, "ec_route": EC_ROUTES, "dataset": DATASETS, "backbone": list(BACKBONES)}.get(name)
+        choices = named_choices.get(name)
         train.add_argument("--" + name.replace("_", "-"), type=kind, help=text, choices=choices, default=None)
     train.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None,
                        help="start from ImageNet weights (local only); --no-pretrained overrides a preset")
