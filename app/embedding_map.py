@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import filecmp
 import os
-import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +34,7 @@ from app import background_jobs
 from app.background_jobs import BackgroundJob
 from app.errors import LOG
 from app.locations import cache_dir
+from ecaml.atomic import atomic_write_bytes
 
 FRONTEND = Path(__file__).resolve().parent / "map_frontend"
 FRONTEND_FILES = ("index.html", "map.js", "map.css")
@@ -78,9 +78,7 @@ def _prepared(root: Path) -> Path:
     for name in FRONTEND_FILES:
         source, target = FRONTEND / name, root / name
         if not target.is_file() or not filecmp.cmp(source, target, shallow=False):
-            temporary = target.with_suffix(target.suffix + ".tmp")
-            shutil.copyfile(source, temporary)
-            temporary.replace(target)
+            atomic_write_bytes(target, source.read_bytes())
     return root
 
 

@@ -44,8 +44,8 @@ from ecaml.retrieval import (
     default_cache_dir,
     embeddings_key,
     weights_match_file,
-    write_cache_file,
 )
+from ecaml.atomic import write_cache_file
 from ecaml.runs import Run
 
 __all__ = [

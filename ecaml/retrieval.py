@@ -22,7 +22,6 @@ import json
 import os
 import threading
 import time
-import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +37,8 @@ from ecaml.data import ClassSplit, SPLIT_PARTS
 from ecaml.data.images import _convert as convert_image_mode
 from ecaml.evaluate import Embeddings, embed_indices, eval_transform, split_for
 from ecaml.metrics import l2_normalise
-from ecaml.runs import WEIGHTS_FILE, Run, RunError, atomic_write_bytes, input_channels, open_safetensors
+from ecaml.atomic import write_cache_file
+from ecaml.runs import WEIGHTS_FILE, Run, RunError, input_channels, open_safetensors
 
 # Bumped when the layout of a cached embeddings file changes; old files are then ignored.
 EMBEDDINGS_CACHE_FORMAT = 2  # 2: vectors in a memory-mappable .npy beside a .rows.npz
@@ -190,15 +190,6 @@ def _write_embeddings(path: Path, embeddings: Embeddings) -> None:
     vectors = io.BytesIO()
     np.save(vectors, np.ascontiguousarray(embeddings.vectors, dtype=np.float32), allow_pickle=False)
     write_cache_file(path, vectors.getvalue())
-
-
-def write_cache_file(path: Path, data: bytes) -> None:
-    """Atomically write a cache file; a cache that cannot be written (read-only, full disk) only warns."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(path, data)
-    except OSError as error:
-        warnings.warn(f"could not write the cache file {path}: {error}", stacklevel=3)
 
 
 def weights_match_file(run: Run) -> bool:

@@ -20,13 +20,11 @@ file: a full disk raises ``DiskFullError`` with the previous version intact.
 
 from __future__ import annotations
 
-import errno
 import json
 import math
 import os
 import stat
 import struct
-import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -38,6 +36,14 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as save_safetensors_bytes
 
 from ecaml import RUN_FORMAT_VERSION, __version__
+from ecaml.atomic import (  # noqa: F401 - re-exported: run files are written through ecaml.atomic
+    TEMP_SUFFIX,
+    DiskFullError,
+    append_jsonl_records,
+    atomic_write_bytes,
+    atomic_write_json,
+    remove_stale_temp_files,
+)
 from ecaml.config import TrainConfig
 
 CONFIG_FILE, WEIGHTS_FILE, HISTORY_FILE = "config.json", "model.safetensors", "history.jsonl"
@@ -49,113 +55,18 @@ MAX_HISTORY_BYTES = 512 * 1024 * 1024  # about two million steps; more is a host
 MAX_SAFETENSORS_HEADER_BYTES = 16 * 1024 * 1024
 # Sizes a run's config may ask for before rebuilding its model or its input transform
 # could exhaust memory; far beyond anything this project trains.
-TEMP_SUFFIX = ".tmp"
 
 
 class RunError(ValueError):
     """A run directory that cannot be used, with a one-line reason."""
 
 
-class DiskFullError(OSError):
-    """A write that failed for lack of space; the file it was replacing is untouched and no temporary file is left."""
-
-
 # ----------------------------------------------------------------------------- writing
-
-NO_SPACE_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a part.
-
-    The temporary file lives in the same folder (same filesystem, so the rename
-    is atomic) and is fsynced first; on any failure, a full disk included, it is
-    removed and the old file is untouched. A full disk raises ``DiskFullError``.
-    """
-    path = Path(path)
-    with _disk_full_as_error(path):
-        descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
-        try:
-            try:
-                _write_all(descriptor, data)
-                os.fsync(descriptor)
-            finally:
-                os.close(descriptor)
-            os.replace(temporary, path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
-    _fsync_directory(path.parent)
-
-
-def _write_all(descriptor: int, data: bytes) -> None:
-    """os.write until every byte is out: a single write may be short (signals, pipes, nearly full disks)."""
-    view = memoryview(data)
-    while view:
-        written = os.write(descriptor, view)
-        view = view[written:]
-
-
-@contextmanager
-def _disk_full_as_error(path: Path):
-    try:
-        yield
-    except OSError as error:
-        if error.errno in NO_SPACE_ERRNOS and not isinstance(error, DiskFullError):
-            raise DiskFullError(f"disk full: could not write {path}; its previous version is kept") from None
-        raise
-
-
-def _fsync_directory(folder: Path) -> None:
-    try:
-        descriptor = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
-
-
-def atomic_write_json(path: Path, value: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(value, indent=2, allow_nan=False) + "\n").encode())
 
 
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:
     """Append one line with a single write, so a kill leaves at most one partial last line (which readers skip)."""
     append_jsonl_records(path, [record])
-
-
-def append_jsonl_records(path: Path, records: list[dict[str, Any]]) -> None:
-    """Append one line per record with a single write: a kill leaves whole lines and at most one partial last one.
-
-    A write that fails part-way (a full disk) is cut back off, so the next
-    append does not glue a record onto half of these.
-    """
-    if not records:
-        return
-    data = "".join(json.dumps(record, allow_nan=False) + "\n" for record in records).encode()
-    with _disk_full_as_error(path):
-        descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            size_before = os.fstat(descriptor).st_size
-            try:
-                _write_all(descriptor, data)
-            except OSError:
-                os.ftruncate(descriptor, size_before)
-                raise
-        finally:
-            os.close(descriptor)
-
-
-def remove_stale_temp_files(run_dir: Path) -> list[Path]:
-    """Delete temporary files that a killed writer left behind (call only when no writer is running)."""
-    stale = [p for p in Path(run_dir).glob(f".*{TEMP_SUFFIX}") if p.is_file()]
-    for path in stale:
-        path.unlink(missing_ok=True)
-    return stale
 
 
 def save_weights(path: Path, state: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from ecaml.atomic import write_cache_file  # atomic, and only warns when the cache cannot be written
 from ecaml.data.images import ImageError, check_image
 
 CACHE_FORMAT = 2
@@ -121,8 +122,6 @@ def _read_cache(cache_file: Path, root: Path) -> dict[str, tuple[int, int, str |
 
 
 def _write_cache(cache_file: Path, root: Path, entries: dict[str, tuple[int, int, str | None]]) -> None:
-    from ecaml.retrieval import write_cache_file  # atomic, and only warns when the cache cannot be written
-
     keys = list(entries)
     record = {
         "format": CACHE_FORMAT,
