@@ -1,63 +1,75 @@
-"""One background training job per runs folder, for the app.
+"""One training job per runs folder, for the app: a kernel lock held by the training processes themselves.
 
-``JobManager.start`` launches ``python -m ecaml train ... --quiet`` as a
-detached process (its own session), so it outlives Streamlit reruns and page
-reloads, and the page never waits on it. The job is found again through the
-folder alone, so two managers (two browser tabs, or an app restart) on the same
-folder see the same job:
+``JobManager.start`` launches ``python -m ecaml train ... --quiet`` as a detached
+process (its own session), so it outlives Streamlit reruns and page reloads, and
+the page never waits on it. A job may train several runs at once (the lesson's
+pair). The job is found again through the folder alone, so two managers (two
+browser tabs, an app restart, another process) on the same folder see the same job:
 
-* ``runs_root/.train.lock`` (JSON: pid, run_dir, started, proc_start_time) says
-  which job runs. It is created atomically and exclusively, and removed as soon
-  as anyone sees it stale: its process is gone, a zombie (reaped when it is our
-  child), a different process that reuses the pid (its start time in /proc
-  differs), or done (its run has a final status and it is only exiting). A
-  crashed job therefore never keeps the folder locked.
-* The run directory itself (``status.json``, ``history.jsonl``, read through
-  ``ecaml.runs``) says how far the job got; ``progress`` turns a process that
-  died without writing a final status (kill -9, out of memory) into "failed".
-* The job's stdout and stderr go to ``run_dir/train.log``. Because ``train``
-  insists on a new or empty run directory, the log starts as
-  ``runs_root/.<name>.train.log`` and is moved into the run directory (the open
-  file moves with it) once the run has written its ``config.json``.
+* ``runs_root/.train.lock`` is locked with ``flock`` (``ecaml.locks``). The
+  starter takes the lock, launches the training processes with the locked
+  descriptor inherited, and closes its own copy: from then on the training
+  processes alone hold it, and the kernel releases it when the last of them
+  exits, ``kill -9`` and out-of-memory included. So a second starter is refused
+  for exactly as long as a job trains, with no pid or stale lock to judge.
+* ``runs_root/.train.job.json`` (written by the starter while it holds the
+  lock) names the job's runs, their pids (to signal a stop) and its owner; it
+  is believed only while the lock is held.
+* Each run directory (``status.json``, ``history.jsonl``, read through
+  ``ecaml.runs``) says how far it got, and its own lock says whether its trainer
+  still lives; ``progress`` turns a process that died without writing a final
+  status into "failed". The job's output goes to its log (``ecaml.job_logs``).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 import re
 import signal
 import subprocess
-import sys
-import tempfile
 import threading
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ecaml.config import TrainConfig
-from ecaml.runs import CONFIG_FILE, METRICS_FILE, RunError, atomic_write_json, read_history, read_status
+from ecaml.job_command import (  # noqa: F401 - re-exported: the job's command line is part of this API
+    JOB_NICENESS,
+    NAME_PATTERN,
+    JobError,
+    checked_config,
+    config_flags,
+    default_run_name,
+    job_thread_budget,
+    training_command,
+)
+from ecaml.job_logs import (  # noqa: F401 - re-exported
+    LOG_NAME,
+    STOP_MARKER,
+    adopt_log,
+    last_error_line,
+    log_header,
+    log_path,
+    note_stop,
+    pending_log_path,
+    started_by,
+    stop_was_requested,
+    stopped_by,
+)
+from ecaml.locks import fcntl, is_locked, try_lock
+from ecaml.runs import METRICS_FILE, RunError, atomic_write_json, read_history, read_status, run_is_training
 
 LOCK_NAME = ".train.lock"
-LOG_NAME = "train.log"
-STOP_MARKER = "ecaml.jobs: stop requested"
+RECORD_NAME = ".train.job.json"
 FINAL_STATES = ("completed", "stopped", "failed")
-# A lock file with unreadable content younger than this is taken to be still being written.
-_LOCK_WRITE_GRACE_S = 10.0
-_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
-_REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
+OWNER_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")  # who started or stopped a job, as written in its log
 
 # Popen objects of the jobs this process started and that have not ended yet, keyed by pid. Each has a
 # reaper thread that waits for it, so a finished job never lingers as a zombie, whether or not a page asks.
+# Only these, our own children, are ever waited for.
 _children: dict[int, subprocess.Popen] = {}
 _children_lock = threading.Lock()
-
-
-class JobError(RuntimeError):
-    """A job that cannot be started or read, with a one-line reason."""
 
 
 @dataclass
@@ -70,45 +82,24 @@ class JobProgress:
     history: list[dict] = field(default_factory=list)
     log_path: Path | None = None  # the job's stdout/stderr, when there is one
     pid: int | None = None  # the training process while it runs
+    owner: str | None = None  # who started it (as the starter named itself), when known
+    stopped_by: str | None = None  # who asked it to stop, when someone did
 
 
 @dataclass
-class _Lock:
-    pid: int
-    run_dir: Path | None  # None: a lock whose content is still being written
+class JobRecord:
+    """What the runs folder's job trains: its runs (with their pids once launched) and who started it."""
+
+    runs: list[Path]
+    pids: list[int | None]
+    owner: str | None
     started: float
-    proc_start_time: int | None
-    raw: bytes
 
+    def to_dict(self) -> dict[str, Any]:
+        return {"runs": [str(r) for r in self.runs], "pids": self.pids, "owner": self.owner, "started": self.started}
 
-# A job shares the machine with the app's viewers: it runs at a lower CPU priority and with at most all cores
-# but one for torch's threads, so the pages stay responsive while it trains.
-JOB_NICENESS = 10
-
-
-def job_thread_budget() -> int:
-    return max(1, (os.cpu_count() or 1) - 1)
-
-
-def _sharing_cores(config: TrainConfig) -> TrainConfig:
-    """The config with torch's CPU threads bounded by the job's budget (an explicit smaller choice stays)."""
-    if config.cpu_threads == 0 and config.backbone == "smallcnn":
-        return config  # training already uses one thread for it (ecaml.train)
-    budget = job_thread_budget()
-    threads = min(config.cpu_threads, budget) if config.cpu_threads else budget
-    return dataclasses.replace(config, cpu_threads=threads)
-
-
-def _background_priority() -> dict[str, str]:
-    """Environment of a job: lower priority (applied by ``python -m ecaml`` before torch starts its threads)."""
-    threads = str(job_thread_budget())
-    return {"ECAML_NICE": str(JOB_NICENESS), "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
-
-
-def default_run_name(config: TrainConfig) -> str:
-    """``<dataset>-<loss>-ec<weight>-seed<seed>-<YYYYmmdd-HHMMSS>``, with only ``[A-Za-z0-9._-]``."""
-    raw = f"{config.dataset}-{config.loss}-ec{config.ec_weight:g}-seed{config.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", raw).strip("-.") or "run"
+    def pid_of(self, run_dir: Path) -> int | None:
+        return self.pids[self.runs.index(run_dir)] if run_dir in self.runs else None
 
 
 class JobManager:
@@ -117,73 +108,78 @@ class JobManager:
     def __init__(self, runs_root: Path):
         self.runs_root = Path(runs_root).expanduser().resolve()
         self.lock_path = self.runs_root / LOCK_NAME
+        self.record_path = self.runs_root / RECORD_NAME
 
     # ------------------------------------------------------------------ start
 
-    def start(self, config: TrainConfig, name: str | None = None) -> Path:
+    def start(self, config: TrainConfig, name: str | None = None, owner: str | None = None) -> Path:
         """Launch a training job into ``runs_root/NAME`` and return that run directory at once.
 
         Refusals (an invalid config or name, an existing run of that name, a job
         already running) raise JobError and write nothing.
         """
-        try:
-            resolved = _with_absolute_paths(config).resolved()
-        except (TypeError, ValueError) as error:
-            raise JobError(str(error)) from None
-        if resolved.dataset == "folder" and not resolved.data_root:
-            raise JobError("dataset folder needs data_root: a folder with one sub-folder of images per class")
-        if resolved.dataset == "folder" and not Path(resolved.data_root).is_dir():
-            raise JobError(f"dataset folder {resolved.data_root} does not exist")
-        if resolved.weights_path and not Path(resolved.weights_path).is_file():
-            raise JobError(f"weights file {resolved.weights_path} does not exist")
+        return self.start_together([(config, name)], owner=owner)[0]
+
+    def start_together(self, configs: list[tuple[TrainConfig, str | None]], owner: str | None = None) -> list[Path]:
+        """One job training several runs at once (a process each), all holding the folder's lock; their folders."""
+        if fcntl is None:
+            raise JobError("background training needs a system with flock (Linux or macOS)")
+        if owner is not None and not OWNER_PATTERN.match(owner):
+            raise JobError(f"owner {owner!r} must be 1-64 letters, digits or ._:-")
+        resolved = [checked_config(config) for config, _ in configs]
+        names = [name for _, name in configs]
+        self._new_run_dirs(resolved, names)  # refuse a bad or taken name before anything is written
         running = self.current()
         if running is not None:
             raise JobError(self._busy_message(running))
-        run_dir = self._new_run_dir(resolved, name)
         self.runs_root.mkdir(parents=True, exist_ok=True)
-        if not self._acquire(run_dir):
+        descriptor = try_lock(self.lock_path)
+        if descriptor is None:
             running = self.current()
-            raise JobError(self._busy_message(running) if running else "another training job is starting; wait a moment")
-        log_path = pending_log_path(run_dir)
-        try:
-            command = [sys.executable, "-m", "ecaml", "train", *config_flags(_sharing_cores(resolved)),
-                       f"--out={run_dir}", "--quiet"]
-            environment = dict(os.environ, PYTHONUNBUFFERED="1", **_background_priority())
-            environment["PYTHONPATH"] = os.pathsep.join(
-                p for p in (str(_REPOSITORY_ROOT), environment.get("PYTHONPATH", "")) if p
-            )
-            with open(log_path, "wb") as log:
-                log.write(("$ " + " ".join(command) + "\n").encode())
-                log.flush()
-                process = subprocess.Popen(
-                    command, cwd=_REPOSITORY_ROOT, env=environment, stdin=subprocess.DEVNULL, stdout=log,
-                    stderr=subprocess.STDOUT, start_new_session=True,
-                )
-            _watch_child(process)
-            record = {"pid": process.pid, "run_dir": str(run_dir), "started": time.time(),
-                      "proc_start_time": _proc_start_time(process.pid)}
-            atomic_write_json(self.lock_path, record)
-        except BaseException as error:
-            self.lock_path.unlink(missing_ok=True)
-            log_path.unlink(missing_ok=True)
-            if isinstance(error, OSError):
-                raise JobError(f"could not start training: {error}") from None
-            raise
-        return run_dir
+            raise JobError(self._busy_message(running) if running else "the last training job is still ending; "
+                                                                         "try again in a moment")
+        try:  # we hold the lock: nobody else can be choosing names or launching here now
+            run_dirs = self._new_run_dirs(resolved, names)
+            record = JobRecord(run_dirs, [None] * len(run_dirs), owner, time.time())
+            atomic_write_json(self.record_path, record.to_dict())
+            processes = []
+            try:
+                for config, run_dir in zip(resolved, run_dirs):
+                    processes.append(_launch(config, run_dir, owner, descriptor))
+            except BaseException as error:
+                for process in processes:
+                    process.kill()
+                for run_dir in run_dirs:
+                    pending_log_path(run_dir).unlink(missing_ok=True)
+                if isinstance(error, OSError):
+                    raise JobError(f"could not start training: {error}") from None
+                raise
+            record.pids = [process.pid for process in processes]
+            atomic_write_json(self.record_path, record.to_dict())
+        finally:
+            os.close(descriptor)  # the training processes hold the lock now (or nobody, after a failure)
+        return run_dirs
 
-    def _new_run_dir(self, config: TrainConfig, name: str | None) -> Path:
+    def _new_run_dirs(self, configs: list[TrainConfig], names: list[str | None]) -> list[Path]:
+        chosen: list[Path] = []
+        for config, name in zip(configs, names):
+            chosen.append(self._new_run_dir(config, name, taken=chosen))
+        return chosen
+
+    def _new_run_dir(self, config: TrainConfig, name: str | None, taken: list[Path]) -> Path:
+        def free(run_dir: Path) -> bool:
+            return not run_dir.exists() and not pending_log_path(run_dir).exists() and run_dir not in taken
+
         if name is not None:
-            if not _NAME_PATTERN.match(name):
+            if not NAME_PATTERN.match(name):
                 raise JobError(f"run name {name!r} must be letters, digits, '.', '_' or '-' (not starting with . or -)")
-            run_dir = self.runs_root / name
-            if run_dir.exists() or pending_log_path(run_dir).exists():
+            if not free(self.runs_root / name):
                 raise JobError(f"a run named {name} already exists in {self.runs_root}; pick another name")
-            return run_dir
+            return self.runs_root / name
         base = default_run_name(config)
         for suffix in ["", *(f"-{n}" for n in range(2, 1000))]:
-            run_dir = self.runs_root / (base + suffix)
-            if not run_dir.exists() and not pending_log_path(run_dir).exists():
-                return run_dir
+            if free(self.runs_root / (base + suffix)):
+                return self.runs_root / (base + suffix)
         raise JobError(f"no free run name like {base} in {self.runs_root}")
 
     def _busy_message(self, run_dir: Path) -> str:
@@ -191,64 +187,53 @@ class JobManager:
         total = progress.total_steps or "?"
         return f"a training job is already running: {run_dir.name}, step {progress.step}/{total}; stop it or wait"
 
-    def _acquire(self, run_dir: Path) -> bool:
-        """Create the lock exclusively, naming this process until the child's pid is known; False if held."""
-        record = {"pid": os.getpid(), "run_dir": str(run_dir), "started": time.time(),
-                  "proc_start_time": _proc_start_time(os.getpid()), "launching": True}
-        data = json.dumps(record).encode()
-        descriptor, temporary = tempfile.mkstemp(dir=self.runs_root, prefix=f"{LOCK_NAME}.", suffix=".tmp")
-        try:
-            with os.fdopen(descriptor, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            try:
-                os.link(temporary, self.lock_path)  # atomic, exclusive, and never seen half-written
-                return True
-            except FileExistsError:
-                return False
-            except OSError:  # a filesystem without hard links
-                return _create_exclusive(self.lock_path, data)
-        finally:
-            Path(temporary).unlink(missing_ok=True)
-
     # ------------------------------------------------------------------ watch
 
     def current(self) -> Path | None:
-        """The running job's run directory, or None; a stale lock is removed on the way."""
-        lock = self._live_lock()
-        if lock is None or lock.run_dir is None:
-            return None
-        _adopt_log(lock.run_dir, alive=True)
-        return lock.run_dir
+        """The run directory the job trains now (the first of several still training), or None."""
+        running = self.current_runs()
+        return running[0] if running else None
 
-    def _live_lock(self) -> _Lock | None:
-        lock = _read_lock(self.lock_path)
-        if lock is None:
+    def current_runs(self) -> list[Path]:
+        """The job's runs that have not ended yet (a run with a final status is only exiting)."""
+        record = self.live_record()
+        if record is None:
+            return []
+        running = [run_dir for run_dir in record.runs if not _has_final_status(run_dir)]
+        for run_dir in running:
+            adopt_log(run_dir, alive=True)
+        return running
+
+    def live_record(self) -> JobRecord | None:
+        """The record of the job holding the folder's lock now, or None when no job runs."""
+        if not is_locked(self.lock_path):
             return None
-        if lock.run_dir is None:  # still being written, or garbage
-            if time.time() - _mtime(self.lock_path) < _LOCK_WRITE_GRACE_S:
-                return lock
-            _remove_if_unchanged(self.lock_path, lock.raw)
+        return self.last_record() or JobRecord([], [], None, time.time())  # a starter is writing it
+
+    def last_record(self) -> JobRecord | None:
+        """The record of the latest job started here, running or not (it says who started it)."""
+        try:
+            raw = _read_json(self.record_path)
+            runs = [Path(str(r)) for r in raw["runs"]]
+            pids = [p if isinstance(p, int) and not isinstance(p, bool) and p > 0 else None for p in raw["pids"]]
+            owner = raw.get("owner") if isinstance(raw.get("owner"), str) else None
+            return JobRecord(runs, (pids + [None] * len(runs))[: len(runs)], owner, float(raw.get("started", 0)))
+        except (OSError, ValueError, KeyError, TypeError):
             return None
-        if _process_alive(lock.pid, lock.proc_start_time) and not _has_final_status(lock.run_dir):
-            return lock
-        # Gone, a zombie, another process under a reused pid, or done (a final status written, only exiting left).
-        _remove_if_unchanged(self.lock_path, lock.raw)
-        _adopt_log(lock.run_dir, alive=False)
-        return None
 
     def progress(self, run_dir: Path) -> JobProgress:
-        """Where the job (or finished run) in ``run_dir`` stands, from its status, history and process."""
+        """Where the job (or finished run) in ``run_dir`` stands, from its status, history, log and locks."""
         run_dir = Path(run_dir).expanduser().resolve()
-        lock = self._live_lock()
-        pid = lock.pid if lock is not None and lock.run_dir == run_dir else None
+        record = self.live_record()
+        in_job = record is not None and run_dir in record.runs
         status = read_status(run_dir) if run_dir.is_dir() else None
-        if pid is None and status is not None and status.get("state") == "running":
-            pid = _status_process(status)
-        alive = pid is not None
-        _adopt_log(run_dir, alive)
-        log_path = _log_path(run_dir)
+        training = run_dir.is_dir() and run_is_training(run_dir)  # its trainer holds the run's own lock
+        alive = in_job or training
+        pid = record.pid_of(run_dir) if in_job else None
+        if pid is None and training and status is not None:
+            pid = _int(status.get("pid")) or None
+        adopt_log(run_dir, alive)
+        log = log_path(run_dir)
         try:
             history = read_history(run_dir) if run_dir.is_dir() else []
         except (RunError, OSError):
@@ -259,223 +244,58 @@ class JobManager:
         total = _int(status.get("total_steps")) if status else 0
         state = status.get("state") if status else None
 
+        def result(state: str, message: str | None = None, live: bool = False, at: int = step) -> JobProgress:
+            return JobProgress(run_dir, state, at, total, message, history, log, pid if live else None,
+                               started_by(log), stopped_by(log))
+
         if state in FINAL_STATES:
             message = status.get("message") if state == "failed" else None
-            if state == "stopped":
-                step = status_step  # what the checkpoint holds
-            return JobProgress(run_dir, state, step, total, message, history, log_path, None)
+            return result(state, message, at=status_step if state == "stopped" else step)  # stopped: the checkpoint's
         if alive:
-            return JobProgress(run_dir, "running" if state == "running" else "starting", step, total, None, history,
-                               log_path, pid)
-        if lock is None and status is None and not run_dir.exists() and log_path is None:
+            return result("running" if state == "running" else "starting", live=True)
+        if status is None and not run_dir.exists() and log is None:
             raise JobError(f"no run or training job at {run_dir}")
-        if _stop_was_requested(log_path):
-            return JobProgress(run_dir, "stopped", step, total, "stopped before training started" if not steps else None,
-                               history, log_path, None)
+        if stop_was_requested(log):
+            return result("stopped", "stopped before training started" if not steps else None)
         if state == "running":
-            return JobProgress(run_dir, "failed", step, total, f"training process ended unexpectedly at step {step}",
-                               history, log_path, None)
+            return result("failed", f"training process ended unexpectedly at step {step}")
         if (run_dir / METRICS_FILE).is_file():
-            return JobProgress(run_dir, "completed", step, total, None, history, log_path, None)
-        message = _last_error_line(log_path) or "training process ended before training started"
-        return JobProgress(run_dir, "failed", step, total, message, history, log_path, None)
+            return result("completed")
+        return result("failed", last_error_line(log) or "training process ended before training started")
 
     # ------------------------------------------------------------------ stop
 
-    def stop(self) -> None:
-        """Ask the running job to stop (SIGTERM): it finishes its step, checkpoints and reports "stopped"."""
-        lock = self._live_lock()
-        if lock is None or lock.run_dir is None or lock.pid == os.getpid():
-            return  # nothing runs (or it is still being launched by this very process)
-        log_path = _log_path(lock.run_dir)
-        if log_path is not None:
-            try:
-                with open(log_path, "ab") as log:
-                    log.write(f"\n{STOP_MARKER} at {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
-            except OSError:
+    def stop(self, by: str | None = None) -> None:
+        """Ask the running job to stop (SIGTERM to each of its processes): each finishes its step, checkpoints and
+        reports "stopped". ``by`` (who asks) is noted in each run's log, for every reader to show."""
+        record = self.live_record()
+        if record is None:
+            return
+        for run_dir, pid in zip(record.runs, record.pids):
+            if pid is None or _has_final_status(run_dir):
+                continue
+            note_stop(log_path(run_dir), by if by is None or OWNER_PATTERN.match(by) else None)
+            try:  # the lock is held, so this job's processes are alive: the pid is still theirs
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
                 pass
-        try:
-            os.kill(lock.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
 
 
-# ----------------------------------------------------------------------------- config -> command line
+# ----------------------------------------------------------------------------- processes
 
 
-def config_flags(config: TrainConfig) -> list[str]:
-    """``python -m ecaml train`` flags that rebuild ``config`` exactly (``--flag=value`` form)."""
-    from ecaml.cli import TRAIN_FLAGS
-
-    values = config.to_dict()
-    flags = []
-    for name in TRAIN_FLAGS:
-        value = values[name]
-        if value is None:
-            continue
-        if isinstance(value, list):  # eval_splits: comma-separated, "none" for an empty list
-            text = ",".join(str(v) for v in value) or "none"
-        else:
-            text = repr(value) if isinstance(value, float) else str(value)
-        flags.append(f"--{name.replace('_', '-')}={text}")
-    if values["pretrained"]:
-        flags.append("--pretrained")
-    if values["ec_gather"]:
-        flags.append("--ec-gather")
-    if values["preset"]:  # a record of where the settings came from; every value it set is passed explicitly too
-        flags.append(f"--preset={values['preset']}")
-        if not values["pretrained"]:
-            flags.append("--no-pretrained")
-    for key, value in values["loss_params"].items():
-        flags.append(f"--loss-param={key}={json.dumps(value)}")
-    flags.append("--recall-ks=" + ",".join(str(k) for k in values["recall_ks"]))
-    if values["legacy_unseen_seed"] is not None:  # only old folder runs carry it; jobs start new runs
-        raise JobError("cannot start a job from the config of a folder run made before the fixed split")
-    covered = set(TRAIN_FLAGS) | {"pretrained", "loss_params", "recall_ks", "legacy_unseen_seed", "ec_gather", "preset"}
-    missing = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in covered]
-    if missing:  # a new config field without a flag would be silently dropped
-        raise JobError(f"cannot pass config key(s) {', '.join(missing)} to the training command")
-    return flags
-
-
-def _with_absolute_paths(config: TrainConfig) -> TrainConfig:
-    """The config with relative data and weight paths made absolute (the job runs from another folder)."""
-    values: dict[str, Any] = {}
-    for key in ("data_root", "weights_path"):
-        value = getattr(config, key)
-        if value:
-            values[key] = str(Path(value).expanduser().resolve())
-    return dataclasses.replace(config, **values)
-
-
-# ----------------------------------------------------------------------------- logs
-
-
-def pending_log_path(run_dir: Path) -> Path:
-    """Where a job's log lives until its run directory holds a config."""
-    return Path(run_dir).parent / f".{Path(run_dir).name}.{LOG_NAME}"
-
-
-def _log_path(run_dir: Path) -> Path | None:
-    for path in (Path(run_dir) / LOG_NAME, pending_log_path(run_dir)):
-        if path.is_file():
-            return path
-    return None
-
-
-def _adopt_log(run_dir: Path, alive: bool) -> None:
-    """Move the pending log into the run directory once ``train`` can no longer object to it."""
-    pending = pending_log_path(run_dir)
-    target = Path(run_dir) / LOG_NAME
-    if not pending.is_file() or target.exists():
-        return
-    if (Path(run_dir) / CONFIG_FILE).is_file() or (not alive and Path(run_dir).is_dir()):
-        try:
-            os.rename(pending, target)
-        except OSError:
-            pass
-
-
-def _has_final_status(run_dir: Path) -> bool:
-    status = read_status(run_dir) if Path(run_dir).is_dir() else None
-    return status is not None and status.get("state") in FINAL_STATES
-
-
-def _stop_was_requested(log_path: Path | None) -> bool:
-    return STOP_MARKER in _log_tail(log_path)
-
-
-def _last_error_line(log_path: Path | None) -> str | None:
-    lines = [line.strip() for line in _log_tail(log_path).splitlines() if line.strip()]
-    for line in reversed(lines):
-        if line.startswith("error:"):
-            return line[len("error:"):].strip()
-    return lines[-1][:300] if lines and not lines[-1].startswith("$ ") else None
-
-
-def _log_tail(log_path: Path | None, size: int = 8192) -> str:
-    if log_path is None:
-        return ""
-    try:
-        with open(log_path, "rb") as handle:
-            handle.seek(max(0, handle.seek(0, os.SEEK_END) - size))
-            return handle.read().decode("utf-8", errors="replace")
-    except OSError:
-        return ""
-
-
-# ----------------------------------------------------------------------------- the lock and processes
-
-
-def _read_lock(path: Path) -> _Lock | None:
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        return None
-    except OSError:
-        return _Lock(0, None, 0.0, None, b"")
-    try:
-        record = json.loads(raw)
-        pid = record["pid"]
-        if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
-            raise ValueError("bad pid")
-        start = record.get("proc_start_time")
-        return _Lock(pid, Path(str(record["run_dir"])), float(record.get("started", 0)),
-                     start if isinstance(start, int) else None, raw)
-    except (ValueError, KeyError, TypeError):
-        return _Lock(0, None, 0.0, None, raw)
-
-
-def _create_exclusive(path: Path, data: bytes) -> bool:
-    try:
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    except FileExistsError:
-        return False
-    try:
-        os.write(descriptor, data)
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-    return True
-
-
-def _remove_if_unchanged(path: Path, seen: bytes) -> None:
-    """Remove a stale lock, unless it was replaced by a fresh one since it was read."""
-    aside = path.with_name(f"{path.name}.stale.{uuid.uuid4().hex}")
-    try:
-        os.rename(path, aside)
-    except OSError:
-        return
-    try:
-        if aside.read_bytes() != seen:  # someone took the lock meanwhile: give it back
-            try:
-                os.link(aside, path)
-            except OSError:
-                pass
-    finally:
-        aside.unlink(missing_ok=True)
-
-
-def _mtime(path: Path) -> float:
-    try:
-        return path.stat().st_mtime
-    except OSError:
-        return 0.0
-
-
-def _proc_stat(pid: int) -> tuple[str, int] | None:
-    """(state letter, start time in clock ticks after boot) from /proc/PID/stat, or None."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = text[text.rindex(")") + 2:].split()
-    return fields[0], int(fields[19])
-
-
-def _proc_start_time(pid: int) -> int | None:
-    stat = _proc_stat(pid)
-    return stat[1] if stat else None
+def _launch(config: TrainConfig, run_dir: Path, owner: str | None, lock_descriptor: int) -> subprocess.Popen:
+    """Start one training process that inherits (and so holds) the folder's lock; its output goes to its log."""
+    command, environment = training_command(config, run_dir)
+    with open(pending_log_path(run_dir), "wb") as log:
+        log.write(log_header(command, owner))
+        log.flush()
+        process = subprocess.Popen(
+            command, cwd=Path(__file__).resolve().parent.parent, env=environment, stdin=subprocess.DEVNULL,
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, pass_fds=(lock_descriptor,),
+        )
+    _watch_child(process)
+    return process
 
 
 def _watch_child(process: subprocess.Popen) -> None:
@@ -495,66 +315,18 @@ def _watch_child(process: subprocess.Popen) -> None:
     threading.Thread(target=wait_then_forget, name=f"ecaml-reaper-{process.pid}", daemon=True).start()
 
 
-def _reap(pid: int) -> None:
-    """Collect the exit status of our own finished child, so it does not linger as a zombie."""
-    with _children_lock:
-        process = _children.get(pid)
-    if process is not None:
-        if process.poll() is not None:
-            with _children_lock:
-                _children.pop(pid, None)
-        return
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except (ChildProcessError, OSError):
-        pass
+def _has_final_status(run_dir: Path) -> bool:
+    status = read_status(run_dir) if Path(run_dir).is_dir() else None
+    return status is not None and status.get("state") in FINAL_STATES
 
 
-def _process_alive(pid: int, start_time: int | None) -> bool:
-    """Whether ``pid`` is a live, non-zombie process that started at ``start_time`` (when known)."""
-    if pid == os.getpid():
-        return start_time is None or _proc_start_time(pid) in (None, start_time)
-    _reap(pid)
-    stat = _proc_stat(pid)
-    if stat is None:
-        if Path("/proc/self/stat").exists():
-            return False
-        try:  # no /proc (not Linux): only existence can be checked
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    state, started = stat
-    if state in ("Z", "X", "x"):
-        return False
-    return start_time is None or started == start_time
+def _read_json(path: Path) -> dict:
+    import json
 
-
-def _status_process(status: dict) -> int | None:
-    """The pid in a "running" status.json, if that process still runs and began before the status was written."""
-    pid, updated = status.get("pid"), status.get("updated")
-    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0 or not isinstance(updated, (int, float)):
-        return None
-    if not _process_alive(pid, None):
-        return None
-    began = _process_began(pid)
-    if began is not None and began > updated + 2.0:  # the pid now belongs to a newer process
-        return None
-    return pid
-
-
-def _process_began(pid: int) -> float | None:
-    """When ``pid`` started, in seconds since the epoch (Linux only)."""
-    ticks = _proc_start_time(pid)
-    if ticks is None:
-        return None
-    try:
-        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime"))
-        return boot + ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, StopIteration, ValueError):
-        return None
+    value = json.loads(path.read_bytes())
+    if not isinstance(value, dict):
+        raise ValueError("not a JSON object")
+    return value
 
 
 def _int(value: Any) -> int:

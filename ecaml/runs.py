@@ -45,6 +45,7 @@ from ecaml.atomic import (  # noqa: F401 - re-exported: run files are written th
     remove_stale_temp_files,
 )
 from ecaml.config import TrainConfig
+from ecaml.locks import is_locked, try_lock
 
 CONFIG_FILE, WEIGHTS_FILE, HISTORY_FILE = "config.json", "model.safetensors", "history.jsonl"
 METRICS_FILE, STATUS_FILE = "metrics.json", "status.json"
@@ -434,21 +435,19 @@ LOCK_FILE = ".ecaml.lock"
 def hold_run_lock(run_dir: Path):
     """Exclusive right to write ``run_dir`` for one trainer; a second one gets a RunError instead of a corrupted run.
 
-    An advisory ``flock``: the operating system drops it when its process dies,
-    ``kill -9`` included, so a crash never leaves a stale lock. Where ``fcntl``
-    does not exist (Windows) runs are not locked.
+    A kernel lock (``ecaml.locks``): the operating system drops it when its process dies, ``kill -9`` included, so a
+    crash never leaves a stale lock. Readers ask ``run_is_training``. Where ``fcntl`` does not exist (Windows) runs
+    are not locked.
     """
+    descriptor = try_lock(Path(run_dir) / LOCK_FILE)
+    if descriptor is None:
+        raise RunError(f"{Path(run_dir).name}: another process is training this run right now")
     try:
-        import fcntl
-    except ImportError:
-        fcntl = None
-    descriptor = os.open(Path(run_dir) / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        if fcntl is not None:
-            try:
-                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise RunError(f"{Path(run_dir).name}: another process is training this run right now") from None
         yield
     finally:
         os.close(descriptor)  # closing releases the lock
+
+
+def run_is_training(run_dir: Path) -> bool:
+    """Whether a process holds the run's lock, i.e. is training it now (the kernel's word: no pid is guessed at)."""
+    return is_locked(Path(run_dir) / LOCK_FILE)

@@ -1,4 +1,4 @@
-"""Tests for ecaml.jobs: real background training jobs, the lock, stop, crashes and stale locks."""
+"""Tests for ecaml.jobs: real background training jobs, the kernel lock, stop, crashes and forced interleavings."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from ecaml import jobs
 from ecaml.cli import _flag_values, build_parser
 from ecaml.config import TrainConfig
 from ecaml.jobs import JobError, JobManager, config_flags, default_run_name
+from ecaml.locks import is_locked
 from ecaml.runs import load_run
 
 QUICK = dict(dataset="digits", max_steps=3, eval_every=0)
@@ -55,15 +56,26 @@ def root(tmp_path):
     """A runs folder whose job, if a test leaves one running, is killed afterwards."""
     runs_root = tmp_path / "runs"
     yield runs_root
-    lock = runs_root / jobs.LOCK_NAME
-    if lock.exists():
+    record = JobManager(runs_root).live_record()
+    for pid in record.pids if record else []:
         try:
-            pid = json.loads(lock.read_text())["pid"]
-            if pid != os.getpid():
-                os.kill(pid, signal.SIGKILL)
-        except (OSError, ValueError, KeyError):
+            os.kill(pid, signal.SIGKILL)
+        except (OSError, TypeError):
             pass
-        JobManager(runs_root).current()  # reaps it
+
+
+def lock_held(root: Path) -> bool:
+    return is_locked(root / jobs.LOCK_NAME)
+
+
+def released(root: Path, timeout: float = 20.0) -> bool:
+    """Whether the folder's lock is free within ``timeout`` (a run with its final status may still be exiting)."""
+    deadline = time.monotonic() + timeout
+    while lock_held(root):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def test_a_job_runs_to_completion_and_leaves_a_loadable_run(root):
@@ -83,7 +95,7 @@ def test_a_job_runs_to_completion_and_leaves_a_loadable_run(root):
     assert "--quiet" in log and "3 steps" in log
     assert not jobs.pending_log_path(run_dir).exists()
     assert manager.current() is None and other_tab.current() is None
-    assert not (root / jobs.LOCK_NAME).exists()
+    assert released(root)
 
 
 def test_one_job_at_a_time_and_a_killed_job_is_reported_failed(root):
@@ -105,7 +117,7 @@ def test_one_job_at_a_time_and_a_killed_job_is_reported_failed(root):
     assert progress.state == "failed"
     last_step = max(r["step"] for r in progress.history if r["kind"] == "step")
     assert progress.message == f"training process ended unexpectedly at step {last_step}"
-    assert other_tab.current() is None and not (root / jobs.LOCK_NAME).exists()
+    assert other_tab.current() is None and released(root)
     load_run(run_dir)  # the last checkpoint is still a usable run
 
     # The folder is free again. A job stopped while it is still starting up ends as "stopped".
@@ -161,63 +173,159 @@ def test_invalid_configs_and_names_are_refused_without_writing(root):
         manager.progress(root / "never")
 
 
-# ----------------------------------------------------------------------------- stale locks
+# ----------------------------------------------------------------------------- the lock: the kernel's, held by the job
 
 
-def write_lock(root: Path, pid: int, start_time: int | None, run_dir: Path | None = None) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    lock = root / jobs.LOCK_NAME
-    record = {"pid": pid, "run_dir": str(run_dir or root / "ghost"), "started": time.time(), "proc_start_time": start_time}
-    lock.write_text(json.dumps(record))
-    return lock
+class Sleepers:
+    """``subprocess.Popen`` for ecaml.jobs that launches a sleeper in place of training (same kwargs, inherited
+    descriptors included), so a job "runs" for ``seconds`` without any training; each is killed afterwards."""
+
+    def __init__(self, seconds: float):
+        self.seconds, self.started, self.real_popen = seconds, [], subprocess.Popen
+
+    def __call__(self, command, **options):
+        process = self.real_popen([sys.executable, "-c", f"import time; time.sleep({self.seconds})"], **options)
+        self.started.append(process)
+        return process
+
+    def alive(self) -> list[subprocess.Popen]:
+        return [process for process in self.started if process.poll() is None]
+
+    def kill_all(self) -> None:
+        for process in self.started:
+            process.kill()
+            process.wait()
 
 
-def test_a_lock_of_a_dead_process_is_cleaned(root):
-    finished = subprocess.Popen([sys.executable, "-c", "pass"])
-    finished.wait()
-    lock = write_lock(root, finished.pid, 12345)
-    assert JobManager(root).current() is None
-    assert not lock.exists()
+class InterleavingOs:
+    """The ``os`` module, except that before each of the lock's file operations (open, rename, link, replace) another
+    tab runs a whole ``start`` in between: a forced interleaving of starters at every point the lock is touched."""
+
+    def __init__(self, real, between, times: int):
+        self.real, self.between, self.left, self.inside = real, between, times, False
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+    def _interleaved(self, name):
+        def call(*args, **kwargs):
+            if self.left > 0 and not self.inside:
+                self.left -= 1
+                self.inside = True
+                try:
+                    self.between()
+                finally:
+                    self.inside = False
+            return getattr(self.real, name)(*args, **kwargs)
+
+        return call
+
+    open = property(lambda self: self._interleaved("open"))
+    rename = property(lambda self: self._interleaved("rename"))
+    link = property(lambda self: self._interleaved("link"))
+    replace = property(lambda self: self._interleaved("replace"))
 
 
-def test_a_lock_of_a_zombie_is_cleaned_and_the_zombie_reaped(root):
-    zombie = subprocess.Popen([sys.executable, "-c", "pass"])  # never waited for: it stays a zombie
+def test_forced_interleavings_of_starters_never_run_two_jobs(root, monkeypatch):
+    """A job ended (it left its lock file behind); then a tab starts a job, and at each of its touches of the lock
+    another tab starts one in between. At most one of all these starts may succeed: one job in the folder."""
+    sleepers = Sleepers(60)
+    monkeypatch.setattr(jobs.subprocess, "Popen", sleepers)
+    try:
+        JobManager(root).start(TrainConfig(**QUICK), name="ended")
+        sleepers.started[0].kill()  # a job gone without a word (nothing has looked at the folder since)
+        sleepers.started[0].wait()
+
+        outcomes = []
+
+        def start_from_another_tab():
+            try:
+                outcomes.append(JobManager(root).start(TrainConfig(**QUICK)))
+            except JobError as error:
+                outcomes.append(error)
+
+        interleaving = InterleavingOs(os, start_from_another_tab, times=3)
+        for module in {jobs, sys.modules.get("ecaml.locks")} - {None}:
+            monkeypatch.setattr(module, "os", interleaving)
+        start_from_another_tab()
+        monkeypatch.undo()
+
+        started = [outcome for outcome in outcomes if isinstance(outcome, Path)]
+        assert interleaving.left < 3, "no interleaving was forced"
+        assert len(started) == 1, outcomes
+        assert [str(e) for e in outcomes if isinstance(e, JobError)] and all(
+            "already running" in str(e) for e in outcomes if isinstance(e, JobError))
+        assert len(sleepers.alive()) == 1
+        assert JobManager(root).current() == started[0]
+    finally:
+        sleepers.kill_all()
+
+
+def test_the_lock_is_held_by_the_training_process_not_by_its_starter(root, tmp_path):
+    """A server that started a job and then exited leaves the folder locked while the job trains; once the job is
+    killed (kill -9: no chance to clean anything) the kernel has released the lock and a new job starts at once."""
+    starter = (
+        "import sys; from ecaml.jobs import JobManager; from ecaml.config import TrainConfig;"
+        f"print(JobManager(sys.argv[1]).start(TrainConfig(dataset='digits', max_steps=100000, eval_every=0)))"
+    )
+    result = subprocess.run([sys.executable, "-c", starter, str(root)], capture_output=True, text=True, timeout=60,
+                            cwd=Path(jobs.__file__).resolve().parents[1])
+    assert result.returncode == 0, result.stderr
+    run_dir = Path(result.stdout.strip())
+    manager = JobManager(root)
+    assert lock_held(root) and manager.current() == run_dir
+    with pytest.raises(JobError, match="already running"):
+        manager.start(TrainConfig(**QUICK), name="mine")
+    progress = wait_for(manager, run_dir, lambda p: p.pid is not None and p.state == "running")
+    os.kill(progress.pid, signal.SIGKILL)
     deadline = time.monotonic() + 20
-    while jobs._proc_stat(zombie.pid)[0] != "Z":
+    while lock_held(root):  # the orphan is reaped by init, then the kernel drops its lock
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    lock = write_lock(root, zombie.pid, jobs._proc_start_time(zombie.pid))
+    assert manager.progress(run_dir).state == "failed"
+    next_dir = manager.start(TrainConfig(**QUICK), name="next")
+    wait_for(manager, next_dir, lambda p: p.state in jobs.FINAL_STATES)
+
+
+def test_a_left_behind_or_garbage_record_never_blocks_and_a_held_lock_always_does(root):
+    root.mkdir(parents=True)
+    (root / jobs.RECORD_NAME).write_text('{"runs": ["/elsewhere/ghost"], "pids": [1], "owner": null}')
+    assert JobManager(root).current() is None  # nobody holds the lock: the record is history
+    (root / jobs.RECORD_NAME).write_text("{half a record")
     assert JobManager(root).current() is None
-    assert not lock.exists()
-    assert jobs._proc_stat(zombie.pid) is None  # reaped, not left for the app to collect
-    zombie.returncode = 0  # already reaped: keep Popen's destructor quiet
-
-
-def test_a_lock_whose_pid_was_reused_is_cleaned(root):
-    # Our own pid is alive, but it is not the process that took the lock: its start time differs.
-    lock = write_lock(root, os.getpid(), jobs._proc_start_time(os.getpid()) - 1)
-    assert JobManager(root).current() is None
-    assert not lock.exists()
-
-
-def test_a_live_lock_is_respected_and_a_garbage_lock_cleaned_once_old(root):
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    # Whoever holds the lock (here a process that inherited it), the folder is busy, whatever the record says.
+    descriptor = os.open(root / jobs.LOCK_NAME, os.O_RDWR | os.O_CREAT)
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, fcntl, time; fcntl.flock(int(sys.argv[1]), "
+                               "fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)", str(descriptor)],
+                              stdout=subprocess.PIPE, text=True, pass_fds=(descriptor,))
+    os.close(descriptor)
     try:
-        write_lock(root, sleeper.pid, jobs._proc_start_time(sleeper.pid), root / "other-job")
-        assert JobManager(root).current() == root / "other-job"
-        with pytest.raises(JobError, match="already running: other-job"):
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(JobError, match="still ending|already running"):
             JobManager(root).start(TrainConfig(**QUICK), name="mine")
-        assert not (root / "mine").exists()
+        assert not (root / "mine").exists() and not jobs.pending_log_path(root / "mine").exists()
     finally:
-        sleeper.kill()
-        sleeper.wait()
+        holder.kill()
+        holder.wait()
     assert JobManager(root).current() is None
-    lock = root / jobs.LOCK_NAME
-    lock.write_text("{half a lock")
-    assert JobManager(root).current() is None and lock.exists()  # maybe still being written: left alone
-    old = time.time() - 60
-    os.utime(lock, (old, old))
-    assert JobManager(root).current() is None and not lock.exists()
+
+
+def test_the_manager_never_waits_for_a_process_it_did_not_start(root):
+    """A status naming another child of this process (say the app's own ``Popen``) must not have its exit status
+    taken: only that ``Popen`` may collect it, and it gets the real one."""
+    other = subprocess.Popen([sys.executable, "-c", "import sys; sys.exit(7)"])
+    deadline = time.monotonic() + 20
+    while child_states(os.getpid()).get(other.pid) != "Z":  # ended, not yet waited for
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    run_dir = root / "claimed"
+    run_dir.mkdir(parents=True)
+    (run_dir / "status.json").write_text(json.dumps({"state": "running", "pid": other.pid, "updated": time.time(),
+                                                     "step": 0, "total_steps": 10}))
+    manager = JobManager(root)
+    assert manager.progress(run_dir).state == "failed"
+    assert manager.current() is None
+    assert other.wait(timeout=5) == 7
 
 
 # ----------------------------------------------------------------------------- names and flags
@@ -229,7 +337,7 @@ def test_default_run_name_is_descriptive_and_filesystem_safe():
     assert len(name.rsplit("-", 2)[-2]) == 8 and len(name.rsplit("-", 1)[-1]) == 6  # YYYYmmdd-HHMMSS
     odd = default_run_name(TrainConfig(dataset="glyphs", loss="pml:MultiSimilarityLoss", ec_weight=0.0, seed=7))
     assert odd.startswith("glyphs-pml-MultiSimilarityLoss-ec0-seed7-")
-    assert jobs._NAME_PATTERN.match(odd)
+    assert jobs.NAME_PATTERN.match(odd)
 
 
 def test_config_flags_rebuild_the_config_exactly():
@@ -253,7 +361,7 @@ def test_finished_jobs_are_reaped_without_anyone_polling(root):
     manager = JobManager(root)
     for seed in range(3):
         run_dir = manager.start(TrainConfig(**QUICK, seed=seed), name=f"reaped-{seed}")
-        pid = json.loads((root / jobs.LOCK_NAME).read_text())["pid"]
+        pid = manager.live_record().pids[0]
         assert pid in children_of_this_process()
         deadline = time.monotonic() + 90
         # Only the run folder is read while the job runs: no manager call that could reap it on the way.
