@@ -5,26 +5,22 @@ The pair is the featured pair's setting (``checkpoints/featured.json``, written 
 ``scripts/study.py``): its dataset, loss, λ, length and seed, so the lesson re-makes
 the comparison the app opens on and lets it be watched forming. Both runs train
 at once, each in its own ``python -m ecaml train`` process (one CPU thread each),
-started and waited for (so reaped) by a background job of this server; their
-progress is read from their run folders.
+as one job of the runs folder's job manager: the same lock as any other run (no
+second job starts beside it, nor it beside another), the same owner and stop,
+and no lesson at all on a read-only server. Its progress is read from its run folders.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import streamlit as st
 
-from app import background_jobs, errors, run_catalog, run_picker
-from app.background_jobs import BackgroundJob
-from app.locations import REPO_ROOT, runs_dir
+from app import errors, run_catalog, run_picker, training_job
 from ecaml.config import TrainConfig
-from ecaml.jobs import config_flags
+from ecaml.jobs import FINAL_STATES
 from ecaml.runs import read_status
 
 # Used when no featured pair can be read: the featured setting of the study in results/ (digits, triplet, λ = 1).
@@ -44,36 +40,19 @@ def lesson_configs() -> dict[str, TrainConfig]:
     return {f"ec{weight:g}": dataclasses.replace(base, ec_weight=weight) for weight in (0.0, featured.ec_weight)}
 
 
-def lesson_job_key(folders: tuple[str, ...]) -> tuple:
-    return ("lesson",) + folders
-
-
 def start_lesson() -> tuple[str, ...]:
-    """Start both runs (in the background) into new folders under runs/; their folders."""
+    """Start both runs as one job into new folders under runs/; their folders. JobError (one line) when refused:
+    a job already runs, or the server is read-only."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     configs = lesson_configs()
-    folders = tuple(str(runs_dir() / f"lesson-{config.dataset}-{config.loss}-{suffix}-{stamp}")
-                    for suffix, config in configs.items())
+    named = [(config, f"lesson-{config.dataset}-{config.loss}-{suffix}-{stamp}") for suffix, config in configs.items()]
+    folders = training_job.job_manager().start_together(named, owner=training_job.session_owner())
+    return tuple(str(folder) for folder in folders)
 
-    def work(job: BackgroundJob) -> None:
-        runs_dir().mkdir(parents=True, exist_ok=True)
-        environment = dict(os.environ, PYTHONUNBUFFERED="1")
-        processes = []
-        for folder, config in zip(folders, configs.values()):
-            command = [sys.executable, "-m", "ecaml", "train", *config_flags(config.resolved()), f"--out={folder}",
-                       "--quiet"]
-            processes.append(subprocess.Popen(command, cwd=REPO_ROOT, env=environment, stdin=subprocess.DEVNULL,
-                                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-        failures = []
-        for folder, process in zip(folders, processes):
-            output, _ = process.communicate()  # waits, so the process is reaped
-            if process.returncode != 0:
-                failures.append(f"{Path(folder).name}: {(output or '').strip().splitlines()[-1:] or ['no output']}")
-        if failures:
-            raise RuntimeError("; ".join(failures))
 
-    background_jobs.start(lesson_job_key(folders), "the lesson pair", work)
-    return folders
+def lesson_running(folders: tuple[str, ...]) -> bool:
+    running = {str(run_dir) for run_dir in training_job.current_runs()}
+    return any(folder in running for folder in folders)
 
 
 def lesson_progress(folders: tuple[str, ...]) -> tuple[int, int]:
@@ -87,12 +66,10 @@ def lesson_progress(folders: tuple[str, ...]) -> tuple[int, int]:
 
 @st.fragment(run_every=1.0)
 def _follow(folders: tuple[str, ...]) -> None:
-    job = background_jobs.job_by_key(lesson_job_key(folders))
-    if job is None or not job.running:
+    if not lesson_running(folders):
         st.rerun()
     done, total = lesson_progress(folders)
-    st.progress(done / total if total else 0.0, text=f"Training the lesson pair: step {done:,} of {total or '…'} "
-                                                     f"({job.seconds:.0f} s)")
+    st.progress(done / total if total else 0.0, text=f"Training the lesson pair: step {done:,} of {total or '…'}")
 
 
 def open_film(folders: tuple[str, ...]) -> None:
@@ -114,17 +91,22 @@ def offer_lesson() -> None:
         "Then the film plays them side by side."
     )
     folders = tuple(st.session_state.get(LESSON_KEY) or ())
-    job = background_jobs.job_by_key(lesson_job_key(folders)) if folders else None
-    if job is not None and job.running:
+    if folders and lesson_running(folders):
         _follow(folders)
         return
-    if job is not None and job.error is not None:
-        st.error(f"The lesson's training failed: {errors.one_sentence(job.error)}")
+    failures = [progress for progress in map(training_job.job_progress, map(Path, folders))
+                if progress is not None and progress.state in FINAL_STATES and progress.state != "completed"]
+    if failures:
+        reasons = "; ".join(f"{p.run_dir.name} {training_job.stopped_text(p) if p.state == 'stopped' else p.message}"
+                            for p in failures)
+        st.error(f"The lesson's training did not finish: {errors.one_sentence(Exception(reasons))}")
     elif folders and all(Path(folder, "metrics.json").is_file() for folder in folders):
         st.success("The lesson pair has finished training.", icon=":material/check_circle:")
         if st.button("Open the training film", icon=":material/movie:", key="lesson_film", type="primary"):
             open_film(folders)
         return
     if st.button("Train the lesson pair", icon=":material/school:", key="lesson_start"):
-        st.session_state[LESSON_KEY] = list(start_lesson())
-        st.rerun()
+        started = errors.attempt("start the lesson", start_lesson)
+        if started is not None:
+            st.session_state[LESSON_KEY] = list(started)
+            st.rerun()

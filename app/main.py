@@ -17,7 +17,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from app import projection_jobs, training_job
+from app import deployment, projection_jobs, training_job
 
 st.set_page_config(page_title="ECAML explorer", page_icon="⚡", layout="wide")
 
@@ -30,6 +30,8 @@ PAGES = [
 ]
 
 page = st.navigation(PAGES)
+if not deployment.read_only():
+    training_job.session_owner()  # keeps this session's owner token in the address, so a reload keeps its jobs
 st.sidebar.caption(
     "Energy Confused Adversarial Metric Learning (Chen & Deng, AAAI 2019): "
     "see what the Energy Confusion term does to an embedding."

@@ -75,6 +75,8 @@ def show_job() -> Path | None:
     progress = training_job.job_progress(own) if own else None
     if progress is not None:
         finished_panel(own, progress)
+    else:
+        training_job.show_last_stop()  # someone else's last job: who stopped it, if someone did
     return None
 
 
@@ -83,18 +85,22 @@ def live_panel(run_dir: str) -> None:
     if progress is None or progress.state not in run_catalog.LIVE_STATES:
         st.rerun()  # finished: redraw the page once, without this refresher
     st.subheader(training_job.job_title(Path(run_dir)))
-    if not training_job.started_here(Path(run_dir)):
-        st.caption("Started from another browser tab or session; you can watch it here, and start yours when it ends.")
+    mine = training_job.started_here(Path(run_dir), progress)
+    if not mine:
+        st.caption("Started from another browser session; you can watch it here, and start yours when it ends.")
     st.progress(training_job.progress_fraction(progress), text=training_job.progress_text(progress))
     show_run_curves(progress.history, key="live", run_dir=run_dir)
     stopping = st.session_state.get(STOPPING_KEY) == run_dir
+    # Someone else's run is read-only unless this session confirms; the stop then names this session.
+    confirmed = mine or st.checkbox("Stop someone else's run", key="confirm_stop_other",
+                                    help="It ends as 'stopped', and every session sees that your session stopped it.")
     st.button(
         "Stopping after the current step…" if stopping else "Stop",
         icon=":material/stop_circle:",
         key="stop_job",
         on_click=stop_job,
         args=(run_dir,),
-        disabled=stopping,
+        disabled=stopping or not confirmed,
         help="Finishes the current step, saves a checkpoint and ends the run as 'stopped'.",
     )
 
@@ -160,7 +166,7 @@ def curves_spec(run_dir: str, step_count: int, last_record: str, quantities: tup
 
 def stop_job(run_dir: str) -> None:
     st.session_state[STOPPING_KEY] = run_dir
-    errors.attempt("stop the training job", training_job.job_manager().stop)
+    errors.attempt("stop the training job", training_job.stop)
 
 
 def finished_panel(run_dir: Path, progress) -> None:
@@ -177,7 +183,7 @@ def finished_panel(run_dir: Path, progress) -> None:
     if progress.state == "completed":
         st.success(f"Last run **{name}** finished.{summary}", icon=":material/check_circle:")
     else:
-        st.info(f"Last run **{name}** was stopped at step {progress.step:,}.", icon=":material/stop_circle:")
+        st.info(f"Last run **{name}** {training_job.stopped_text(progress)}.", icon=":material/stop_circle:")
     show_replay(str(run_dir), progress.history)
     actions = st.columns(2)
     twin_of = st.session_state.get(TWINS_KEY, {}).get(str(run_dir))
@@ -475,7 +481,7 @@ def start(config: TrainConfig, name: str | None, rerun: bool = True) -> Path | N
         if config.data_root is None:
             return None
     # The job manager refuses a second job (one started from another tab since this page was drawn) with a JobError.
-    run_dir = errors.attempt("start training", training_job.job_manager().start, config, name=name)
+    run_dir = errors.attempt("start training", training_job.start, config, name)
     if run_dir is None:
         return None
     training_job.remember_own_job(Path(run_dir))

@@ -34,7 +34,7 @@ class CapturingManager:
     def __init__(self, runs: Path):
         self.runs, self.started = runs, []
 
-    def start(self, config, name=None):
+    def start(self, config, name=None, owner=None):
         self.started.append(config)
         return self.runs / f"captured-{len(self.started)}"
 

@@ -7,10 +7,14 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
 from apptest_support import assert_clean, open_page
-from map_support import finish_background_jobs, maps
+from map_support import maps
+from test_app_train import wait_until_idle
 
-from app import lesson
+from app import deployment, lesson, training_job
+from ecaml.config import TrainConfig
+from ecaml.jobs import JobError, JobManager
 from ecaml.runs import read_config
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -42,7 +46,7 @@ def test_the_button_trains_the_pair_and_opens_its_film(monkeypatch, app_environm
     assert_clean(app)
     folders = [Path(folder) for folder in app.session_state[lesson.LESSON_KEY]]
     assert [folder.parent for folder in folders] == [app_environment, app_environment]
-    finish_background_jobs()
+    wait_until_idle(app_environment)
     app.run()
     assert_clean(app)
     assert any("has finished training" in success.value for success in app.success)
@@ -61,3 +65,41 @@ def test_the_button_trains_the_pair_and_opens_its_film(monkeypatch, app_environm
     children = subprocess.run(["ps", "--ppid", str(os.getpid()), "-o", "stat="], capture_output=True,
                               text=True).stdout.split()
     assert not [state for state in children if state.startswith("Z")]
+
+
+def lesson_folders(runs: Path) -> list[Path]:
+    return sorted(runs.glob("lesson-*")) + sorted(runs.glob(".lesson-*"))
+
+
+def test_the_lesson_is_a_job_of_the_runs_folder_under_its_one_lock(monkeypatch, app_environment):
+    runs = app_environment.resolve()
+    monkeypatch.setattr(lesson, "LESSON_OVERRIDES", {"max_steps": 100_000, "film_every": 0})
+    # Another job runs: the lesson is refused, and starts nothing beside it.
+    manager = JobManager(runs)
+    manager.start(TrainConfig(dataset="digits", max_steps=100_000, eval_every=0), name="long-job")
+    app = open_page("train")
+    app.button(key="lesson_start").click().run()
+    assert len(app.error) == 1 and "already running: long-job" in app.error[0].value
+    assert lesson_folders(runs) == []
+    manager.stop()
+    wait_until_idle(runs)
+
+    # The lesson runs: it is the folder's job, so nothing else starts beside it, and its owner can stop it.
+    app.run()
+    app.button(key="lesson_start").click().run()
+    assert_clean(app)
+    folders = [Path(folder) for folder in app.session_state[lesson.LESSON_KEY]]
+    assert sorted(manager.current_runs()) == sorted(folders)
+    assert manager.progress(folders[0]).owner == app.query_params[training_job.OWNER_PARAM]
+    with pytest.raises(JobError, match="already running: lesson-"):
+        manager.start(TrainConfig(dataset="digits", max_steps=3, eval_every=0), name="beside")
+    manager.stop()
+    wait_until_idle(runs)
+    assert {manager.progress(folder).state for folder in folders} == {"stopped"}
+
+
+def test_a_read_only_server_starts_no_lesson(monkeypatch, app_environment):
+    monkeypatch.setenv(deployment.READ_ONLY_ENV, "1")
+    with pytest.raises(JobError, match="read-only demo"):
+        lesson.start_lesson()
+    assert not app_environment.exists()

@@ -6,7 +6,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from apptest_support import assert_clean, open_page, vega_charts
+from apptest_support import MAIN_SCRIPT, assert_clean, open_page, vega_charts
+from streamlit.testing.v1 import AppTest
 
 from app import training_job  # the repository root is on sys.path (conftest.py)
 from ecaml.jobs import JobManager
@@ -64,7 +65,8 @@ def test_the_form_starts_a_job_refuses_a_second_and_the_run_appears_in_compare(a
 
     # A new browser session (another tab, or a reload) sees the running job, named as someone else's.
     reloaded = open_page("train")
-    assert [h.value for h in reloaded.subheader if "tiny-job" in h.value] == ["Another session is training tiny-job"]
+    owner = app.query_params[training_job.OWNER_PARAM]
+    assert [h.value for h in reloaded.subheader if "tiny-job" in h.value] == [f"Session {owner} is training tiny-job"]
     elsewhere = open_page("about")
     assert elsewhere.sidebar.get("progress"), "other pages show the job's progress in the sidebar"
 
@@ -125,3 +127,50 @@ def test_the_folder_dataset_needs_a_data_root_inside_the_data_folder(monkeypatch
     submit(app)
     assert len(app.error) == 1 and "outside the allowed folders" in app.error[0].value
     assert JobManager(tmp_path / "runs").current() is None
+
+
+def reload_page(app, page: str = "train") -> AppTest:
+    """The same address opened again (a reload, or the URL pasted into a new tab): a new session, same query."""
+    again = AppTest.from_file(str(MAIN_SCRIPT), default_timeout=120)
+    again.query_params.update(app.query_params)
+    again.run()
+    again.switch_page(f"views/{page}.py").run()
+    return again
+
+
+def stop_button(app):
+    return app.button(key="stop_job")
+
+
+def test_a_run_belongs_to_its_session_across_reloads_others_watch_and_a_stop_says_who(app_environment):
+    runs = app_environment.resolve()
+    app = open_page("train")
+    fill_form(app, "owned-job", max_steps=100000)
+    submit(app)
+    assert_clean(app)
+    owner = app.query_params[training_job.OWNER_PARAM]
+
+    reloaded = reload_page(app)
+    assert_clean(reloaded)
+    assert "Training owned-job" in [h.value for h in reloaded.subheader]
+    assert not stop_button(reloaded).disabled  # its own run: Stop, no confirmation
+
+    other = open_page("train")  # someone else
+    assert_clean(other)
+    assert f"Session {owner} is training owned-job" in [h.value for h in other.subheader]
+    assert stop_button(other).disabled, "another session's run is read-only until it confirms"
+    other.checkbox(key="confirm_stop_other").check().run()
+    stop_button(other).click().run()
+    assert_clean(other)
+    stopper = other.query_params[training_job.OWNER_PARAM]
+    assert stopper != owner
+
+    wait_until_idle(runs)
+    progress = JobManager(runs).progress(runs / "owned-job")
+    assert progress.state == "stopped" and progress.owner == owner and progress.stopped_by == stopper
+    expected = f"was stopped at step {progress.step:,} by"
+    for session, who in ((app, f"session {stopper}"), (reload_page(app), f"session {stopper}"), (other, "you")):
+        session.run()
+        assert_clean(session)
+        assert any(expected in info.value and info.value.endswith(f"by {who}.") and "owned-job" in info.value
+                   for info in session.info), [info.value for info in session.info]
