@@ -15,9 +15,10 @@ from pathlib import Path
 
 import streamlit as st
 
-from app import charts, deployment, errors, layout, lesson, locations, run_catalog, run_picker, training_job
+from app import (
+    charts, data_roots, deployment, errors, layout, lesson, locations, run_catalog, run_picker, training_job,
+)
 from ecaml.config import DATASET_DEFAULTS, TrainConfig
-from ecaml.paths import PathError, confine
 from ecaml.runs import read_metrics
 
 DATASETS = {
@@ -55,6 +56,7 @@ def render() -> None:
     lesson.offer_lesson()
     st.subheader("New run")
     show_form(running)
+    data_roots.show_roots_panel()
     show_twin_section(running)
 
 
@@ -355,8 +357,8 @@ def show_form(running: Path | None) -> None:
             "Data root (folder dataset only)",
             key="train_data_root",
             placeholder="my-images",
-            help=f"A folder inside `{locations.shown_path(locations.data_dir())}/` (set ECAML_DATA_DIR to allow "
-            "another) with one sub-folder of images per class.",
+            help=f"A folder inside `{locations.shown_path(locations.data_dir())}/` or another allowed folder (see "
+            "'Folders the app may read data from' below) with one sub-folder of images per class.",
         )
         loss = second.selectbox("Base metric loss", LOSSES, index=index_of(LOSSES, defaults.loss), key="train_loss")
         ec_weight = second.number_input(
@@ -462,24 +464,14 @@ def form_config(defaults: TrainConfig, **shown) -> TrainConfig:
     return TrainConfig(**hidden, **shown, eval_splits=scored)
 
 
-def confined_data_root(text: str) -> str | None:
-    """The data root typed in, resolved inside the allowed data folder; None (after an error) when outside."""
-    try:
-        return str(confine(text, [locations.data_dir()], base=locations.data_dir()))
-    except PathError as error:
-        st.error(f"Could not use this data root: {errors.one_sentence(error)}")
-        return None
-
-
 def start(config: TrainConfig, name: str | None, rerun: bool = True) -> Path | None:
     """Start a job for ``config``; this session then calls it its own. The run folder, or None after an error."""
-    if config.dataset == "folder":
-        if not config.data_root:
-            st.error("The folder dataset needs a data root: a folder with one sub-folder of images per class.")
-            return None
-        config.data_root = confined_data_root(config.data_root)
-        if config.data_root is None:
-            return None
+    if config.dataset == "folder" and not config.data_root:
+        st.error("The folder dataset needs a data root: a folder with one sub-folder of images per class.")
+        return None
+    config = errors.attempt("use this run's data or weights", data_roots.confine_config, config)  # every path
+    if config is None:
+        return None
     # The job manager refuses a second job (one started from another tab since this page was drawn) with a JobError.
     run_dir = errors.attempt("start training", training_job.start, config, name)
     if run_dir is None:

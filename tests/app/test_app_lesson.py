@@ -41,6 +41,12 @@ class CapturingManager:
     def current(self):
         return None
 
+    def current_runs(self):
+        return []
+
+    def last_record(self):
+        return None
+
     def progress(self, run_dir):
         raise ValueError("nothing runs")
 
