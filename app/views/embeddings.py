@@ -58,8 +58,9 @@ def show_map(chosen: list[run_catalog.RunEntry]) -> None:
     umap_ready = errors.attempt("look up the projection cache", umap_cached, chosen)
     if umap_ready is None:  # the runs' files cannot be read: no map can be drawn either
         return
-    if METHOD_KEY not in st.session_state:  # each visit opens on UMAP only when it shows at once
-        st.session_state[METHOD_KEY] = "umap" if umap_ready else "pca"
+    if METHOD_KEY not in st.session_state:  # each visit opens on UMAP when it shows at once or is being computed
+        # A reload or a second tab finds a UMAP job still running in the server, and follows its progress.
+        st.session_state[METHOD_KEY] = "umap" if umap_ready or umap_running(chosen) else "pca"
     # Fixed labels: a label that changed with the cache would make the radio another widget and lose its choice.
     method = st.radio("Projection", list(METHODS), format_func=METHODS.get, horizontal=True, key=METHOD_KEY)
     shown = method if method == "pca" or umap_ready else umap_in_background(chosen)
@@ -132,6 +133,11 @@ def umap_cached(chosen: list[run_catalog.RunEntry]) -> bool:
     return is_projection_cached(runs, method="umap", cache_dir=locations.cache_dir(), **projection_jobs.PROJECTION)
 
 
+def umap_running(chosen: list[run_catalog.RunEntry]) -> bool:
+    job = projection_jobs.projection_job(chosen, "umap")
+    return job is not None and job.running
+
+
 def choose_umap() -> None:
     st.session_state[METHOD_KEY] = "umap"
 
@@ -140,7 +146,7 @@ def offer_umap(chosen: list[run_catalog.RunEntry]) -> None:
     """The button that asks for the aligned UMAP, and whether the start-up warm-up is computing it already."""
     st.button(COMPUTE_UMAP, icon=":material/scatter_plot:", key="compute_umap", on_click=choose_umap)
     job = projection_jobs.projection_job(chosen, "umap")
-    if job is not None and job.running:
+    if umap_running(chosen):
         st.caption(f"It is being computed in the background already (for {job.seconds:.0f} s), so it may take less.")
 
 

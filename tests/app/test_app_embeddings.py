@@ -158,6 +158,30 @@ def test_without_a_cached_umap_the_page_opens_on_pca_with_a_button(fresh_cache):
     assert not started, "opening the page must not start the UMAP"
 
 
+def test_a_returning_session_finds_the_umap_being_computed_and_follows_it(fresh_cache, monkeypatch):
+    """A reload (or a second tab) while the aligned UMAP is computed shows that job's progress, not the button again."""
+    release = threading.Event()
+
+    def held_umap(*args, progress=None, **kwargs):  # the job runs on in the server until the test lets it end
+        progress(3, 10)
+        release.wait(60)
+
+    monkeypatch.setattr(projection, "warm_projection_cache", held_umap)
+    first = open_ready(open_page, "embeddings")
+    first.button(key="compute_umap").click().run()
+    assert_clean(first)
+    try:
+        returning = open_page("embeddings")  # a new session: a reload, or another tab
+        assert_clean(returning)
+        assert returning.radio(key="projection_method").value == "umap"
+        assert any("Computing the aligned UMAP" in info.value for info in returning.info)
+        assert embeddings.COMPUTE_UMAP not in button_labels(returning)
+        assert any("Aligned UMAP: 3 of 10" in bar.proto.text for bar in returning.get("progress"))
+    finally:
+        release.set()
+        finish_background_jobs()
+
+
 def test_the_button_computes_the_aligned_umap_in_the_background_then_the_page_opens_on_it(shipped_runs):
     app = open_ready(open_page, "embeddings")
     if app.radio(key="projection_method").value == "pca":  # not cached yet in this test session
