@@ -23,6 +23,7 @@ browser tabs, an app restart, another process) on the same folder see the same j
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -321,8 +322,6 @@ def _has_final_status(run_dir: Path) -> bool:
 
 
 def _read_json(path: Path) -> dict:
-    import json
-
     value = json.loads(path.read_bytes())
     if not isinstance(value, dict):
         raise ValueError("not a JSON object")
