@@ -55,6 +55,14 @@ def lesson_running(folders: tuple[str, ...]) -> bool:
     return any(folder in running for folder in folders)
 
 
+def own_lesson_after_reload() -> tuple[str, ...]:
+    """The lesson this session started, when its page was reloaded meanwhile (it was the folder's last job)."""
+    runs = training_job.own_last_job()
+    if len(runs) == 2 and all(run.name.startswith("lesson-") for run in runs):
+        return tuple(str(run) for run in runs)
+    return ()
+
+
 def lesson_progress(folders: tuple[str, ...]) -> tuple[int, int]:
     done = total = 0
     for folder in folders:
@@ -90,7 +98,7 @@ def offer_lesson() -> None:
         "featured pair's setting), both at once, filming their embeddings of the classes they never see. "
         "Then the film plays them side by side."
     )
-    folders = tuple(st.session_state.get(LESSON_KEY) or ())
+    folders = tuple(st.session_state.get(LESSON_KEY) or own_lesson_after_reload())
     if folders and lesson_running(folders):
         _follow(folders)
         return

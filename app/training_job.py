@@ -84,12 +84,14 @@ def own_job() -> Path | None:
     own = st.session_state.get(OWN_JOB_KEY)
     if own:
         return Path(own)
-    if read_only():
-        return None
-    record = _quietly(lambda: job_manager().last_record())
-    if record is not None and record.owner == session_owner() and len(record.runs) == 1:
-        return record.runs[0]
-    return None
+    runs = own_last_job()
+    return runs[0] if len(runs) == 1 else None
+
+
+def own_last_job() -> list[Path]:
+    """The runs of the folder's last job when this session started it (found again after a reload), else []."""
+    record = None if read_only() else _quietly(lambda: job_manager().last_record())
+    return record.runs if record is not None and record.owner == session_owner() else []
 
 
 def _quietly(read):
@@ -104,12 +106,13 @@ def remember_own_job(run_dir: Path) -> None:
     st.session_state[OWN_JOB_KEY] = str(run_dir)
 
 
-def started_here(run_dir: Path, progress=None) -> bool:
+def started_here(run_dir: Path) -> bool:
     """Whether this session started the job in ``run_dir`` (its owner token is the one in the job's log)."""
-    if own_job() == Path(run_dir):
-        return True
-    progress = progress if progress is not None else job_progress(Path(run_dir))
-    return progress is not None and progress.owner == session_owner()
+    return own_job() == Path(run_dir) or owner_of(run_dir) == session_owner()
+
+
+def owner_of(run_dir: Path) -> str | None:
+    return None if read_only() else _quietly(lambda: job_manager().owner_of(run_dir))
 
 
 def who(token: str | None) -> str:
@@ -148,8 +151,7 @@ def job_title(run_dir: Path) -> str:
     name = Path(run_dir).name
     if started_here(run_dir):
         return f"Training {name}"
-    progress = job_progress(Path(run_dir))
-    owner = progress.owner if progress is not None else None
+    owner = owner_of(run_dir)
     return f"Session {owner} is training {name}" if owner else f"Another session is training {name}"
 
 

@@ -222,6 +222,10 @@ class JobManager:
         except (OSError, ValueError, KeyError, TypeError):
             return None
 
+    def owner_of(self, run_dir: Path) -> str | None:
+        """Who started the job of ``run_dir`` (from the first lines of its log: cheap enough for every refresh)."""
+        return started_by(log_path(Path(run_dir).expanduser().resolve()))
+
     def progress(self, run_dir: Path) -> JobProgress:
         """Where the job (or finished run) in ``run_dir`` stands, from its status, history, log and locks."""
         run_dir = Path(run_dir).expanduser().resolve()

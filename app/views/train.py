@@ -87,7 +87,7 @@ def live_panel(run_dir: str) -> None:
     if progress is None or progress.state not in run_catalog.LIVE_STATES:
         st.rerun()  # finished: redraw the page once, without this refresher
     st.subheader(training_job.job_title(Path(run_dir)))
-    mine = training_job.started_here(Path(run_dir), progress)
+    mine = training_job.started_here(Path(run_dir))
     if not mine:
         st.caption("Started from another browser session; you can watch it here, and start yours when it ends.")
     st.progress(training_job.progress_fraction(progress), text=training_job.progress_text(progress))

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from apptest_support import assert_clean, open_page
 from map_support import maps
-from test_app_train import wait_until_idle
+from test_app_train import reload_page, wait_until_idle
 
 from app import deployment, lesson, training_job
 from ecaml.config import TrainConfig
@@ -91,6 +91,10 @@ def test_the_lesson_is_a_job_of_the_runs_folder_under_its_one_lock(monkeypatch, 
     folders = [Path(folder) for folder in app.session_state[lesson.LESSON_KEY]]
     assert sorted(manager.current_runs()) == sorted(folders)
     assert manager.progress(folders[0]).owner == app.query_params[training_job.OWNER_PARAM]
+    reloaded = reload_page(app)  # the lesson is still this session's after a reload: its progress, not the button
+    assert_clean(reloaded)
+    assert not [button for button in reloaded.button if button.key == "lesson_start"]
+    assert any("Training the lesson pair" in bar.proto.text for bar in reloaded.get("progress"))
     with pytest.raises(JobError, match="already running: lesson-"):
         manager.start(TrainConfig(dataset="digits", max_steps=3, eval_every=0), name="beside")
     manager.stop()
