@@ -238,11 +238,9 @@ def show_training_curves(chosen: list[run_catalog.RunEntry]) -> None:
             "0.1), so one axis would flatten some runs' curves."
         )
     for panel, (loss, entries) in zip(layout.panels(len(by_loss), per_row=2), by_loss.items()):
-        lines = [charts.Series(e.name, colours[e.key], e.run.step_records()) for e in entries]
-        chart = charts.curve_chart(lines, quantity, smoothing, log_scale)
-        if len(by_loss) > 1:
-            chart = chart.properties(title=alt_title(f"{loss} loss"))
-        panel.altair_chart(chart, key="curve_chart" if len(by_loss) == 1 else f"curve_chart_{loss}", width="stretch")
+        title = f"{loss} loss" if len(by_loss) > 1 else None
+        figure = curve_figure(entries, colours, quantity, smoothing, log_scale, title)
+        panel.plotly_chart(figure, key="curve_chart" if len(by_loss) == 1 else f"curve_chart_{loss}", width="stretch")
     lines = series(chosen, lambda run: run.step_records())
     missing = [line.name for line in lines if not charts.has_values(line.records, quantity)]
     if missing and quantity in charts.EC_ONLY_CURVES:
@@ -266,8 +264,18 @@ def loss_panels(chosen: list[run_catalog.RunEntry]) -> dict[str, list[run_catalo
     return panels
 
 
-def alt_title(text: str) -> dict:
-    return {"text": text, "anchor": "start", "fontSize": 15}
+def runs_signature(entries: list[run_catalog.RunEntry]) -> tuple:
+    """What a chart of these runs depends on: each run's folder and the stamps of its files."""
+    return tuple((entry.key, run_catalog.run_fingerprint(entry.path)) for entry in entries)
+
+
+def curve_figure(entries, colours: dict, quantity: str, smoothing: float, log_scale: bool, title: str | None):
+    """The training curves of ``entries``, built once per set of runs and options (``charts.cached_figure``)."""
+    lines = [charts.Series(e.name, colours[e.key], e.run.step_records()) for e in entries]
+    signature = ("compare curves", runs_signature(entries), tuple(colours.items()), quantity, smoothing, log_scale,
+                 title)
+    return charts.cached_figure(signature, lambda: charts.curve_chart(lines, quantity, smoothing, log_scale,
+                                                                      title=title))
 
 
 # ----------------------------------------------------------------------------- evaluations over training
@@ -309,10 +317,7 @@ def show_evaluations(chosen: list[run_catalog.RunEntry]) -> None:
     )
     metrics = evaluated_metrics(chosen, split)
     metric = controls[0].selectbox("Metric", metrics, format_func=charts.metric_name, key="evaluation_metric")
-    lines = series(chosen, lambda run: run.eval_records(split))
-    chart = charts.evaluation_chart(lines, metric).properties(title=alt_title(f"{charts.metric_name(metric)} on "
-                                                                                f"{split_label(split)}"))
-    st.altair_chart(chart, key="evaluation_chart", width="stretch")
+    st.plotly_chart(evaluation_figure(chosen, split, metric), key="evaluation_chart", width="stretch")
     if split == "unseen":
         st.caption(
             "**Test classes — not for model selection.** These points show how the embedding generalises as it "
@@ -324,6 +329,14 @@ def show_evaluations(chosen: list[run_catalog.RunEntry]) -> None:
     gaps = evaluation_gaps(chosen, split)
     if gaps:
         st.caption(f"Only the final evaluation was recorded for {'; '.join(gaps)}.")
+
+
+def evaluation_figure(chosen: list[run_catalog.RunEntry], split: str, metric: str):
+    """``metric`` on ``split`` over training, one line per run, built once per set of runs and options."""
+    lines = series(chosen, lambda run: run.eval_records(split))
+    title = f"{charts.metric_name(metric)} on {split_label(split)}"
+    signature = ("compare evaluations", runs_signature(chosen), split, metric)
+    return charts.cached_figure(signature, lambda: charts.evaluation_chart(lines, metric, title=title))
 
 
 def epochs_trained(run) -> int:
@@ -438,7 +451,7 @@ def show_distance_histograms(chosen: list[run_catalog.RunEntry]) -> None:
             for panel, entry in zip(layout.panels(len(shown)), shown):
                 h = binned[entry.key]
                 chart = charts.distance_chart(bins, h["positive"], h["negative"], h["medians"], entry.name, top)
-                panel.altair_chart(chart, key=f"distances_{entry.key}", width="stretch")
+                panel.plotly_chart(chart, key=f"distances_{entry.key}", width="stretch")
         st.caption(
             f"Cosine distances of up to {MAX_PAIRS:,} random pairs of unseen-class images: two images of the same "
             "class (green) and of different classes (orange); dotted lines mark the medians. The less the two "

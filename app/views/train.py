@@ -105,10 +105,10 @@ def show_run_curves(history: list[dict], key: str, run_dir: str, last_step: int 
         history = [record for record in history if record.get("step", 0) <= last_step]
     steps = [record for record in history if record.get("kind") == "step"]
     show_live_curves(steps, key, run_dir)
-    show_live_evaluations(history, key)
+    show_live_evaluations(history, key, run_dir)
 
 
-def show_live_evaluations(history: list[dict], key: str) -> None:
+def show_live_evaluations(history: list[dict], key: str, run_dir: str) -> None:
     """Recall@1 on each split evaluated so far, one line per split, validation first."""
     evaluations = [r for r in history if r.get("kind") == "eval" and "recall@1" in r and r.get("split") != "train"]
     if not evaluations:
@@ -118,7 +118,9 @@ def show_live_evaluations(history: list[dict], key: str) -> None:
         charts.Series(split_name(split), layout.colour_of(i), [r for r in evaluations if r.get("split") == split])
         for i, split in enumerate(splits)
     ]
-    st.altair_chart(charts.evaluation_chart(lines, "recall@1", height=240), key=f"{key}_evaluations", width="stretch")
+    signature = ("train evaluations", run_dir, len(evaluations), json.dumps(evaluations[-1], sort_keys=True))
+    figure = charts.cached_figure(signature, lambda: charts.evaluation_chart(lines, "recall@1", height=240))
+    st.plotly_chart(figure, key=f"{key}_evaluations", width="stretch")
     if "unseen" in splits:
         st.caption("Recall@1 on the test classes is shown to watch generalisation, not to choose an epoch by.")
 
@@ -141,21 +143,21 @@ def show_live_curves(steps: list[dict], key: str, run_dir: str) -> None:
         if not present:
             column.caption("log E appears here when EC is on.")
             continue
-        spec = curves_spec(run_dir, len(steps), json.dumps(steps[-1], sort_keys=True), tuple(present), steps)
-        column.vega_lite_chart(spec, key=f"{key}_{'_'.join(present)}", width="stretch")
+        figure = curves_figure(run_dir, len(steps), json.dumps(steps[-1], sort_keys=True), tuple(present), steps)
+        column.plotly_chart(figure, key=f"{key}_{'_'.join(present)}", width="stretch")
 
 
-@st.cache_data(max_entries=64, show_spinner=False)
-def curves_spec(run_dir: str, step_count: int, last_record: str, quantities: tuple[str, ...], _steps: list[dict]) -> dict:
-    """The Vega-Lite spec of one run's curves up to a step, built once for every session that shows it.
+def curves_figure(run_dir: str, step_count: int, last_record: str, quantities: tuple[str, ...], steps: list[dict]):
+    """One run's curves up to a step, built once for every session that shows it (``charts.cached_figure``).
 
-    While a job trains, every open Train page redraws its curves every refresh; building the Altair chart and
-    converting it (with schema validation) was a quarter of the server's CPU with five tabs open (py-spy). A
-    history only grows, so (run, record count, last record) names the content, even for a run re-made in the same
-    folder.
+    While a job trains, every open Train page redraws its curves every refresh; a history only grows, so (run,
+    record count, last record) names the content, even for a run re-made in the same folder.
     """
     colours = [layout.colour_of(i) for i in range(len(quantities))]
-    return charts.quantities_chart(_steps, list(quantities), colours, smoothing=0.6, height=280).to_dict()
+    return charts.cached_figure(
+        ("train curves", run_dir, step_count, last_record, quantities),
+        lambda: charts.quantities_chart(steps, list(quantities), colours, smoothing=0.6, height=280),
+    )
 
 
 def stop_job(run_dir: str) -> None:
