@@ -141,6 +141,19 @@ def featured_setting() -> TrainConfig | None:
     return None
 
 
+def featured_steps_per_epoch() -> int | None:
+    """Training steps per epoch of the featured EC-on run (its status's total over its epochs), or None."""
+    for name in featured_run_names():
+        try:
+            config = read_config(checkpoints_dir() / name)
+            total = int((read_status(checkpoints_dir() / name) or {}).get("total_steps") or 0)
+        except (RunError, OSError, ValueError, TypeError):
+            continue
+        if config.ec_weight > 0 and total > 0 and config.epochs and not config.max_steps:
+            return max(1, total // config.epochs)
+    return None
+
+
 def default_selection(entries: list[RunEntry]) -> list[str]:
     """The featured shipped runs; else the first shipped EC-off / EC-on pair of one dataset and loss; else two runs."""
     candidates = [e for e in usable(entries) if e.shipped] or usable(entries)

@@ -31,8 +31,9 @@ DEVICES = ("auto", "cpu", "cuda")
 LIVE_CURVES = (("metric_loss", "total_loss"), ("log_energy",))
 LIVE_REFRESH_S = 0.5  # a digits run takes seconds: a slower refresh would show only its first and last steps
 OTHER_JOB_LIVE_REFRESH_S = 2.0  # a job started by another session
-# Evaluate after every epoch, so quality during training is a curve (a digits run is a few epochs long).
-EVALUATE_EVERY_EPOCHS = 1
+# Evaluate every other epoch of the lecture length (lesson.LECTURE_EPOCHS): quality during training is a curve of
+# about 16 points.
+EVALUATE_EVERY_EPOCHS = 2
 STOPPING_KEY = "stop_requested_for"  # the job this session asked to stop (it ends after its current step)
 TWINS_KEY = "twin_of"  # twin run directory -> the run it was made to be compared with
 REPLAY_STEP_KEY, REPLAY_PLAYING_KEY = "replay_step", "replay_playing"
@@ -320,7 +321,7 @@ def form_defaults() -> TrainConfig:
     pair), else the library's defaults; evaluated every epoch, so quality during training is a curve."""
     featured = run_catalog.featured_setting()
     base = featured if featured is not None and featured.dataset in DATASETS else TrainConfig()
-    return dataclasses.replace(base, eval_every=EVALUATE_EVERY_EPOCHS)
+    return dataclasses.replace(lesson.lecture_length(base), eval_every=EVALUATE_EVERY_EPOCHS)
 
 
 def index_of(options, value) -> int:
@@ -334,8 +335,9 @@ def show_form(running: Path | None) -> None:
     if run_catalog.featured_setting() is not None:
         st.caption(
             f"Starts from the featured setting ({defaults.dataset}, {defaults.loss}, λ = {defaults.ec_weight:g}, "
-            f"{defaults.epochs} epochs, seed {defaults.seed}): the run the app opens on, so yours can be compared "
-            "with it. Evaluated after every epoch, so quality during training is a curve."
+            f"seed {defaults.seed}): the run the app opens on, so yours can be compared with it; trained for "
+            f"{defaults.epochs} epochs (about a minute and a half on two cores) so the curves can be watched as they "
+            f"grow, evaluated every {defaults.eval_every} epochs and filmed every {defaults.film_every} steps."
         )
     with st.form("train_form", border=True):
         first, second, third = st.columns(3)
@@ -447,13 +449,15 @@ def show_form(running: Path | None) -> None:
 def form_config(defaults: TrainConfig, **shown) -> TrainConfig:
     """The run the form asks for: its fields, and on the featured run's data set the featured run's split too.
 
-    What the form does not show (images held out of training, the validation seed) follows the featured run, so a
+    What the form does not show (images held out of training, the validation seed, the film's spacing) follows the
+    featured run and the lecture length, so a
     run from the form shares its split and gets a Δ against it on Compare. During training it scores the validation
     classes when some are held out, else the test classes, which Compare labels "not for model selection".
     """
     hidden = {}
     if shown["dataset"] == defaults.dataset:
-        hidden = {"seen_test_per_class": defaults.seen_test_per_class, "val_seed": defaults.val_seed}
+        hidden = {"seen_test_per_class": defaults.seen_test_per_class, "val_seed": defaults.val_seed,
+                  "film_every": defaults.film_every}
     scored = (["val"] if shown["val_classes"] else ["unseen"]) if shown["eval_every"] else None
     return TrainConfig(**hidden, **shown, eval_splits=scored)
 
