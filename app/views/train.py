@@ -299,13 +299,23 @@ def show_twin_section(running: Path | None) -> None:
         f"featured λ = {twin_ec_weight():g})."
     )
     by_key = {entry.key: entry for entry in entries}
-    own = training_job.own_job()
-    default = str(own) if own is not None and str(own) in by_key else entries[0].key
+    default = twin_default(entries)
     columns = st.columns([3, 2], vertical_alignment="bottom")
     key = columns[0].selectbox(
         "Run", list(by_key), index=list(by_key).index(default), format_func=lambda k: by_key[k].label, key="twin_of_run"
     )
     twin_button(by_key[key], columns[1], key="twin_start", disabled=running is not None)
+
+
+def twin_default(entries: list[run_catalog.RunEntry]) -> str:
+    """The run the twin picker opens on: this session's last run, else the newest of yours, else the first shipped."""
+    own = training_job.own_job()
+    if own is not None and str(own) in {entry.key for entry in entries}:
+        return str(own)
+    yours = [entry for entry in entries if not entry.shipped]
+    if yours:
+        return max(yours, key=lambda entry: run_catalog.run_fingerprint(entry.path)[0][1] or 0).key
+    return entries[0].key
 
 
 # ----------------------------------------------------------------------------- the form
