@@ -99,3 +99,21 @@ def length_notes(pairs: Sequence[tuple[RunEntry, RunEntry]]) -> list[str]:
             notes.append(f"**{entry.name}** trained {entry.run.step:,} steps, **{reference.name}** "
                          f"{reference.run.step:,}")
     return notes
+
+
+def study_seed_spread(chosen: Sequence[RunEntry], study: dict) -> dict[str, dict[str, tuple[float, float, int]]]:
+    """For each chosen shipped run whose setting the study trained over several seeds (results/study.json's
+    summary: same data set, loss, epochs and λ), metric -> (mean, standard deviation, seeds); only seed 0 ships."""
+    summary = study.get("summary") if isinstance(study, dict) else None
+    spread = {}
+    for entry in chosen:
+        config = entry.run.config
+        setting = (summary or {}).get(f"{config.dataset}/{config.loss}")
+        if not entry.shipped or not isinstance(setting, dict) or config.epochs != setting.get("epochs"):
+            continue
+        side = "off" if config.ec_weight == 0 else "on" if config.ec_weight == setting.get("ec_weight") else None
+        metrics = setting.get(side) if side else None
+        if isinstance(metrics, dict):
+            spread[entry.name] = {key: (value["mean"], value["std"], len(value["values"]))
+                                  for key, value in metrics.items() if isinstance(value, dict) and "values" in value}
+    return spread

@@ -62,18 +62,21 @@ def random_film(rng, steps, count=60, dim=8) -> Film:
     return Film(list(steps), np.arange(count), labels, [rng.normal(size=(count, dim)).astype(np.float32) for _ in steps])
 
 
-@pytest.mark.parametrize("seed", range(5))
-def test_frames_are_aligned_onto_the_final_map_and_across_runs(seed):
+@pytest.mark.parametrize("seed", range(3))
+def test_frames_are_aligned_onto_the_previous_frame_and_across_runs(seed):
     rng = np.random.default_rng(seed)
     first = random_film(rng, [0, 5, 10])
-    # A second run whose embeddings are the first's, rotated in the embedding space: the same maps up to rotation.
-    rotation, _ = np.linalg.qr(rng.normal(size=(8, 8)))
-    second = Film(first.steps, first.indices, first.labels, [(e @ rotation).astype(np.float32) for e in first.embeddings])
+    # A second run that starts where the first did (one seed: one untrained network), then moves its own way.
+    later = [rng.normal(size=e.shape).astype(np.float32) for e in first.embeddings[1:]]
+    second = Film(first.steps, first.indices, first.labels, [first.embeddings[0], *later])
     steps, frames = film_frames([first, second])
     assert steps == [0, 5, 10]
-    for a, b in zip(frames[0], frames[1]):
-        np.testing.assert_allclose(a, b, atol=1e-4)  # aligned across runs
-        assert a.shape == (60, 2) and np.isclose(np.sqrt((a ** 2).sum(axis=1).mean()), 1, atol=1e-5)  # unit RMS
+    for run_frames in frames:
+        for frame in run_frames:
+            assert frame.shape == (60, 2) and np.isclose(np.sqrt((frame ** 2).sum(axis=1).mean()), 1, atol=1e-5)
+    # Same start, same first frame, up to the one rotation that aligns the runs' final frames.
+    u, _, vt = np.linalg.svd(frames[1][0].T.astype(np.float64) @ frames[0][0])
+    np.testing.assert_allclose(frames[1][0] @ (u @ vt), frames[0][0], atol=1e-4)
     # Each frame is rotated onto the one before it (it also starts from its layout): no other rotation brings it
     # closer.
     for previous, frame in zip(frames[0][:-1], frames[0][1:]):
@@ -124,17 +127,31 @@ def shipped_films(every: int = 7) -> list[Film]:
     return films
 
 
-def test_the_film_shows_classes_forming_where_the_embedding_separates_them():
-    """Issue 22 item 2: the PCA film showed the unseen classes clearest at step 0 and a blob at the end."""
-    films = shipped_films()
-    steps, frames = film_frames(films)
-    for film, run_frames in zip(films, frames):
-        scores = frame_scores(film, steps)
-        # The embedding separates them as it trains (MAP@R: an untrained net's nearest neighbour is often right on
-        # digits already, its ranking of a whole class is not)...
-        assert scores[-1]["map@r"] > scores[0]["map@r"] + 0.1
-        first, last = (neighbour_agreement(run_frames[i], film.labels) for i in (0, -1))
-        assert last > first + 0.05, (first, last)  # ...and so does the picture
+def forming_film(seed: int, steps=(0, 1, 2, 3)) -> Film:
+    """Six classes that separate step by step in 8 of 24 dimensions, while 4 others carry a large spread unrelated
+    to class (as an embedding's dominant directions often are): PCA draws that spread, not the classes."""
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(6), 50)
+    centres = rng.normal(size=(6, 8))
+    nuisance = rng.normal(scale=4.0, size=(len(labels), 4))
+    embeddings = []
+    for step in steps:
+        share = step / steps[-1]
+        classes = share * 2.0 * centres[labels] + rng.normal(scale=0.5, size=(len(labels), 8))
+        noise = rng.normal(scale=0.5, size=(len(labels), 12))
+        embeddings.append(np.hstack([nuisance, classes, noise]).astype(np.float32))
+    return Film(list(steps), np.arange(len(labels)), labels, embeddings)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_film_shows_classes_forming_as_the_embedding_separates_them(seed):
+    """Issue 22 item 2: the PCA film showed what varied most, not the neighbourhoods."""
+    film = forming_film(seed)
+    steps, (frames,) = film_frames([film])
+    scores = frame_scores(film, steps)
+    assert scores[-1]["map@r"] > scores[0]["map@r"] + 0.3  # the embedding separates the classes...
+    first, last = (neighbour_agreement(frames[i], film.labels) for i in (0, -1))
+    assert last > first + 0.3 and last > 0.9, (first, last)  # ...and so does the picture
 
 
 def test_each_frame_is_labelled_with_what_its_embeddings_measure():

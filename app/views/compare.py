@@ -9,6 +9,8 @@ their expander is opened, so the page paints quickly.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import streamlit as st
@@ -208,6 +210,7 @@ def show_seed_spread(chosen: list[run_catalog.RunEntry]) -> None:
     """Runs of one setting trained with several seeds: each metric's mean and spread over those seeds."""
     repeated = comparisons.repeated_settings(chosen)
     if not repeated:
+        show_study_seed_spread(chosen)
         return
     st.markdown("**Settings picked with several seeds** (mean ± standard deviation over the seeds, percent)")
     columns = {}
@@ -224,6 +227,27 @@ def show_seed_spread(chosen: list[run_catalog.RunEntry]) -> None:
                 mean, spread = comparisons.mean_and_spread(values)
                 cells[charts.metric_name(key)] = f"{mean:.1f} ± {spread:.1f}"
         columns[name] = cells
+    st.dataframe(pd.DataFrame(columns), key="seed_spread_table")
+
+
+def show_study_seed_spread(chosen: list[run_catalog.RunEntry]) -> None:
+    """Only seed 0 of each setting ships: the spread over the study's seeds, from results/study.json."""
+    try:
+        study = json.loads((locations.REPO_ROOT / "results" / "study.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    spread = comparisons.study_seed_spread(chosen, study)
+    if not spread:
+        return
+    st.markdown("**Over the study's seeds** (mean ± standard deviation, percent; `results/study.json`: only seed 0 "
+                "of each setting ships)")
+    columns = {
+        f"{name} · {next(iter(metrics.values()))[2]} seeds": {
+            charts.metric_name(key): f"{100 * mean:.1f} ± {100 * std:.1f}" for key, (mean, std, _) in metrics.items()
+            if key in charts.METRIC_NAMES
+        }
+        for name, metrics in spread.items()
+    }
     st.dataframe(pd.DataFrame(columns), key="seed_spread_table")
 
 

@@ -4,6 +4,7 @@ app cannot use is listed with the reason instead of being ignored."""
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 from apptest_support import assert_clean, open_page
 
@@ -26,3 +27,14 @@ def test_a_folder_with_a_foreign_model_is_listed_as_unusable_with_the_reason(app
     listed = " ".join(m.value for m in expander.markdown)
     assert "old-model" in listed and "model.pt" in listed and "never loads" in listed
     assert "just-vectors" in listed and "embeddings.npz" in listed
+
+
+def test_the_shipped_pair_shows_the_spread_over_the_studys_seeds(monkeypatch):
+    repo = Path(__file__).resolve().parents[2]
+    monkeypatch.setenv("ECAML_CHECKPOINTS_DIR", str(repo / "checkpoints"))  # only seed 0 of each setting ships
+    app = open_page("compare")
+    assert_clean(app)
+    table = next(frame.value for frame in app.dataframe if frame.key == "seed_spread_table" or
+                 any("seeds" in str(column) for column in frame.value.columns))
+    assert list(table.columns) == ["digits-triplet-ec0-seed0 · 5 seeds", "digits-triplet-ec1-seed0 · 5 seeds"]
+    assert "±" in table.loc["Recall@1"].iloc[0]
