@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 PERPLEXITY = 30.0
-FIRST_ITERATIONS, NEXT_ITERATIONS = 250, 40  # a frame started from its neighbour needs far fewer steps
+FIRST_ITERATIONS, NEXT_ITERATIONS = 250, 100  # a frame started from its neighbour needs far fewer steps
 EXAGGERATION, EXAGGERATED_SHARE = 12.0, 0.25  # early exaggeration over the first quarter of a layout's steps
 MOMENTUM = 0.8
 

@@ -128,30 +128,25 @@ def shipped_films(every: int = 7) -> list[Film]:
 
 
 def forming_film(seed: int, steps=(0, 1, 2, 3)) -> Film:
-    """Six classes that separate step by step in 8 of 24 dimensions, while 4 others carry a large spread unrelated
-    to class (as an embedding's dominant directions often are): PCA draws that spread, not the classes."""
+    """Sixteen classes that separate step by step in fourteen dimensions: more directions than a 2-D linear
+    projection (PCA) can show at once, where a neighbourhood-keeping layout shows every class."""
     rng = np.random.default_rng(seed)
-    labels = np.repeat(np.arange(6), 50)
-    centres = rng.normal(size=(6, 8))
-    nuisance = rng.normal(scale=4.0, size=(len(labels), 4))
-    embeddings = []
-    for step in steps:
-        share = step / steps[-1]
-        classes = share * 2.0 * centres[labels] + rng.normal(scale=0.5, size=(len(labels), 8))
-        noise = rng.normal(scale=0.5, size=(len(labels), 12))
-        embeddings.append(np.hstack([nuisance, classes, noise]).astype(np.float32))
+    labels = np.repeat(np.arange(16), 20)
+    centres = np.hstack([rng.normal(size=(16, 14)), np.zeros((16, 2))])
+    embeddings = [(step / steps[-1] * 3.0 * centres[labels] + rng.normal(scale=0.4, size=(len(labels), 16)))
+                  .astype(np.float32) for step in steps]
     return Film(list(steps), np.arange(len(labels)), labels, embeddings)
 
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_the_film_shows_classes_forming_as_the_embedding_separates_them(seed):
-    """Issue 22 item 2: the PCA film showed what varied most, not the neighbourhoods."""
+    """Issue 22 item 2: the PCA film drew the two directions that varied most, not the neighbourhoods."""
     film = forming_film(seed)
     steps, (frames,) = film_frames([film])
     scores = frame_scores(film, steps)
     assert scores[-1]["map@r"] > scores[0]["map@r"] + 0.3  # the embedding separates the classes...
     first, last = (neighbour_agreement(frames[i], film.labels) for i in (0, -1))
-    assert last > first + 0.3 and last > 0.9, (first, last)  # ...and so does the picture
+    assert last > first + 0.5 and last > 0.95, (first, last)  # ...and so does the picture
 
 
 def test_each_frame_is_labelled_with_what_its_embeddings_measure():
