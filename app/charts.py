@@ -1,22 +1,22 @@
-"""Charts the pages share: training curves, evaluations over training, distance histograms (Vega-Lite, through
-Altair), and 2-D projections (Plotly, for its lasso selection).
+"""Charts the pages share, in Plotly: training curves, evaluations over training, distance histograms.
 
-Charts take plain records and arrays (what the library wrote or returned) and
-only draw them; the smoothing here is the display EMA of TensorBoard, not a statistic.
-The Compare and Train pages use Vega-Lite only: Plotly's browser bundle (4.7 MB)
-took about a second and a half to load and parse in a new tab, Vega-Lite's a
-fraction of that, so those pages' first charts paint sooner.
+Charts take plain records and arrays (what the library wrote or returned) and only draw them; the smoothing here
+is the display EMA of TensorBoard, not a statistic. A long history is thinned before drawing (``app.thinning``):
+each line keeps at most ``MAX_DRAWN_POINTS`` points, with the min/max band of the steps pooled into each, and
+every evaluation is drawn. ``cached_figure`` builds a figure once for every session that shows the same runs.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
-import altair as alt
 import numpy as np
 import pandas as pd
-import plotly.colors
 import plotly.graph_objects as go
+import streamlit as st
+
+from app.thinning import thin
 
 CURVES = {
     "metric_loss": "Metric loss",
@@ -35,26 +35,21 @@ METRIC_NAMES = {
     "map@r": "MAP@R",
     "r_precision": "R-Precision",
 }
-CLASS_COLOURS = plotly.colors.qualitative.D3 + plotly.colors.qualitative.Dark24 + plotly.colors.qualitative.Light24
-MAX_CLASSES_IN_LEGEND = 15
 SAME_CLASS, DIFFERENT_CLASSES = ("same class", "#009E73"), ("different classes", "#D55E00")
-# SVG rather than Streamlit's default canvas: crisp, and its text (legends, titles) is in the page.
-SVG = {"embedOptions": {"renderer": "svg"}}
-# At most three runs to a row: a longer one-row legend ran off the chart's right edge with many runs.
-TOP_LEGEND = alt.Legend(
-    orient="top", title=None, labelLimit=400, symbolStrokeWidth=3, symbolOpacity=1, columns=3, direction="horizontal"
-)
-STEP_AXIS = alt.X(
-    "step:Q", title="training step", scale=alt.Scale(zero=False, nice=False), axis=alt.Axis(tickMinStep=1, format=",d")
-)
+STEP_TITLE, PROGRESS_TITLE = "training step", "progress (fraction of the run's steps)"
+# The legend above the plot, wrapping to as many rows as the runs need: every run is named, none is cut.
+TOP_LEGEND = {"orientation": "h", "yanchor": "bottom", "y": 1.02, "xanchor": "left", "x": 0, "title": None}
+MARGIN = {"l": 10, "r": 10, "t": 30, "b": 10}
+
 
 @dataclass
 class Series:
-    """One run's line on a chart."""
+    """One run's line on a chart; ``length``: the run's last step, for a progress axis (default: its last record)."""
 
     name: str
     colour: str
     records: list[dict]
+    length: int | None = None
 
 
 def metric_name(key: str) -> str:
@@ -70,205 +65,115 @@ def has_values(records: list[dict], quantity: str) -> bool:
     return any(record.get(quantity) is not None for record in records)
 
 
-def _line_frame(records: list[dict], column: str, name: str, smoothing: float, log_scale: bool) -> pd.DataFrame:
-    """step, series, value (raw) and smoothed of one line; on a log axis, values <= 0 left out as they cannot show."""
-    frame = pd.DataFrame(records)
-    if column not in frame or "step" not in frame:
-        return pd.DataFrame(columns=["step", "series", "value", "smoothed"])
-    frame = frame.dropna(subset=[column])
-    values = frame[column].astype(float).reset_index(drop=True)
-    lines = pd.DataFrame(
-        {"step": frame["step"].to_numpy(), "series": name, "value": values, "smoothed": smoothed(values, smoothing)}
+@st.cache_data(max_entries=256, show_spinner=False)
+def cached_figure(signature: tuple, _build: Callable[[], go.Figure]) -> go.Figure:
+    """The figure ``_build`` makes, built once per ``signature`` (what it draws: chart kind, runs and their file
+    stamps or record counts, options) for every session: a long history costs its thinning once, not per rerun."""
+    return _build()
+
+
+def _points(records: list[dict], column: str) -> tuple[np.ndarray, np.ndarray]:
+    """Steps and float values of the records that have both."""
+    pairs = [(r["step"], r[column]) for r in records if r.get(column) is not None and r.get("step") is not None]
+    if not pairs:
+        return np.zeros(0), np.zeros(0)
+    steps, values = zip(*pairs)
+    return np.asarray(steps, float), np.asarray(values, float)
+
+
+def _x(steps: np.ndarray, line: Series, relative: bool) -> np.ndarray:
+    if not relative:
+        return steps
+    length = line.length or (float(steps.max()) if steps.size else 1.0)
+    return steps / max(length, 1)
+
+
+def _add_line(figure: go.Figure, line: Series, column: str, smoothing: float, log_scale: bool, relative: bool) -> None:
+    """One bold smoothed line; behind it, its raw values faint, or (thinned) the min/max band of the pooled steps."""
+    steps, values = _points(line.records, column)
+    smooth = smoothed(pd.Series(values), smoothing).to_numpy() if values.size else values
+    if log_scale:  # values <= 0 cannot show on a log axis
+        keep = (values > 0) & (smooth > 0)
+        steps, values, smooth = steps[keep], values[keep], smooth[keep]
+    drawn, raw = thin(steps, smooth), thin(steps, values)
+    x = _x(drawn.steps, line, relative)
+    group = {"legendgroup": line.name, "showlegend": False, "hoverinfo": "skip"}
+    if raw.pooled:
+        figure.add_scatter(x=x, y=raw.low, mode="lines", line={"width": 0, "color": line.colour}, **group)
+        figure.add_scatter(x=x, y=raw.high, mode="lines", line={"width": 0, "color": line.colour}, fill="tonexty",
+                           opacity=0.25, **group)
+    elif smoothing > 0:
+        figure.add_scatter(x=x, y=raw.values, mode="lines", line={"width": 1, "color": line.colour}, opacity=0.25,
+                           **group)
+    figure.add_scatter(x=x, y=drawn.values, mode="lines", name=line.name, legendgroup=line.name,
+                       line={"width": 2.5, "color": line.colour}, hovertemplate="%{y:.4g}")
+
+
+def _laid_out(figure: go.Figure, height: int, y_title: str | None, relative: bool, title: str | None = None,
+              log_scale: bool = False) -> go.Figure:
+    figure.update_layout(
+        height=height,
+        margin={**MARGIN, "t": 60 if title else 30},
+        title={"text": title, "x": 0, "xanchor": "left", "font": {"size": 15}} if title else None,
+        legend=TOP_LEGEND,
+        hovermode="x unified",
+        showlegend=True,
     )
-    return lines[(lines["value"] > 0) & (lines["smoothed"] > 0)] if log_scale else lines
+    figure.update_xaxes(title=PROGRESS_TITLE if relative else STEP_TITLE, tickformat=".0%" if relative else ",d")
+    figure.update_yaxes(title=y_title, type="log" if log_scale else "linear")
+    return figure
 
 
-def _lines_chart(
-    frame: pd.DataFrame,
-    colours: dict[str, str],
-    smoothing: float,
-    log_scale: bool,
-    y_title: str | None,
-    height: int,
-) -> alt.LayerChart:
-    """Bold smoothed lines (the raw values faint behind them when smoothing), and a rule at the hovered step whose
-    tooltip gives every line's value there."""
-    colour = alt.Color(
-        "series:N", scale=alt.Scale(domain=list(colours), range=list(colours.values())), legend=TOP_LEGEND
-    )
-    y_scale = alt.Scale(type="log" if log_scale else "linear", zero=False)
-    base = alt.Chart(frame).encode(x=STEP_AXIS, color=colour)
-    layers = [base.mark_line(strokeWidth=2.5).encode(y=alt.Y("smoothed:Q", scale=y_scale, title=y_title))]
-    if smoothing > 0:  # behind the smoothed lines (the legend draws its symbols opaque)
-        raw = base.mark_line(strokeWidth=1, opacity=0.25).encode(y=alt.Y("value:Q", scale=y_scale, title=y_title))
-        layers.insert(0, raw)
-    layers.append(_hover_rule(frame, list(colours)))
-    return alt.layer(*layers).properties(height=height, usermeta=SVG)
+def curve_chart(lines: list[Series], quantity: str, smoothing: float = 0.0, log_scale: bool = False,
+                height: int = 380, relative: bool = False, title: str | None = None) -> go.Figure:
+    """``quantity`` of each run's step records against the step (or the fraction of its run), one line per run."""
+    figure = go.Figure()
+    for line in lines:
+        if has_values(line.records, quantity):
+            _add_line(figure, line, quantity, smoothing, log_scale, relative)
+    return _laid_out(figure, height, CURVES.get(quantity, quantity), relative, title, log_scale)
 
 
-def _hover_rule(frame: pd.DataFrame, names: list[str]) -> alt.Chart:
-    """An invisible rule per step that shows (with every line's value in its tooltip) when the pointer is nearest."""
-    # One row per step, one column per line, under safe names: Vega reads dots in a field name as nesting.
-    if frame.empty:
-        return alt.Chart(pd.DataFrame({"step": []})).mark_rule().encode(x=STEP_AXIS)
-    wide = frame.pivot_table(index="step", columns="series", values="smoothed", aggfunc="last")
-    present = [name for name in names if name in wide.columns]
-    wide = wide[present].set_axis([f"line{i}" for i in range(len(present))], axis=1).reset_index()
-    hover = alt.selection_point(fields=["step"], nearest=True, on="pointerover", empty=False, clear="pointerout")
-    tooltip = [alt.Tooltip("step:Q", title="step")] + [
-        alt.Tooltip(f"line{i}:Q", title=name, format=".4g") for i, name in enumerate(present)
-    ]
-    return (
-        alt.Chart(wide)
-        .mark_rule(color="#888888", strokeWidth=1)
-        .encode(x=STEP_AXIS, opacity=alt.condition(hover, alt.value(0.6), alt.value(0)), tooltip=tooltip)
-        .add_params(hover)
-    )
-
-
-def curve_chart(
-    lines: list[Series], quantity: str, smoothing: float = 0.0, log_scale: bool = False, height: int = 380
-) -> alt.LayerChart:
-    """``quantity`` of each run's step records against the step, one line per run."""
-    frame = pd.concat(
-        [_line_frame(line.records, quantity, line.name, smoothing, log_scale) for line in lines], ignore_index=True
-    )
-    colours = {line.name: line.colour for line in lines}
-    return _lines_chart(frame, colours, smoothing, log_scale, CURVES.get(quantity, quantity), height)
-
-
-def quantities_chart(
-    records: list[dict], quantities: list[str], colours: list[str], smoothing: float, height: int
-) -> alt.LayerChart:
+def quantities_chart(records: list[dict], quantities: list[str], colours: list[str], smoothing: float,
+                     height: int) -> go.Figure:
     """Several quantities of one run's step records against the step, one line per quantity."""
-    frame = pd.concat(
-        [_line_frame(records, quantity, CURVES[quantity], smoothing, False) for quantity in quantities],
-        ignore_index=True,
-    )
-    return _lines_chart(frame, {CURVES[q]: c for q, c in zip(quantities, colours)}, smoothing, False, None, height)
+    figure = go.Figure()
+    for quantity, colour in zip(quantities, colours):
+        _add_line(figure, Series(CURVES[quantity], colour, records), quantity, smoothing, False, False)
+    return _laid_out(figure, height, None, False)
 
 
-def evaluation_chart(lines: list[Series], metric: str, height: int = 340) -> alt.LayerChart:
-    """``metric`` (in percent) of each run's evaluation records against the step, one line with markers per run."""
-    rows = [
-        {"step": record["step"], "series": line.name, "value": 100 * record[metric]}
-        for line in lines
-        for record in line.records
-        if metric in record and "step" in record
-    ]
-    frame = pd.DataFrame(rows, columns=["step", "series", "value"])
-    colours = {line.name: line.colour for line in lines}
-    title = f"{metric_name(metric)} (%)"
-    return (
-        alt.Chart(frame)
-        .mark_line(strokeWidth=2.5, point=alt.OverlayMarkDef(size=70, filled=True))
-        .encode(
-            x=STEP_AXIS,
-            y=alt.Y("value:Q", title=title, scale=alt.Scale(zero=False), axis=alt.Axis(format=".1f")),
-            color=alt.Color(
-                "series:N", scale=alt.Scale(domain=list(colours), range=list(colours.values())), legend=TOP_LEGEND
-            ),
-            tooltip=[
-                alt.Tooltip("series:N", title="run"),
-                alt.Tooltip("step:Q", title="step"),
-                alt.Tooltip("value:Q", title=title, format=".2f"),
-            ],
-        )
-        .properties(height=height, usermeta=SVG)
-    )
+def evaluation_chart(lines: list[Series], metric: str, height: int = 340, relative: bool = False,
+                     title: str | None = None) -> go.Figure:
+    """``metric`` (in percent) of each run's evaluation records against the step, a line with a marker at every
+    evaluation (never thinned: evaluations are few, and each is a measurement)."""
+    figure = go.Figure()
+    for line in lines:
+        steps, values = _points(line.records, metric)
+        figure.add_scatter(x=_x(steps, line, relative), y=100 * values, mode="lines+markers", name=line.name,
+                           line={"width": 2.5, "color": line.colour}, marker={"size": 8},
+                           hovertemplate="%{y:.2f}%")
+    figure = _laid_out(figure, height, f"{metric_name(metric)} (%)", relative, title)
+    figure.update_yaxes(tickformat=".1f")
+    return figure
 
 
-def distance_chart(
-    bins: np.ndarray,
-    positive: np.ndarray,
-    negative: np.ndarray,
-    medians: tuple[float, float],
-    title: str,
-    density_max: float | None = None,
-) -> alt.LayerChart:
+def distance_chart(bins: np.ndarray, positive: np.ndarray, negative: np.ndarray, medians: tuple[float, float],
+                   title: str, density_max: float | None = None) -> go.Figure:
     """Overlaid density histograms (already binned) of same-class and different-class pair distances, medians dotted.
 
     The x axis spans ``bins``; ``density_max`` fixes the top of the y axis, so that panels side by side share it.
     """
-    kinds = ((SAME_CLASS, positive, medians[0]), (DIFFERENT_CLASSES, negative, medians[1]))
-    bars = pd.concat(
-        [
-            pd.DataFrame({"kind": name, "left": bins[:-1], "right": bins[1:], "density": np.asarray(density, float)})
-            for (name, _), density, _ in kinds
-        ],
-        ignore_index=True,
-    )
-    rules = pd.DataFrame({"kind": [name for (name, _), _, _ in kinds], "median": [median for _, _, median in kinds]})
-    colour = alt.Color(
-        "kind:N",
-        scale=alt.Scale(domain=[name for (name, _), _, _ in kinds], range=[c for (_, c), _, _ in kinds]),
-        legend=alt.Legend(orient="top", title=None),
-    )
-    x_scale = alt.Scale(domain=[float(bins[0]), float(bins[-1])], nice=False)
-    histogram = (
-        alt.Chart(bars)
-        .mark_rect(opacity=0.6)
-        .encode(
-            x=alt.X("left:Q", title="cosine distance 1 − cos", scale=x_scale),
-            x2="right:Q",
-            y=alt.Y(
-                "density:Q",
-                title="density",
-                scale=alt.Scale(domain=[0, density_max]) if density_max else alt.Undefined,
-            ),
-            y2=alt.datum(0),
-            color=colour,
-            tooltip=[
-                alt.Tooltip("kind:N", title="pairs"),
-                alt.Tooltip("left:Q", title="from", format=".2f"),
-                alt.Tooltip("right:Q", title="to", format=".2f"),
-                alt.Tooltip("density:Q", format=".3f"),
-            ],
-        )
-    )
-    median_rules = (
-        alt.Chart(rules)
-        .mark_rule(strokeDash=[3, 3], strokeWidth=1.5)
-        .encode(x=alt.X("median:Q", scale=x_scale), color=colour, tooltip=[alt.Tooltip("median:Q", format=".3f")])
-    )
-    return alt.layer(histogram, median_rules).properties(
-        title=alt.Title(title, anchor="start", fontSize=15), height=300, usermeta=SVG
-    )
-
-
-def class_colour(position: int) -> str:
-    return CLASS_COLOURS[position % len(CLASS_COLOURS)]
-
-
-def projection_figure(
-    coords: np.ndarray, labels: np.ndarray, indices: np.ndarray, class_names: list[str], title: str
-) -> go.Figure:
-    """2-D projection coloured by class; each point carries its dataset index (customdata) for hover and selection."""
     figure = go.Figure()
-    classes = sorted({int(label) for label in labels})
-    for position, label in enumerate(classes):
-        rows = labels == label
-        name = class_names[label]
-        figure.add_scatter(
-            x=coords[rows, 0],
-            y=coords[rows, 1],
-            mode="markers",
-            name=name,
-            marker={"size": 6, "color": class_colour(position), "opacity": 0.8, "line": {"width": 0}},
-            customdata=indices[rows],
-            hovertemplate=f"<b>class {name}</b><br>image #%{{customdata}}<extra></extra>",
-        )
-    figure.update_layout(
-        title={"text": title, "font": {"size": 15}},
-        height=460,
-        margin={"l": 10, "r": 10, "t": 40, "b": 10},
-        showlegend=len(classes) <= MAX_CLASSES_IN_LEGEND,
-        legend={"title": "class", "itemsizing": "constant"},
-        # Zoom on drag: Streamlit then selects a clicked point; with dragmode lasso it ignores clicks. The lasso and
-        # the box are one click away in the toolbar.
-        dragmode="zoom",
-    )
-    # Projection axes have no units: only the relative positions mean anything.
-    figure.update_xaxes(showticklabels=False, showgrid=False, title=None, zeroline=False)
-    figure.update_yaxes(showticklabels=False, showgrid=False, title=None, zeroline=False, scaleanchor="x", scaleratio=1)
+    centres, widths = (bins[:-1] + bins[1:]) / 2, np.diff(bins)
+    for (name, colour), density, median in ((SAME_CLASS, positive, medians[0]), (DIFFERENT_CLASSES, negative,
+                                                                                  medians[1])):
+        figure.add_bar(x=centres, y=np.asarray(density, float), width=widths, name=name, marker_color=colour,
+                       opacity=0.6, hovertemplate=f"{name}<br>%{{x:.2f}}: density %{{y:.3f}}<extra></extra>")
+        figure.add_vline(x=median, line={"dash": "dot", "width": 1.5, "color": colour})
+    figure.update_layout(barmode="overlay", bargap=0, height=300, legend=TOP_LEGEND, margin={**MARGIN, "t": 60},
+                         title={"text": title, "x": 0, "xanchor": "left", "font": {"size": 15}})
+    figure.update_xaxes(title="cosine distance 1 − cos", range=[float(bins[0]), float(bins[-1])])
+    figure.update_yaxes(title="density", range=[0, density_max] if density_max else None)
     return figure
+

@@ -73,3 +73,47 @@ def repeated_settings(chosen: Sequence[RunEntry]) -> list[list[RunEntry]]:
 def mean_and_spread(values: Sequence[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (0 for a single value)."""
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def delta_reference(entry: RunEntry, baseline: RunEntry, chosen: Sequence[RunEntry]) -> RunEntry | None:
+    """What ``entry``'s Δ is measured against: the baseline when the two may be compared; else, among the chosen
+    runs like ``entry`` (pairwise Δ for like runs), the one a baseline would be (``default_baseline``); None for the
+    baseline itself, a run like no other, and the run its like runs are measured against."""
+    if entry is baseline:
+        return None
+    if mismatch(entry, baseline) is None:
+        return baseline
+    like = [other for other in chosen if other is entry or mismatch(entry, other) is None]
+    reference = default_baseline(like)
+    return None if reference is entry else reference
+
+
+def length_notes(pairs: Sequence[tuple[RunEntry, RunEntry]]) -> list[str]:
+    """Why a Δ may mislead: a run stopped before its end, or a run and its reference trained for different lengths."""
+    notes = []
+    for entry, reference in pairs:
+        state = (entry.run.status or {}).get("state")
+        if state == "stopped":
+            notes.append(f"**{entry.name}** was stopped at step {entry.run.step:,}, before the end of its schedule")
+        if entry.run.step != reference.run.step:
+            notes.append(f"**{entry.name}** trained {entry.run.step:,} steps, **{reference.name}** "
+                         f"{reference.run.step:,}")
+    return notes
+
+
+def study_seed_spread(chosen: Sequence[RunEntry], study: dict) -> dict[str, dict[str, tuple[float, float, int]]]:
+    """For each chosen shipped run whose setting the study trained over several seeds (results/study.json's
+    summary: same data set, loss, epochs and λ), metric -> (mean, standard deviation, seeds); only seed 0 ships."""
+    summary = study.get("summary") if isinstance(study, dict) else None
+    spread = {}
+    for entry in chosen:
+        config = entry.run.config
+        setting = (summary or {}).get(f"{config.dataset}/{config.loss}")
+        if not entry.shipped or not isinstance(setting, dict) or config.epochs != setting.get("epochs"):
+            continue
+        side = "off" if config.ec_weight == 0 else "on" if config.ec_weight == setting.get("ec_weight") else None
+        metrics = setting.get(side) if side else None
+        if isinstance(metrics, dict):
+            spread[entry.name] = {key: (value["mean"], value["std"], len(value["values"]))
+                                  for key, value in metrics.items() if isinstance(value, dict) and "values" in value}
+    return spread

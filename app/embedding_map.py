@@ -47,6 +47,7 @@ COLOUR_BY_CLASS_UP_TO = 20  # more classes than palette colours: grey, with sear
 class MapPanel:
     title: str
     frames: list[np.ndarray]  # float32 [N, 2] each: one for a map, one per step for a film
+    frame_labels: list[str] = field(default_factory=list)  # a film's: what each frame measures, after the title
 
 
 @dataclass
@@ -131,7 +132,7 @@ def embedding_map(
         key=key,
         default=None,
         data_key=_data_key(panels, data),
-        panels=[{"title": p.title} for p in panels],
+        panels=[{"title": p.title, "frame_labels": p.frame_labels} for p in panels],
         labels=np.asarray(data.labels, np.int32).tobytes(),
         dataset_indices=np.asarray(data.dataset_indices, np.int32).tobytes(),
         thumbs=np.asarray(slots, np.int32).tobytes(),
@@ -156,7 +157,7 @@ def _data_key(panels: list[MapPanel], data: MapData) -> str:
 
     digest = hashlib.sha256()
     for panel in panels:
-        digest.update(panel.title.encode())
+        digest.update("\n".join([panel.title, *panel.frame_labels]).encode())
         for frame in panel.frames:
             digest.update(np.ascontiguousarray(frame, np.float32).tobytes())
     digest.update(np.asarray(data.dataset_indices, np.int64).tobytes())

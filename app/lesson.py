@@ -25,7 +25,12 @@ from ecaml.runs import read_status
 
 # Used when no featured pair can be read: the featured setting of the study in results/ (digits, triplet, λ = 1).
 FALLBACK_SETTING = {"dataset": "digits", "loss": "triplet", "ec_weight": 1.0, "epochs": 2, "seed": 0}
-LESSON_FILM_EVERY = 2  # when the featured run has no film of its own to take the spacing from
+# Long enough to watch: the featured digits pair trains 2 epochs (28 steps, 7 s: over within one refresh); 32 epochs
+# (448 steps, one of the study's epoch choices) take about a minute and a half on two cores (README), filmed in
+# about LECTURE_FRAMES frames so the film grows while it trains.
+LECTURE_EPOCHS = 32
+LECTURE_FRAMES = 30
+FALLBACK_STEPS_PER_EPOCH = 14  # the digits split's: 70 images per seen class in batches of 5 x 12
 LESSON_OVERRIDES: dict = {}  # further config fields (tests shorten the lesson with max_steps)
 LESSON_KEY = "lesson_runs"  # this session's lesson: its run folders
 FILM_VIEW = "film"
@@ -34,10 +39,14 @@ FILM_VIEW = "film"
 def lesson_configs() -> dict[str, TrainConfig]:
     """The pair, keyed by λ tag ("ec0", "ec0.6"): the featured EC-on run's config, on the CPU, filmed, EC off and on."""
     featured = run_catalog.featured_setting() or TrainConfig(**FALLBACK_SETTING)
-    settings = {"device": "cpu", "eval_every": 0, "film_every": featured.film_every or LESSON_FILM_EVERY,
-                **LESSON_OVERRIDES}
-    base = dataclasses.replace(featured, **settings)
+    base = dataclasses.replace(lecture_length(featured), device="cpu", eval_every=0, **LESSON_OVERRIDES)
     return {f"ec{weight:g}": dataclasses.replace(base, ec_weight=weight) for weight in (0.0, featured.ec_weight)}
+
+
+def lecture_length(config: TrainConfig) -> TrainConfig:
+    """``config`` trained for LECTURE_EPOCHS, filmed about LECTURE_FRAMES times: a run a room can watch grow."""
+    steps = (run_catalog.featured_steps_per_epoch() or FALLBACK_STEPS_PER_EPOCH) * LECTURE_EPOCHS
+    return dataclasses.replace(config, epochs=LECTURE_EPOCHS, film_every=max(1, -(-steps // LECTURE_FRAMES)))
 
 
 def start_lesson() -> tuple[str, ...]:
@@ -95,7 +104,8 @@ def offer_lesson() -> None:
     _, on = lesson_configs().values()
     st.caption(
         f"Trains two small networks on {on.dataset}, EC off and EC on ({on.loss} loss, λ = {on.ec_weight:g}: the "
-        "featured pair's setting), both at once, filming their embeddings of the classes they never see. "
+        f"featured pair's setting, for {on.epochs} epochs so it can be watched), both at once, filming their "
+        "embeddings of the classes they never see. "
         "Then the film plays them side by side."
     )
     folders = tuple(st.session_state.get(LESSON_KEY) or own_lesson_after_reload())

@@ -99,16 +99,42 @@ def _load_run(path: Path) -> tuple[Run | None, str | None]:
     return run, problem
 
 
+# Files that make a folder look like a model someone meant to use, though not a run folder of this project.
+FOREIGN_MODEL_FILES = {
+    "model.pt": "a PyTorch pickle (model.pt), which this app never loads: it could run code. Save the weights as "
+                "model.safetensors beside a config.json (python -m ecaml train writes both)",
+    "embeddings.npz": "embeddings alone (embeddings.npz): the app needs the run that made them (config.json, "
+                      "model.safetensors, history.jsonl) to embed queries",
+}
+
+
 def scan_all_runs() -> list[RunEntry]:
-    """Every run folder under checkpoints/ then runs/, loaded through the cache (listing itself is cheap)."""
+    """Every run folder under checkpoints/ then runs/, loaded through the cache (listing itself is cheap), and any
+    folder there holding only a model the app cannot use, with the reason."""
     entries = []
     for root, shipped in ((checkpoints_dir(), True), (runs_dir(), False)):
-        for path in find_runs(root):
+        found = find_runs(root)
+        for path in found:
             run, problem = _load_run(path)
             if run is None and _still_training(path):
                 problem = "still training: it becomes usable at its first checkpoint"
             entries.append(RunEntry(path, shipped, run, problem))
+        entries += [RunEntry(path, shipped, None, reason) for path, reason in foreign_models(root, found)]
     return entries
+
+
+def foreign_models(root: Path, runs: list[Path]) -> list[tuple[Path, str]]:
+    """Folders directly under ``root`` (not run folders) holding a model file of another kind, with why not."""
+    try:
+        folders = sorted(path for path in Path(root).iterdir() if path.is_dir() and path not in runs)
+    except OSError:
+        return []
+    found = []
+    for folder in folders:
+        reasons = [reason for name, reason in FOREIGN_MODEL_FILES.items() if (folder / name).is_file()]
+        if reasons:
+            found.append((folder, f"not a run folder: it holds {'; and '.join(reasons)}."))
+    return found
 
 
 def _still_training(path: Path) -> bool:
@@ -138,6 +164,19 @@ def featured_setting() -> TrainConfig | None:
             continue
         if config.ec_weight > 0:
             return config
+    return None
+
+
+def featured_steps_per_epoch() -> int | None:
+    """Training steps per epoch of the featured EC-on run (its status's total over its epochs), or None."""
+    for name in featured_run_names():
+        try:
+            config = read_config(checkpoints_dir() / name)
+            total = int((read_status(checkpoints_dir() / name) or {}).get("total_steps") or 0)
+        except (RunError, OSError, ValueError, TypeError):
+            continue
+        if config.ec_weight > 0 and total > 0 and config.epochs and not config.max_steps:
+            return max(1, total // config.epochs)
     return None
 
 

@@ -4,6 +4,8 @@ An uploaded picture goes through the run's evaluation transform (channels, resiz
 embedded. ``model_view`` undoes only the normalisation, so a page can show exactly those pixels. ``input_statistics``
 measures the same view over a sample of the data set, and ``check_input`` compares an image with it: a digit drawn
 black on white, when the data set is white ink on black, is the usual reason an upload returns nonsense.
+``as_data_set_image`` frames an upload as the data set's images were made (cropped to its ink, centred, padded to a
+square with the data set's margin) before that transform.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ SAMPLE_IMAGES = 256
 INVERTED_BACKGROUND_GAP = 0.4
 # An image whose contrast is below this share of the data set's typical contrast is called flat.
 FLAT_CONTRAST_SHARE = 0.3
+INK_LEVEL = 0.25  # how far (0-1) a pixel's level must sit from the background's to count as ink
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,7 @@ class InputStatistics:
     background: float  # mean brightness of the outer ring of pixels
     brightness: float  # mean brightness of the whole image
     contrast: float  # mean per-image standard deviation
+    ink_extent: float = 1.0  # mean share of the image's side that the ink's bounding box spans (its longer side)
 
 
 @dataclass(frozen=True)
@@ -68,9 +72,51 @@ def _ring(levels: np.ndarray) -> np.ndarray:
     return np.concatenate([levels[0], levels[-1], levels[1:-1, 0], levels[1:-1, -1]])
 
 
+def _ink_box(levels: np.ndarray) -> tuple[int, int, int, int] | None:
+    """(left, top, right, bottom), exclusive ends, of the pixels that differ from the background (the outer ring's
+    median level) by at least INK_LEVEL; None for an image with no ink."""
+    ink = np.abs(levels - np.median(_ring(levels))) >= INK_LEVEL
+    rows, columns = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
+    if rows.size == 0:
+        return None
+    return int(columns[0]), int(rows[0]), int(columns[-1]) + 1, int(rows[-1]) + 1
+
+
+def _ink_extent(levels: np.ndarray) -> float:
+    box = _ink_box(levels)
+    if box is None:
+        return 1.0
+    left, top, right, bottom = box
+    return max(right - left, bottom - top) / max(levels.shape)
+
+
 def image_statistics(view: Image.Image) -> InputStatistics:
     levels = _grey_levels(view)
-    return InputStatistics(float(_ring(levels).mean()), float(levels.mean()), float(levels.std()))
+    return InputStatistics(float(_ring(levels).mean()), float(levels.mean()), float(levels.std()),
+                           _ink_extent(levels))
+
+
+def as_data_set_image(image: Image.Image, data: InputStatistics) -> Image.Image:
+    """``image`` framed as the data set's images were made: cropped to its ink, centred on a square of its own
+    background, the ink spanning the share of the side it spans in the data set's images (sklearn's digits fill
+    their 8x8 box; a Fashion-MNIST garment sits centred with a margin). The run's transform then resizes it.
+
+    A lecturer's drawing is a small stroke anywhere on a large canvas; resized whole, it became a few grey pixels
+    in one corner of an 8x8 image, and no sevens came back for a drawn seven.
+    """
+    levels = _grey_levels(image)
+    box = _ink_box(levels)
+    if box is None:
+        return image
+    cropped = image.crop(box)
+    side = max(1, int(np.ceil(max(cropped.size) / min(1.0, max(data.ink_extent, 0.05)))))
+    pixels = np.asarray(image)
+    ring = np.concatenate([pixels[0], pixels[-1], pixels[1:-1, 0], pixels[1:-1, -1]])
+    paper = np.median(ring, axis=0)
+    canvas = Image.new(image.mode, (side, side), tuple(int(v) for v in np.atleast_1d(paper)) if pixels.ndim == 3
+                       else int(paper))
+    canvas.paste(cropped, ((side - cropped.size[0]) // 2, (side - cropped.size[1]) // 2))
+    return canvas
 
 
 def input_statistics(images: ImageSet, indices: np.ndarray, config: TrainConfig, seed: int = 0) -> InputStatistics:
@@ -84,6 +130,7 @@ def input_statistics(images: ImageSet, indices: np.ndarray, config: TrainConfig,
         float(np.mean([s.background for s in each])),
         float(np.mean([s.brightness for s in each])),
         float(np.mean([s.contrast for s in each])),
+        float(np.mean([s.ink_extent for s in each])),
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,9 +11,12 @@ import torch
 
 from ecaml.config import TrainConfig
 from ecaml.data import load_split
-from ecaml.film import FILM_FOLDER, FILM_INDEX, Film, film_frames, film_subset, read_film, snapshot_name
+from ecaml.film import (FILM_FOLDER, FILM_INDEX, Film, film_frames, film_subset, frame_scores, read_film,
+                        snapshot_name)
 from ecaml.runs import RunError, open_safetensors
 from ecaml.train import train
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def tiny(film_every: int, seed: int = 0, **changes) -> TrainConfig:
@@ -58,22 +62,25 @@ def random_film(rng, steps, count=60, dim=8) -> Film:
     return Film(list(steps), np.arange(count), labels, [rng.normal(size=(count, dim)).astype(np.float32) for _ in steps])
 
 
-@pytest.mark.parametrize("seed", range(5))
-def test_frames_are_aligned_onto_the_final_map_and_across_runs(seed):
+@pytest.mark.parametrize("seed", range(3))
+def test_frames_are_aligned_onto_the_previous_frame_and_across_runs(seed):
     rng = np.random.default_rng(seed)
     first = random_film(rng, [0, 5, 10])
-    # A second run whose embeddings are the first's, rotated in the embedding space: the same maps up to rotation.
-    rotation, _ = np.linalg.qr(rng.normal(size=(8, 8)))
-    second = Film(first.steps, first.indices, first.labels, [(e @ rotation).astype(np.float32) for e in first.embeddings])
+    # A second run that starts where the first did (one seed: one untrained network), then moves its own way.
+    later = [rng.normal(size=e.shape).astype(np.float32) for e in first.embeddings[1:]]
+    second = Film(first.steps, first.indices, first.labels, [first.embeddings[0], *later])
     steps, frames = film_frames([first, second])
     assert steps == [0, 5, 10]
-    for a, b in zip(frames[0], frames[1]):
-        np.testing.assert_allclose(a, b, atol=1e-4)  # aligned across runs
-        assert a.shape == (60, 2) and np.isclose(np.sqrt((a ** 2).sum(axis=1).mean()), 1, atol=1e-5)  # unit RMS
-    # Each frame is rotated onto the final one: no other rotation brings it closer.
-    final = frames[0][-1]
-    for frame in frames[0][:-1]:
-        u, _, vt = np.linalg.svd(frame.T.astype(np.float64) @ final)
+    for run_frames in frames:
+        for frame in run_frames:
+            assert frame.shape == (60, 2) and np.isclose(np.sqrt((frame ** 2).sum(axis=1).mean()), 1, atol=1e-5)
+    # Same start, same first frame, up to the one rotation that aligns the runs' final frames.
+    u, _, vt = np.linalg.svd(frames[1][0].T.astype(np.float64) @ frames[0][0])
+    np.testing.assert_allclose(frames[1][0] @ (u @ vt), frames[0][0], atol=1e-4)
+    # Each frame is rotated onto the one before it (it also starts from its layout): no other rotation brings it
+    # closer.
+    for previous, frame in zip(frames[0][:-1], frames[0][1:]):
+        u, _, vt = np.linalg.svd(frame.T.astype(np.float64) @ previous)
         np.testing.assert_allclose(u @ vt, np.eye(2), atol=1e-4)
 
 
@@ -98,3 +105,57 @@ def test_a_damaged_film_is_a_one_line_error(tmp_path):
     with pytest.raises(RunError, match="unreadable"):
         read_film(tmp_path / "run")
     assert read_film(tmp_path / "nothing") is None
+
+
+def neighbour_agreement(coords: np.ndarray, labels: np.ndarray, k: int = 10) -> float:
+    """The share of points whose k nearest others (in the 2-D frame) mostly share their class."""
+    distances = ((coords[:, None, :] - coords[None, :, :]) ** 2).sum(axis=2)
+    np.fill_diagonal(distances, np.inf)
+    nearest = np.argsort(distances, axis=1)[:, :k]
+    return float(((labels[nearest] == labels[:, None]).mean(axis=1) > 0.5).mean())
+
+
+FEATURED_FILMS = ("digits-triplet-ec0-seed0", "digits-triplet-ec1-seed0")  # the shipped pair the app opens on
+
+
+def shipped_films(every: int = 7) -> list[Film]:
+    """The featured pair's films, every ``every``-th snapshot and the last (the whole film takes long on a CPU)."""
+    films = [read_film(REPO_ROOT / "checkpoints" / name) for name in FEATURED_FILMS]
+    for film in films:
+        keep = sorted(set(range(0, len(film.steps), every)) | {len(film.steps) - 1})
+        film.steps, film.embeddings = [film.steps[i] for i in keep], [film.embeddings[i] for i in keep]
+    return films
+
+
+def forming_film(seed: int, steps=(0, 1, 2, 3)) -> Film:
+    """Sixteen classes that separate step by step in fourteen dimensions: more directions than a 2-D linear
+    projection (PCA) can show at once, where a neighbourhood-keeping layout shows every class."""
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(16), 20)
+    centres = np.hstack([rng.normal(size=(16, 14)), np.zeros((16, 2))])
+    embeddings = [(step / steps[-1] * 3.0 * centres[labels] + rng.normal(scale=0.4, size=(len(labels), 16)))
+                  .astype(np.float32) for step in steps]
+    return Film(list(steps), np.arange(len(labels)), labels, embeddings)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_film_shows_classes_forming_as_the_embedding_separates_them(seed):
+    """Issue 22 item 2: the PCA film drew the two directions that varied most, not the neighbourhoods."""
+    film = forming_film(seed)
+    steps, (frames,) = film_frames([film])
+    scores = frame_scores(film, steps)
+    assert scores[-1]["map@r"] > scores[0]["map@r"] + 0.3  # the embedding separates the classes...
+    first, last = (neighbour_agreement(frames[i], film.labels) for i in (0, -1))
+    assert last > first + 0.5 and last > 0.95, (first, last)  # ...and so does the picture
+
+
+def test_each_frame_is_labelled_with_what_its_embeddings_measure():
+    films = shipped_films(every=14)
+    history = [json.loads(line) for line in (REPO_ROOT / "checkpoints" / FEATURED_FILMS[1] / "history.jsonl")
+               .read_text().splitlines()]
+    final = [r for r in history if r.get("kind") == "eval" and r.get("split") == "unseen"][-1]
+    scores = frame_scores(films[1], films[1].steps)
+    assert len(scores) == len(films[1].steps)
+    # The last frame films every unseen digit with the final model: what training's own evaluation measured.
+    assert scores[-1]["recall@1"] == pytest.approx(final["recall@1"], abs=0.01)
+    assert scores[-1]["map@r"] == pytest.approx(final["map@r"], abs=0.01)

@@ -89,6 +89,7 @@ function makePanel(spec, number, container, height) {
   const frames = Array.from({ length: all.length / size }, (_, f) => all.subarray(f * size, (f + 1) * size));
   const panel = {
     number, element, canvas, overlay, frames, positions: new Float32Array(frames[frames.length - 1]),
+    title, spec,
     gl: canvas.getContext("webgl2", { antialias: true, premultipliedAlpha: false }),
     context: overlay.getContext("2d"), view: null, grid: null,
   };
@@ -507,6 +508,9 @@ function showFrame(frame, from = null, t = 1) {
     for (let i = 0; i < target.length; i++) panel.positions[i] = source[i] + (target[i] - source[i]) * t;
     uploadPositions(panel);
     panel.grid = null;
+    // A film frame's label (its step's unseen Recall@1 and MAP@R), so the picture and the number agree.
+    const label = (panel.spec.frame_labels || [])[frame];
+    panel.title.textContent = label ? `${panel.spec.title} · ${label}` : panel.spec.title;
   }
   const steps = state.args.frame_steps;
   document.getElementById("step").value = String(frame);

@@ -9,6 +9,8 @@ their expander is opened, so the page paints quickly.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import streamlit as st
@@ -19,6 +21,7 @@ DISTANCE_BIN_COUNT = 50
 MAX_PAIRS = 20000
 DISTANCES_KEY = "distances_open"
 BASELINE_KEY = "compare_baseline"
+RELATIVE_KEY = "curve_relative"  # both charts over training: steps, or each run's fraction of its own length
 FIRST_CURVE = "log_energy"  # the term's signature: it falls with EC on and rises with EC off
 # The evaluation splits a history may hold, best for reading a curve first; any other name is shown as it is.
 SPLIT_LABELS = {
@@ -65,7 +68,7 @@ def choose_baseline(chosen: list[run_catalog.RunEntry]) -> run_catalog.RunEntry:
 
 
 def series(chosen: list[run_catalog.RunEntry], records_of) -> list[charts.Series]:
-    return [charts.Series(e.name, layout.colour_of(i), records_of(e.run)) for i, e in enumerate(chosen)]
+    return [charts.Series(e.name, layout.colour_of(i), records_of(e.run), e.run.step) for i, e in enumerate(chosen)]
 
 
 # ----------------------------------------------------------------------------- final metrics
@@ -84,8 +87,8 @@ def delta_column(name: str) -> str:
 
 
 def metrics_table(chosen: list[run_catalog.RunEntry], baseline: run_catalog.RunEntry) -> pd.DataFrame:
-    """Rows: metrics in percent; columns: the baseline, then each other run followed by its Δ against the baseline,
-    for the runs that may be compared with it (same data, split and base loss) only."""
+    """Rows: metrics in percent; columns: the baseline, then each other run followed by its Δ against the baseline
+    when they may be compared (same data, split and base loss), else against the reference among runs like it."""
     ordered = [baseline] + [entry for entry in chosen if entry is not baseline]
     table = pd.DataFrame({entry.name: final_metrics(entry.run) for entry in ordered}).mul(100)
     known = [key for key in charts.METRIC_NAMES if key in table.index]
@@ -95,8 +98,9 @@ def metrics_table(chosen: list[run_catalog.RunEntry], baseline: run_catalog.RunE
         if entry.name not in table:
             continue
         columns.append(entry.name)
-        if comparisons.mismatch(entry, baseline) is None:
-            table[delta_column(entry.name)] = table[entry.name] - table[baseline.name]
+        reference = comparisons.delta_reference(entry, baseline, chosen)
+        if reference is not None and reference.name in table:
+            table[delta_column(entry.name)] = table[entry.name] - table[reference.name]
             columns.append(delta_column(entry.name))
     table = table[[column for column in columns if column in table]]
     table.index = [charts.metric_name(key) for key in table.index]
@@ -105,13 +109,19 @@ def metrics_table(chosen: list[run_catalog.RunEntry], baseline: run_catalog.RunE
 
 def metrics_columns(chosen: list[run_catalog.RunEntry], baseline: run_catalog.RunEntry) -> dict:
     """Each Δ column is headed by a narrow "Δ" (its run is the column on its left), with a tooltip in full."""
+    references = delta_pairs(chosen, baseline)
     return {
         delta_column(entry.name): st.column_config.Column(
-            "Δ", width="small", help=f"Points gained or lost by {entry.name} against {baseline.name}."
+            "Δ", width="small", help=f"Points gained or lost by {entry.name} against {reference.name}."
         )
-        for entry in chosen
-        if entry is not baseline
+        for entry, reference in references
     }
+
+
+def delta_pairs(chosen: list[run_catalog.RunEntry], baseline: run_catalog.RunEntry) -> list[tuple]:
+    """(run, the run its Δ is measured against) for every chosen run that gets a Δ."""
+    pairs = [(entry, comparisons.delta_reference(entry, baseline, chosen)) for entry in chosen]
+    return [(entry, reference) for entry, reference in pairs if reference is not None]
 
 
 def delta_style(value: float) -> str:
@@ -158,23 +168,35 @@ def show_metrics(chosen: list[run_catalog.RunEntry], baseline: run_catalog.RunEn
     if deltas:
         caption += (
             " Each **Δ** column: the points the run on its left gained (green) or lost (red) against the baseline "
-            f"**{baseline.name}**."
+            f"**{baseline.name}**, or, for a run unlike it, against the EC-off run like it (the Δ's tooltip names it)."
         )
     seeds = {entry.run.config.seed for entry in chosen}
     if len(seeds) == 1:
         caption += f" Every run here is one seed (seed {seeds.pop()}): a Δ of a point or two can be chance."
     st.caption(caption)
     show_missing_deltas(chosen, baseline)
+    show_length_notes(chosen, baseline)
     with st.expander("How each run was trained: dataset, backbone, loss, Energy Confusion, evaluations, steps, seed"):
         st.dataframe(settings_table(chosen), key="settings_table")
 
 
+def show_length_notes(chosen: list[run_catalog.RunEntry], baseline: run_catalog.RunEntry) -> None:
+    """Flag the Δs between a stopped run, or runs of different length: the difference is not only λ."""
+    notes = comparisons.length_notes(delta_pairs(chosen, baseline))
+    if notes:
+        st.warning(f"Read these Δs with care: {'; '.join(notes)}. A longer or cut-short run differs by more than "
+                   "its λ.", icon=":material/straighten:")
+
+
 def show_missing_deltas(chosen: list[run_catalog.RunEntry], baseline: run_catalog.RunEntry) -> None:
-    """Name each run shown without a Δ, and why: a Δ across data, splits or losses would mislead."""
+    """Name each run shown without any Δ, and why: a Δ across data, splits or losses would mislead."""
+    references = {reference.key for _, reference in delta_pairs(chosen, baseline)}
     reasons = [
         f"**{entry.name}** ({reason})"
         for entry in chosen
-        if entry is not baseline and (reason := comparisons.mismatch(entry, baseline))
+        if entry is not baseline and entry.key not in references
+        and comparisons.delta_reference(entry, baseline, chosen) is None
+        and (reason := comparisons.mismatch(entry, baseline))
     ]
     if reasons:
         st.warning(
@@ -188,6 +210,7 @@ def show_seed_spread(chosen: list[run_catalog.RunEntry]) -> None:
     """Runs of one setting trained with several seeds: each metric's mean and spread over those seeds."""
     repeated = comparisons.repeated_settings(chosen)
     if not repeated:
+        show_study_seed_spread(chosen)
         return
     st.markdown("**Settings picked with several seeds** (mean ± standard deviation over the seeds, percent)")
     columns = {}
@@ -207,12 +230,33 @@ def show_seed_spread(chosen: list[run_catalog.RunEntry]) -> None:
     st.dataframe(pd.DataFrame(columns), key="seed_spread_table")
 
 
+def show_study_seed_spread(chosen: list[run_catalog.RunEntry]) -> None:
+    """Only seed 0 of each setting ships: the spread over the study's seeds, from results/study.json."""
+    try:
+        study = json.loads((locations.REPO_ROOT / "results" / "study.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    spread = comparisons.study_seed_spread(chosen, study)
+    if not spread:
+        return
+    st.markdown("**Over the study's seeds** (mean ± standard deviation, percent; `results/study.json`: only seed 0 "
+                "of each setting ships)")
+    columns = {
+        f"{name} · {next(iter(metrics.values()))[2]} seeds": {
+            charts.metric_name(key): f"{100 * mean:.1f} ± {100 * std:.1f}" for key, (mean, std, _) in metrics.items()
+            if key in charts.METRIC_NAMES
+        }
+        for name, metrics in spread.items()
+    }
+    st.dataframe(pd.DataFrame(columns), key="seed_spread_table")
+
+
 # ----------------------------------------------------------------------------- training curves
 
 
 def show_training_curves(chosen: list[run_catalog.RunEntry]) -> None:
     st.subheader("Training curves")
-    controls = st.columns([2, 2, 1], vertical_alignment="bottom")
+    controls = st.columns([2, 2, 1, 1], vertical_alignment="bottom")
     quantity = controls[0].selectbox(
         "Quantity",
         list(charts.CURVES),
@@ -230,6 +274,10 @@ def show_training_curves(chosen: list[run_catalog.RunEntry]) -> None:
         help="Exponential moving average of the per-step values; the raw values stay faint behind.",
     )
     log_scale = controls[2].toggle("Log scale", key="curve_log")
+    relative = controls[3].toggle(
+        "Relative progress", key=RELATIVE_KEY,
+        help="Each run's steps as a fraction of its own length, so a short run is not squashed against a long one.",
+    )
     colours = {entry.key: layout.colour_of(i) for i, entry in enumerate(chosen)}
     by_loss = loss_panels(chosen)
     if len(by_loss) > 1:
@@ -238,11 +286,9 @@ def show_training_curves(chosen: list[run_catalog.RunEntry]) -> None:
             "0.1), so one axis would flatten some runs' curves."
         )
     for panel, (loss, entries) in zip(layout.panels(len(by_loss), per_row=2), by_loss.items()):
-        lines = [charts.Series(e.name, colours[e.key], e.run.step_records()) for e in entries]
-        chart = charts.curve_chart(lines, quantity, smoothing, log_scale)
-        if len(by_loss) > 1:
-            chart = chart.properties(title=alt_title(f"{loss} loss"))
-        panel.altair_chart(chart, key="curve_chart" if len(by_loss) == 1 else f"curve_chart_{loss}", width="stretch")
+        title = f"{loss} loss" if len(by_loss) > 1 else None
+        figure = curve_figure(entries, colours, quantity, smoothing, log_scale, title, relative)
+        panel.plotly_chart(figure, key="curve_chart" if len(by_loss) == 1 else f"curve_chart_{loss}", width="stretch")
     lines = series(chosen, lambda run: run.step_records())
     missing = [line.name for line in lines if not charts.has_values(line.records, quantity)]
     if missing and quantity in charts.EC_ONLY_CURVES:
@@ -266,8 +312,19 @@ def loss_panels(chosen: list[run_catalog.RunEntry]) -> dict[str, list[run_catalo
     return panels
 
 
-def alt_title(text: str) -> dict:
-    return {"text": text, "anchor": "start", "fontSize": 15}
+def runs_signature(entries: list[run_catalog.RunEntry]) -> tuple:
+    """What a chart of these runs depends on: each run's folder and the stamps of its files."""
+    return tuple((entry.key, run_catalog.run_fingerprint(entry.path)) for entry in entries)
+
+
+def curve_figure(entries, colours: dict, quantity: str, smoothing: float, log_scale: bool, title: str | None,
+                 relative: bool = False):
+    """The training curves of ``entries``, built once per set of runs and options (``charts.cached_figure``)."""
+    lines = [charts.Series(e.name, colours[e.key], e.run.step_records(), e.run.step) for e in entries]
+    signature = ("compare curves", runs_signature(entries), tuple(colours.items()), quantity, smoothing, log_scale,
+                 title, relative)
+    return charts.cached_figure(signature, lambda: charts.curve_chart(lines, quantity, smoothing, log_scale,
+                                                                      title=title, relative=relative))
 
 
 # ----------------------------------------------------------------------------- evaluations over training
@@ -295,9 +352,10 @@ def show_evaluations(chosen: list[run_catalog.RunEntry]) -> None:
     if not splits:
         st.info("These runs recorded no evaluations.")
         return
-    # Validation classes first: a curve to choose epochs or λ by must not be read on the test classes.
+    # Validation classes first: a curve to choose epochs or λ by must not be read on the test classes; and a split
+    # with a history (more than the final point) before one without.
     if st.session_state.get("evaluation_split") not in splits:
-        st.session_state["evaluation_split"] = splits[0]
+        st.session_state["evaluation_split"] = opening_split(chosen, splits)
     controls = st.columns([2, 5])
     split = controls[1].radio(
         "Classes",
@@ -309,10 +367,8 @@ def show_evaluations(chosen: list[run_catalog.RunEntry]) -> None:
     )
     metrics = evaluated_metrics(chosen, split)
     metric = controls[0].selectbox("Metric", metrics, format_func=charts.metric_name, key="evaluation_metric")
-    lines = series(chosen, lambda run: run.eval_records(split))
-    chart = charts.evaluation_chart(lines, metric).properties(title=alt_title(f"{charts.metric_name(metric)} on "
-                                                                                f"{split_label(split)}"))
-    st.altair_chart(chart, key="evaluation_chart", width="stretch")
+    relative = bool(st.session_state.get(RELATIVE_KEY))
+    st.plotly_chart(evaluation_figure(chosen, split, metric, relative), key="evaluation_chart", width="stretch")
     if split == "unseen":
         st.caption(
             "**Test classes — not for model selection.** These points show how the embedding generalises as it "
@@ -324,6 +380,20 @@ def show_evaluations(chosen: list[run_catalog.RunEntry]) -> None:
     gaps = evaluation_gaps(chosen, split)
     if gaps:
         st.caption(f"Only the final evaluation was recorded for {'; '.join(gaps)}.")
+
+
+def evaluation_figure(chosen: list[run_catalog.RunEntry], split: str, metric: str, relative: bool = False):
+    """``metric`` on ``split`` over training, one line per run, built once per set of runs and options."""
+    lines = series(chosen, lambda run: run.eval_records(split))
+    title = f"{charts.metric_name(metric)} on {split_label(split)}"
+    signature = ("compare evaluations", runs_signature(chosen), split, metric, relative)
+    return charts.cached_figure(signature, lambda: charts.evaluation_chart(lines, metric, title=title,
+                                                                           relative=relative))
+
+
+def opening_split(chosen: list[run_catalog.RunEntry], splits: list[str]) -> str:
+    """The first split (in SPLIT_LABELS order) on which some run evaluated more than once, else the first."""
+    return next((split for split in splits if any(len(e.run.eval_records(split)) > 1 for e in chosen)), splits[0])
 
 
 def epochs_trained(run) -> int:
@@ -438,7 +508,7 @@ def show_distance_histograms(chosen: list[run_catalog.RunEntry]) -> None:
             for panel, entry in zip(layout.panels(len(shown)), shown):
                 h = binned[entry.key]
                 chart = charts.distance_chart(bins, h["positive"], h["negative"], h["medians"], entry.name, top)
-                panel.altair_chart(chart, key=f"distances_{entry.key}", width="stretch")
+                panel.plotly_chart(chart, key=f"distances_{entry.key}", width="stretch")
         st.caption(
             f"Cosine distances of up to {MAX_PAIRS:,} random pairs of unseen-class images: two images of the same "
             "class (green) and of different classes (orange); dotted lines mark the medians. The less the two "

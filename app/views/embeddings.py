@@ -27,6 +27,7 @@ COMPUTE_UMAP = "Compute aligned UMAP (in the background; cached afterwards)"
 MAX_SHOWN_IMAGES = 60
 THUMBNAIL_PIXELS = 56
 MAX_HIGHLIGHTED_CLASSES = 20
+OPENING_CLASSES = 10  # classes coloured on a many-class map before any search
 CLASS_SEARCH_KEY = "map_class_search"
 
 
@@ -93,12 +94,13 @@ def find_classes(split, present: np.ndarray) -> list[int]:
     if len(present) <= embedding_map.COLOUR_BY_CLASS_UP_TO:
         return []
     names = split.dataset.class_names
+    examples = [names[int(c)] for c in (present[0], present[len(present) // 2])]  # hints that match here
     query = st.text_input(
-        f"Find classes by name ({len(present):,} classes: all grey until found or selected)",
-        key=CLASS_SEARCH_KEY, placeholder="part of a class name, e.g. 17 or chair",
+        f"Find classes by name ({len(present):,} classes: the first {OPENING_CLASSES} coloured until you search)",
+        key=CLASS_SEARCH_KEY, placeholder=f"part of a class name, e.g. {examples[0]} or {examples[1]}",
     ).strip().lower()
     if not query:
-        return []
+        return [int(c) for c in present[:OPENING_CLASSES]]  # a map opening all grey showed no class at all
     matches = [int(c) for c in present if query in names[c].lower()]
     if not matches:
         st.caption(f"No class name contains “{query}”.")
@@ -204,13 +206,17 @@ def show_selected_images(indices: list[int], split) -> None:
 # ----------------------------------------------------------------------------- the training film
 
 
-@st.cache_data(max_entries=8, show_spinner=False)
-def _film(keys: tuple, paths: tuple) -> tuple[list[int], list[list[np.ndarray]], np.ndarray, np.ndarray]:
-    from ecaml.film import film_frames, read_film
+@st.cache_data(max_entries=8, show_spinner="Laying out the film's frames (once per set of runs)…")
+def _film(keys: tuple, paths: tuple) -> tuple[list[int], list[list[np.ndarray]], np.ndarray, np.ndarray, list]:
+    from ecaml.film import film_frames, frame_scores, read_film
 
     films = [read_film(path) for path in paths]
     steps, frames = film_frames(films)
-    return steps, frames, films[0].labels, films[0].indices
+    return steps, frames, films[0].labels, films[0].indices, [frame_scores(film, steps) for film in films]
+
+
+def frame_labels(scores: list[dict[str, float]]) -> list[str]:
+    return [f"R@1 {100 * s['recall@1']:.1f}% · MAP@R {100 * s['map@r']:.1f}%" for s in scores]
 
 
 def show_film(chosen: list[run_catalog.RunEntry]) -> None:
@@ -220,7 +226,8 @@ def show_film(chosen: list[run_catalog.RunEntry]) -> None:
     st.caption(
         "A run trained with `film_every` keeps snapshots of its embeddings of a fixed set of unseen images as it "
         "trains. Press **Play** (or drag the step slider) to watch classes form, EC off and EC on side by side, on "
-        "one aligned projection (each step's PCA rotated onto the final map)."
+        "one aligned projection that keeps neighbourhoods (each step's t-SNE, started from the step before). Each "
+        "panel's title gives that step's unseen Recall@1 and MAP@R, measured on the very points drawn."
     )
     missing = [entry.name for entry in chosen if entry not in filmed]
     if missing:
@@ -231,11 +238,12 @@ def show_film(chosen: list[run_catalog.RunEntry]) -> None:
     result = errors.attempt("read the training films", _film, keys, tuple(str(entry.path) for entry in filmed))
     if result is None:
         return
-    steps, frames, labels, indices = result
+    steps, frames, labels, indices, scores = result
     split = splits.split_of(filmed[0].run)
     panels = [
-        embedding_map.MapPanel(f"{entry.name} · {run_catalog.ec_summary(entry.run.config.ec_weight)}", run_frames)
-        for entry, run_frames in zip(filmed, frames)
+        embedding_map.MapPanel(f"{entry.name} · {run_catalog.ec_summary(entry.run.config.ec_weight)}", run_frames,
+                               frame_labels(run_scores))
+        for entry, run_frames, run_scores in zip(filmed, frames, scores)
     ]
     folder, slots = thumbnails_for(filmed[0], split, indices)
     data = embedding_map.MapData(labels, indices, list(split.dataset.class_names), slots, folder, steps)

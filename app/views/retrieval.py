@@ -201,8 +201,9 @@ def uploaded_query(split, run):
     if refusal:
         st.error(refusal)
         return None
-    image = errors.attempt("read this upload", open_image, upload.getvalue(), split.dataset.mode, upload.name)
-    return upload_preview.prepared_upload(image, run, split) if image is not None else None
+    content = upload.getvalue()
+    image = errors.attempt("read this upload", open_image, content, split.dataset.mode, upload.name)
+    return upload_preview.prepared_upload(image, content, run, split) if image is not None else None
 
 
 def show_query(query, split) -> None:

@@ -32,8 +32,9 @@ DEVICES = ("auto", "cpu", "cuda")
 LIVE_CURVES = (("metric_loss", "total_loss"), ("log_energy",))
 LIVE_REFRESH_S = 0.5  # a digits run takes seconds: a slower refresh would show only its first and last steps
 OTHER_JOB_LIVE_REFRESH_S = 2.0  # a job started by another session
-# Evaluate after every epoch, so quality during training is a curve (a digits run is a few epochs long).
-EVALUATE_EVERY_EPOCHS = 1
+# Evaluate every other epoch of the lecture length (lesson.LECTURE_EPOCHS): quality during training is a curve of
+# about 16 points.
+EVALUATE_EVERY_EPOCHS = 2
 STOPPING_KEY = "stop_requested_for"  # the job this session asked to stop (it ends after its current step)
 TWINS_KEY = "twin_of"  # twin run directory -> the run it was made to be compared with
 REPLAY_STEP_KEY, REPLAY_PLAYING_KEY = "replay_step", "replay_playing"
@@ -113,10 +114,10 @@ def show_run_curves(history: list[dict], key: str, run_dir: str, last_step: int 
         history = [record for record in history if record.get("step", 0) <= last_step]
     steps = [record for record in history if record.get("kind") == "step"]
     show_live_curves(steps, key, run_dir)
-    show_live_evaluations(history, key)
+    show_live_evaluations(history, key, run_dir)
 
 
-def show_live_evaluations(history: list[dict], key: str) -> None:
+def show_live_evaluations(history: list[dict], key: str, run_dir: str) -> None:
     """Recall@1 on each split evaluated so far, one line per split, validation first."""
     evaluations = [r for r in history if r.get("kind") == "eval" and "recall@1" in r and r.get("split") != "train"]
     if not evaluations:
@@ -126,7 +127,9 @@ def show_live_evaluations(history: list[dict], key: str) -> None:
         charts.Series(split_name(split), layout.colour_of(i), [r for r in evaluations if r.get("split") == split])
         for i, split in enumerate(splits)
     ]
-    st.altair_chart(charts.evaluation_chart(lines, "recall@1", height=240), key=f"{key}_evaluations", width="stretch")
+    signature = ("train evaluations", run_dir, len(evaluations), json.dumps(evaluations[-1], sort_keys=True))
+    figure = charts.cached_figure(signature, lambda: charts.evaluation_chart(lines, "recall@1", height=240))
+    st.plotly_chart(figure, key=f"{key}_evaluations", width="stretch")
     if "unseen" in splits:
         st.caption("Recall@1 on the test classes is shown to watch generalisation, not to choose an epoch by.")
 
@@ -149,21 +152,21 @@ def show_live_curves(steps: list[dict], key: str, run_dir: str) -> None:
         if not present:
             column.caption("log E appears here when EC is on.")
             continue
-        spec = curves_spec(run_dir, len(steps), json.dumps(steps[-1], sort_keys=True), tuple(present), steps)
-        column.vega_lite_chart(spec, key=f"{key}_{'_'.join(present)}", width="stretch")
+        figure = curves_figure(run_dir, len(steps), json.dumps(steps[-1], sort_keys=True), tuple(present), steps)
+        column.plotly_chart(figure, key=f"{key}_{'_'.join(present)}", width="stretch")
 
 
-@st.cache_data(max_entries=64, show_spinner=False)
-def curves_spec(run_dir: str, step_count: int, last_record: str, quantities: tuple[str, ...], _steps: list[dict]) -> dict:
-    """The Vega-Lite spec of one run's curves up to a step, built once for every session that shows it.
+def curves_figure(run_dir: str, step_count: int, last_record: str, quantities: tuple[str, ...], steps: list[dict]):
+    """One run's curves up to a step, built once for every session that shows it (``charts.cached_figure``).
 
-    While a job trains, every open Train page redraws its curves every refresh; building the Altair chart and
-    converting it (with schema validation) was a quarter of the server's CPU with five tabs open (py-spy). A
-    history only grows, so (run, record count, last record) names the content, even for a run re-made in the same
-    folder.
+    While a job trains, every open Train page redraws its curves every refresh; a history only grows, so (run,
+    record count, last record) names the content, even for a run re-made in the same folder.
     """
     colours = [layout.colour_of(i) for i in range(len(quantities))]
-    return charts.quantities_chart(_steps, list(quantities), colours, smoothing=0.6, height=280).to_dict()
+    return charts.cached_figure(
+        ("train curves", run_dir, step_count, last_record, quantities),
+        lambda: charts.quantities_chart(steps, list(quantities), colours, smoothing=0.6, height=280),
+    )
 
 
 def stop_job(run_dir: str) -> None:
@@ -304,13 +307,23 @@ def show_twin_section(running: Path | None) -> None:
         f"featured λ = {twin_ec_weight():g})."
     )
     by_key = {entry.key: entry for entry in entries}
-    own = training_job.own_job()
-    default = str(own) if own is not None and str(own) in by_key else entries[0].key
+    default = twin_default(entries)
     columns = st.columns([3, 2], vertical_alignment="bottom")
     key = columns[0].selectbox(
         "Run", list(by_key), index=list(by_key).index(default), format_func=lambda k: by_key[k].label, key="twin_of_run"
     )
     twin_button(by_key[key], columns[1], key="twin_start", disabled=running is not None)
+
+
+def twin_default(entries: list[run_catalog.RunEntry]) -> str:
+    """The run the twin picker opens on: this session's last run, else the newest of yours, else the first shipped."""
+    own = training_job.own_job()
+    if own is not None and str(own) in {entry.key for entry in entries}:
+        return str(own)
+    yours = [entry for entry in entries if not entry.shipped]
+    if yours:
+        return max(yours, key=lambda entry: run_catalog.run_fingerprint(entry.path)[0][1] or 0).key
+    return entries[0].key
 
 
 # ----------------------------------------------------------------------------- the form
@@ -326,7 +339,7 @@ def form_defaults() -> TrainConfig:
     pair), else the library's defaults; evaluated every epoch, so quality during training is a curve."""
     featured = run_catalog.featured_setting()
     base = featured if featured is not None and featured.dataset in DATASETS else TrainConfig()
-    return dataclasses.replace(base, eval_every=EVALUATE_EVERY_EPOCHS)
+    return dataclasses.replace(lesson.lecture_length(base), eval_every=EVALUATE_EVERY_EPOCHS)
 
 
 def index_of(options, value) -> int:
@@ -340,8 +353,9 @@ def show_form(running: Path | None) -> None:
     if run_catalog.featured_setting() is not None:
         st.caption(
             f"Starts from the featured setting ({defaults.dataset}, {defaults.loss}, λ = {defaults.ec_weight:g}, "
-            f"{defaults.epochs} epochs, seed {defaults.seed}): the run the app opens on, so yours can be compared "
-            "with it. Evaluated after every epoch, so quality during training is a curve."
+            f"seed {defaults.seed}): the run the app opens on, so yours can be compared with it; trained for "
+            f"{defaults.epochs} epochs (about a minute and a half on two cores) so the curves can be watched as they "
+            f"grow, evaluated every {defaults.eval_every} epochs and filmed every {defaults.film_every} steps."
         )
     with st.form("train_form", border=True):
         first, second, third = st.columns(3)
@@ -453,13 +467,15 @@ def show_form(running: Path | None) -> None:
 def form_config(defaults: TrainConfig, **shown) -> TrainConfig:
     """The run the form asks for: its fields, and on the featured run's data set the featured run's split too.
 
-    What the form does not show (images held out of training, the validation seed) follows the featured run, so a
+    What the form does not show (images held out of training, the validation seed, the film's spacing) follows the
+    featured run and the lecture length, so a
     run from the form shares its split and gets a Δ against it on Compare. During training it scores the validation
     classes when some are held out, else the test classes, which Compare labels "not for model selection".
     """
     hidden = {}
     if shown["dataset"] == defaults.dataset:
-        hidden = {"seen_test_per_class": defaults.seen_test_per_class, "val_seed": defaults.val_seed}
+        hidden = {"seen_test_per_class": defaults.seen_test_per_class, "val_seed": defaults.val_seed,
+                  "film_every": defaults.film_every}
     scored = (["val"] if shown["val_classes"] else ["unseen"]) if shown["eval_every"] else None
     return TrainConfig(**hidden, **shown, eval_splits=scored)
 

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import base64
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
-from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
 from streamlit.testing.v1 import AppTest
 
 MAIN_SCRIPT = Path(__file__).resolve().parents[2] / "app" / "main.py"
@@ -36,34 +33,27 @@ def plotly_specs(app: AppTest) -> list[str]:
     return [element.proto.spec for element in app.get("plotly_chart")]
 
 
-@dataclass
-class VegaChart:
-    """A Vega-Lite chart (st.altair_chart) as the page sent it: its spec and its data sets by name."""
-
-    spec: dict
-    datasets: dict[str, pd.DataFrame]
-
-    @property
-    def layers(self) -> list[dict]:
-        return self.spec.get("layer", [self.spec])
-
-    def data(self, layer: int = 0) -> pd.DataFrame:
-        """The data of one layer (or of the chart, when it has no layers)."""
-        view = self.layers[layer]
-        return self.datasets[(view.get("data") or self.spec["data"])["name"]]
-
-    @property
-    def title(self) -> str | None:
-        title = self.spec.get("title")
-        return title.get("text") if isinstance(title, dict) else title
+def plotly_figures(app: AppTest) -> list[dict]:
+    """Every Plotly chart on the page as a figure dict, its data arrays decoded to lists."""
+    figures = []
+    for spec in plotly_specs(app):
+        figure = json.loads(spec)
+        for trace in figure.get("data", []):
+            for name, value in trace.items():
+                if isinstance(value, dict) and "bdata" in value or name in ("x", "y", "customdata"):
+                    trace[name] = plotly_array(value).tolist()
+        figures.append(figure)
+    return figures
 
 
-def vega_charts(app: AppTest) -> list[VegaChart]:
-    charts = []
-    for element in app.get("vega_lite_chart"):
-        datasets = {d.name: convert_arrow_bytes_to_pandas_df(d.data.data) for d in element.proto.datasets}
-        charts.append(VegaChart(json.loads(element.proto.spec), datasets))
-    return charts
+def figure_title(figure: dict) -> str | None:
+    title = figure.get("layout", {}).get("title")
+    return title.get("text") if isinstance(title, dict) else title
+
+
+def named_lines(figure: dict) -> dict[str, dict]:
+    """The traces a legend names (one per run or quantity), by name; bands and faint raw copies are left out."""
+    return {trace["name"]: trace for trace in figure["data"] if trace.get("showlegend", True) and "name" in trace}
 
 
 def image_captions(app: AppTest) -> list[list[str]]:

@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 
 import numpy as np
-from apptest_support import assert_clean, open_page, plotly_specs, run_key, vega_charts
+import pytest
+from apptest_support import assert_clean, figure_title, named_lines, open_page, plotly_figures, run_key
 from map_support import open_ready
 
 
@@ -23,8 +24,7 @@ def test_opens_on_the_shipped_pair_with_a_delta_column(shipped_runs):
     assert metrics_columns(app) == ["digits-ec-off", "digits-ec-on", "Δ digits-ec-on"]
     assert "Recall@1" in list(app.dataframe[0].value.index)
     # The first screen: curves and recall over training; the distance histograms wait in a closed expander.
-    assert len(vega_charts(app)) == 2
-    assert not plotly_specs(app)  # Vega-Lite only: Plotly's browser bundle would slow the first paint
+    assert len(plotly_figures(app)) == 2
     assert [expander.label.split(":")[0].split(",")[0] for expander in app.expander] == [
         "How each run was trained",
         "Same-class against different-class distances",
@@ -34,25 +34,24 @@ def test_opens_on_the_shipped_pair_with_a_delta_column(shipped_runs):
 def test_the_distance_histograms_are_drawn_once_their_expander_is_open():
     app = open_ready(open_page, "compare", {"distances_open": True})  # the embeddings come from background jobs
     assert_clean(app)
-    charts = vega_charts(app)
+    charts = plotly_figures(app)
     assert len(charts) == 4  # curves, recall over training, one distance histogram per run
-    assert [chart.title for chart in charts[2:]] == ["digits-ec-off", "digits-ec-on"]
-    bars = charts[2].data(0)
-    assert set(bars["kind"]) == {"same class", "different classes"}
-    for kind, group in bars.groupby("kind"):  # densities: each histogram integrates to 1
-        assert abs(float(((group["right"] - group["left"]) * group["density"]).sum()) - 1) < 1e-6, kind
+    assert [figure_title(chart) for chart in charts[2:]] == ["digits-ec-off", "digits-ec-on"]
+    bars = named_lines(charts[2])
+    assert set(bars) == {"same class", "different classes"}
+    for kind, bar in bars.items():  # densities: each histogram integrates to 1
+        assert abs(float(np.sum(np.asarray(bar["width"]) * np.asarray(bar["y"]))) - 1) < 1e-6, kind
     # One x range fitted to the data (not the whole 0-2 of cosine distances) and one y scale, shared by the panels.
-    encodings = [chart.layers[0]["encoding"] for chart in charts[2:]]
-    domains = [(encoding["x"]["scale"]["domain"], encoding["y"]["scale"]["domain"]) for encoding in encodings]
-    assert domains[0] == domains[1]
-    (low, high), (bottom, top) = domains[0]
-    every_bar = [chart.data(0) for chart in charts[2:]]
-    assert low == min(b["left"].min() for b in every_bar) and high == max(b["right"].max() for b in every_bar)
+    ranges = [(chart["layout"]["xaxis"]["range"], chart["layout"]["yaxis"]["range"]) for chart in charts[2:]]
+    assert ranges[0] == ranges[1]
+    (low, high), (bottom, top) = ranges[0]
+    every_bar = [bar for chart in charts[2:] for bar in named_lines(chart).values()]
+    assert low == pytest.approx(min(b["x"][0] - b["width"][0] / 2 for b in every_bar))
+    assert high == pytest.approx(max(b["x"][-1] + b["width"][-1] / 2 for b in every_bar))
     assert high - low < 1.5, "fitted to the data"
-    assert bottom == 0 and top == max(b["density"].max() for b in every_bar)
-    medians = charts[2].data(1)
-    assert list(medians["kind"]) == ["same class", "different classes"]
-    assert medians["median"].iloc[0] < medians["median"].iloc[1]  # same-class pairs are closer
+    assert bottom == 0 and top == max(max(b["y"]) for b in every_bar)
+    medians = [shape["x0"] for shape in charts[2]["layout"]["shapes"]]
+    assert len(medians) == 2 and medians[0] < medians[1]  # same-class pairs are closer
 
 
 def test_the_settings_table_has_one_row_per_run(shipped_runs):
@@ -97,27 +96,24 @@ def test_changing_the_runs_changes_the_table(shipped_runs):
     assert any("Choose at least one run" in info.value for info in app.info)
 
 
-def curve_marks(app) -> list[tuple[str, str]]:
-    """(mark, y field) of each layer of the training-curve chart."""
-    chart = vega_charts(app)[0]
-    return [(layer["mark"]["type"], layer["encoding"].get("y", {}).get("field")) for layer in chart.layers]
+def curve_traces(app) -> list[tuple[str, float]]:
+    """(name or "" for an unnamed trace, line width) of each trace of the training-curve chart."""
+    chart = plotly_figures(app)[0]
+    return [(trace.get("name", "") if trace.get("showlegend", True) else "", trace["line"]["width"])
+            for trace in chart["data"]]
 
 
 def test_smoothing_changes_the_plotted_curve():
     app = open_page("compare")
-    # The raw values faint behind the smoothed lines, and the hover rule.
-    assert curve_marks(app) == [("line", "value"), ("line", "smoothed"), ("rule", None)]
-    smoothed = vega_charts(app)[0].data(1)
-    assert sorted(set(smoothed["series"])) == ["digits-ec-off", "digits-ec-on"]
-    assert not np.allclose(smoothed["smoothed"], smoothed["value"])
+    # Each run's raw values faint behind its smoothed line.
+    assert curve_traces(app) == [("", 1), ("digits-ec-off", 2.5), ("", 1), ("digits-ec-on", 2.5)]
+    traces = plotly_figures(app)[0]["data"]
+    assert not np.allclose(traces[0]["y"], traces[1]["y"])
     app.slider(key="curve_smoothing").set_value(0.0).run()
     assert_clean(app)
-    assert curve_marks(app) == [("line", "smoothed"), ("rule", None)]  # no faint raw copy when not smoothing
-    raw = vega_charts(app)[0].data(0)
-    assert np.allclose(raw["smoothed"], raw["value"])
-    # The hover rule's tooltip names every run, with its value at the hovered step.
-    rule = vega_charts(app)[0].layers[1]
-    assert [tip.get("title") for tip in rule["encoding"]["tooltip"]] == ["step", "digits-ec-off", "digits-ec-on"]
+    assert curve_traces(app) == [("digits-ec-off", 2.5), ("digits-ec-on", 2.5)]  # no faint raw copy
+    # Hovering a step lists every run's value there.
+    assert plotly_figures(app)[0]["layout"]["hovermode"] == "x unified"
 
 
 def test_energy_is_drawn_for_both_runs_and_log_scale_applies():
@@ -125,10 +121,10 @@ def test_energy_is_drawn_for_both_runs_and_log_scale_applies():
     app.selectbox(key="curve_quantity").set_value("energy").run()
     app.toggle(key="curve_log").set_value(True).run()
     assert_clean(app)
-    chart = vega_charts(app)[0]
+    chart = plotly_figures(app)[0]
     # The baseline logs the energy without training on it, so both curves are there to compare.
-    assert set(chart.data(1)["series"]) == {"digits-ec-off", "digits-ec-on"}
-    assert chart.layers[1]["encoding"]["y"]["scale"]["type"] == "log"
+    assert set(named_lines(chart)) == {"digits-ec-off", "digits-ec-on"}
+    assert chart["layout"]["yaxis"]["type"] == "log"
     assert not any("Not drawn" in caption.value for caption in app.caption)
 
 
@@ -156,12 +152,13 @@ def test_a_new_run_appears_without_restarting(checkpoints_copy):
 def test_on_a_log_axis_values_that_cannot_show_are_left_out():
     app = open_page("compare")
     app.selectbox(key="curve_quantity").set_value("log_energy").run()
-    every_value = vega_charts(app)[0].data(1)
+    every_value = named_lines(plotly_figures(app)[0])
     app.toggle(key="curve_log").set_value(True).run()
     assert_clean(app)
-    shown = vega_charts(app)[0].data(1)
-    assert (shown["value"] > 0).all() and (shown["smoothed"] > 0).all()
-    assert len(shown) == int(((every_value["value"] > 0) & (every_value["smoothed"] > 0)).sum())
+    shown = named_lines(plotly_figures(app)[0])
+    for name, line in shown.items():
+        assert all(value > 0 for value in line["y"])
+        assert 0 < len(line["y"]) < len(every_value[name]["y"]), name
     assert any("not drawn on a log axis" in caption.value for caption in app.caption)
 
 
@@ -177,8 +174,9 @@ def test_a_cross_loss_pair_shows_no_delta_says_why_and_gets_a_chart_per_loss(che
     assert metrics_columns(app) == ["digits-ec-off", "digits-ec-on"]  # side by side, no Δ
     (warning,) = [w.value for w in app.warning if "No Δ" in w.value]
     assert "**digits-ec-on** (base loss triplet, not binomial)" in warning
-    assert [chart.title for chart in vega_charts(app)[:2]] == ["binomial loss", "triplet loss"]
-    assert [set(chart.data(1)["series"]) for chart in vega_charts(app)[:2]] == [{"digits-ec-off"}, {"digits-ec-on"}]
+    figures = plotly_figures(app)[:2]
+    assert [figure_title(figure) for figure in figures] == ["binomial loss", "triplet loss"]
+    assert [set(named_lines(figure)) for figure in figures] == [{"digits-ec-off"}, {"digits-ec-on"}]
 
 
 def test_runs_of_other_data_or_splits_get_no_delta_either(checkpoints_copy):
@@ -229,7 +227,7 @@ def test_evaluation_splits_are_labelled_validation_first_and_unknown_ones_kept(c
     assert radio.options[-1] == "mystery" and radio.value == "val"  # validation curves preferred
     radio.set_value("unseen").run()
     assert_clean(app)
-    assert "test classes — not for model selection" in vega_charts(app)[1].title
+    assert "test classes — not for model selection" in figure_title(plotly_figures(app)[1])
     assert any("**Test classes — not for model selection.**" in c.value for c in app.caption)
 
 

@@ -4,6 +4,8 @@ and the app's start-up warm-up of the projection cache."""
 
 from __future__ import annotations
 
+import json
+
 import logging
 import subprocess
 import sys
@@ -125,14 +127,19 @@ def test_a_failing_embedding_job_shows_one_error_and_can_be_retried(fresh_cache,
     assert retrieval.is_embedded(load_run(Path(retry.removeprefix("retry_embedding_"))), "unseen", fresh_cache)
 
 
-def test_with_many_classes_points_are_grey_until_classes_are_found_by_name(glyph_runs):
+def test_with_many_classes_a_few_are_coloured_until_classes_are_found_by_name(glyph_runs):
     app = open_ready(open_page, "embeddings", PCA)
     assert_clean(app)
     (shown,) = maps(app)
-    assert shown.args["colour_by_class"] is False and shown.args["highlight_classes"] == []
+    present = set(shown.ints("labels").tolist())
+    # Not all grey (issue 22 item 7): the first classes are coloured before any search.
+    assert shown.args["colour_by_class"] is False
+    assert shown.args["highlight_classes"] == sorted(present)[: embeddings.OPENING_CLASSES]
     names = shown.args["class_names"]
     search = app.text_input(key=embeddings.CLASS_SEARCH_KEY)
-    present = set(shown.ints("labels").tolist())
+    # The hint's examples are class names of this map (it offered "17 or chair" on glyphs).
+    hinted = search.placeholder.split("e.g. ")[1].split(" or ")
+    assert all(any(example.lower() in names[c].lower() for c in present) for example in hinted)
     for query in ("t", "A", "zzz-no-such-class"):
         search.set_value(query).run()
         assert_clean(app)
@@ -289,6 +296,13 @@ def test_the_film_plays_the_runs_snapshots_side_by_side(film_runs):
     # runs' final frames.
     u, _, vt = np.linalg.svd(frames[1][0].T.astype(np.float64) @ frames[0][0])
     assert np.allclose(frames[1][0] @ (u @ vt), frames[0][0], atol=1e-3)
+    # Each frame names its step's unseen Recall@1 and MAP@R, measured on the filmed points (issue 22 item 2).
+    for panel, run in zip(shown.args["panels"], ("film-ec-off", "film-ec-on")):
+        labels = panel["frame_labels"]
+        assert len(labels) == 4 and all(label.startswith("R@1 ") and "MAP@R" in label for label in labels)
+        final = [json.loads(line) for line in (film_runs / run / "history.jsonl").read_text().splitlines()][-1]
+        if final.get("split") == "unseen":  # the run's own final evaluation: the same images, the same number
+            assert labels[-1].startswith(f"R@1 {100 * final['recall@1']:.1f}%")
 
 
 def test_runs_without_a_film_say_how_to_get_one():

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from apptest_support import MAIN_SCRIPT, assert_clean, open_page, vega_charts
+from apptest_support import MAIN_SCRIPT, assert_clean, named_lines, open_page, plotly_figures
 from streamlit.testing.v1 import AppTest
 
 from app import training_job  # the repository root is on sys.path (conftest.py)
@@ -83,12 +83,12 @@ def test_the_form_starts_a_job_refuses_a_second_and_the_run_appears_in_compare(a
     # The curves stay after the run ends, and a step slider replays them.
     slider = app.slider(key="replay_step")
     assert slider.value == slider.max == 40
-    full = next(chart for chart in vega_charts(app) if "metric_loss" in str(chart.spec) or len(chart.layers) > 1)
-    assert full.data(len(full.layers) - 2)["step"].max() == 40
+    full = next(chart for chart in plotly_figures(app) if "Metric loss" in named_lines(chart))
+    assert max(named_lines(full)["Metric loss"]["x"]) == 40
     slider.set_value(10).run()
     assert not app.exception
-    replayed = [chart.data(len(chart.layers) - 2) for chart in vega_charts(app) if len(chart.layers) > 1]
-    assert replayed and all(frame["step"].max() == 10 for frame in replayed)
+    replayed = [line["x"] for chart in plotly_figures(app) for line in named_lines(chart).values()]
+    assert replayed and all(max(steps) == 10 for steps in replayed)
 
     compare = open_page("compare")
     assert_clean(compare)

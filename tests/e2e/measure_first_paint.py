@@ -9,7 +9,7 @@ the server's caches (modules imported, embeddings computed), then opens ``--tabs
 time, each a new Streamlit session, and records from the start of navigation (``performance.now()``):
 
 * table: the first data grid (the metrics table) is visible, its canvas laid out;
-* chart: the first chart has drawn (Plotly's SVG or Vega-Lite's canvas), wherever it is on the page;
+* chart: the first chart has drawn (its Plotly SVG), wherever it is on the page;
 * idle: the script finished, no spinner shows, and every chart sent so far has drawn.
 
 Each tab opens in a new browser context (an empty HTTP cache: the first visit), or with
@@ -39,7 +39,7 @@ PROBE = """() => {
   if (!main) return null;
   const visible = (el) => { const r = el.getBoundingClientRect(); return r.width > 0 && r.height > 0 && r.top < innerHeight; };
   const grid = main.querySelector('[data-testid="stDataFrame"] canvas');
-  const charts = [...main.querySelectorAll('[data-testid="stPlotlyChart"], [data-testid="stVegaLiteChart"]')];
+  const charts = [...main.querySelectorAll('[data-testid="stPlotlyChart"]')];
   const drawn = charts.filter((c) => c.querySelector('.main-svg, canvas, svg.marks'));
   const app = document.querySelector('[data-testid="stApp"]');
   return {

@@ -28,8 +28,8 @@ NEW_RUN = "e2e-tiny"
 
 PAGES = {"Compare": "", "Embeddings": "embeddings", "Retrieval": "retrieval", "Train": "train", "About": "about"}
 MAIN = '[data-testid="stMain"]'
-PLOTS = f'{MAIN} [data-testid="stPlotlyChart"] .js-plotly-plot'  # Embeddings' maps (Plotly, for the lasso)
-CHARTS = f'{MAIN} [data-testid="stVegaLiteChart"]'  # Compare's and Train's charts (Vega-Lite, drawn as SVG)
+PLOTS = f'{MAIN} [data-testid="stPlotlyChart"] .js-plotly-plot'  # every chart and map is Plotly
+CHARTS = f'{MAIN} [data-testid="stPlotlyChart"]'
 WIDE = {"width": 1920, "height": 1080}
 SETTLE_S = 0.5  # how long the app must stay idle to count as rendered
 PAGE_TIMEOUT_S = 60
@@ -159,20 +159,15 @@ def plot_texts(page) -> str:
 
 
 def chart_count(page) -> int:
-    """Vega-Lite charts that have drawn their SVG."""
-    return page.locator(f"{CHARTS} svg.marks").count()
+    return plot_count(page)
 
 
 def wait_for_charts(page, count: int, timeout: float = PAGE_TIMEOUT_S) -> None:
-    deadline = time.monotonic() + timeout
-    while chart_count(page) < count:
-        assert time.monotonic() < deadline, f"expected {count} drawn Vega-Lite charts, found {chart_count(page)}"
-        time.sleep(0.2)
+    wait_for_plots(page, count, timeout)
 
 
 def chart_texts(page) -> str:
-    """Titles, legends and axis labels of every Vega-Lite chart on the page."""
-    return " | ".join(page.locator(f"{CHARTS} svg.marks").all_text_contents())
+    return plot_texts(page)
 
 
 def assert_fits(page, frame, where: str) -> None:
@@ -252,11 +247,10 @@ def test_compare(page, app_server, errors):
     assert cells.count("at the end") == 2, cells  # the fixture runs are trained with --eval-every 0
     assert_tables_fit(page, [frames.nth(0), frames.nth(1)], "Compare")
 
-    # Training curves and evaluations over training, in Vega-Lite: no Plotly on this page.
+    # Training curves and evaluations over training.
     wait_for_charts(page, 2)
     legends = chart_texts(page)
     assert RUN_OFF in legends and RUN_ON in legends, legends
-    assert page.locator(f'{MAIN} [data-testid="stPlotlyChart"]').count() == 0
     text = main_text(page)
     assert (f"Only the final evaluation was recorded for {RUN_OFF} and {RUN_ON}: they were trained with "
             "--eval-every 0.") in text, text
@@ -265,9 +259,10 @@ def test_compare(page, app_server, errors):
     curves.scroll_into_view_if_needed()
     box = curves.bounding_box()
     page.mouse.move(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.6)
-    tooltip = page.locator("#vg-tooltip-element.visible")
-    tooltip.wait_for(state="visible", timeout=10_000)
-    assert "step" in tooltip.inner_text() and RUN_OFF in tooltip.inner_text() and RUN_ON in tooltip.inner_text()
+    tooltip = curves.locator(".hoverlayer .legend")  # Plotly's one label for every line at the hovered step
+    tooltip.wait_for(state="attached", timeout=10_000)
+    label = tooltip.text_content()
+    assert RUN_OFF in label and RUN_ON in label, label
     page.mouse.move(0, 0)
 
     # The distance histograms are drawn once their expander is opened.

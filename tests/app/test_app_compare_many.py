@@ -1,0 +1,66 @@
+"""Compare with many runs (issue 22 item 6): pairwise Δ for like runs, stopped and unequal runs flagged, a relative
+progress axis, and the evaluation chart opening on the split that has a history."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from apptest_support import assert_clean, named_lines, open_page, plotly_figures
+
+from app import run_picker
+
+
+def rewrite_json(path: Path, **changes) -> None:
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
+def add_triplet_pair(root: Path) -> list[str]:
+    """A copy of the fixture pair as if trained with the triplet loss: like each other, unlike the binomial pair."""
+    for name in ("digits-ec-off", "digits-ec-on"):
+        copy = root / name.replace("digits", "triplet")
+        shutil.copytree(root / name, copy, ignore=shutil.ignore_patterns("film"))
+        rewrite_json(copy / "config.json", loss="triplet")
+    return [str(root / name) for name in ("digits-ec-off", "digits-ec-on", "triplet-ec-off", "triplet-ec-on")]
+
+
+def test_like_runs_get_a_pairwise_delta_when_the_baseline_is_unlike_them(checkpoints_copy):
+    app = open_page("compare", {run_picker.SELECTION_KEY: add_triplet_pair(checkpoints_copy)})
+    assert_clean(app)
+    assert list(app.dataframe[0].value.columns) == [
+        "digits-ec-off", "digits-ec-on", "Δ digits-ec-on", "triplet-ec-off", "triplet-ec-on", "Δ triplet-ec-on"
+    ]
+    table = app.dataframe[0].value
+    expected = table["triplet-ec-on"] - table["triplet-ec-off"]
+    assert (table["Δ triplet-ec-on"] - expected).abs().max() < 1e-9
+    assert not [w.value for w in app.warning if "No Δ" in w.value]
+
+
+def test_a_stopped_run_and_runs_of_different_length_are_flagged(checkpoints_copy):
+    rewrite_json(checkpoints_copy / "digits-ec-on" / "status.json", state="stopped")
+    app = open_page("compare")
+    assert_clean(app)
+    (warning,) = [w.value for w in app.warning if "with care" in w.value]
+    assert "**digits-ec-on** was stopped at step" in warning
+
+
+def test_relative_progress_puts_every_run_on_zero_to_one(checkpoints_copy):
+    app = open_page("compare")
+    app.toggle(key="curve_relative").set_value(True).run()
+    assert_clean(app)
+    curves = plotly_figures(app)[0]
+    assert "progress" in curves["layout"]["xaxis"]["title"]["text"]
+    assert all(max(line["x"]) == 1.0 for line in named_lines(curves).values())
+
+
+def test_the_evaluations_open_on_the_split_with_a_history(checkpoints_copy):
+    history = checkpoints_copy / "digits-ec-on" / "history.jsonl"
+    lines = [json.loads(line) for line in history.read_text().splitlines()]
+    final = next(record for record in lines if record.get("split") == "unseen")
+    assert [r for r in lines if r.get("split") == "seen_test"], "the fixture's final evaluation covers seen_test"
+    extra = [{**final, "step": step} for step in (5, 10)]  # unseen gets a history, seen_test keeps its final point
+    history.write_text("".join(json.dumps(record) + "\n" for record in lines + extra))
+    app = open_page("compare")
+    assert_clean(app)
+    assert app.radio(key="evaluation_split").value == "unseen"  # not seen_test's single final point
