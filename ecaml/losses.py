@@ -115,20 +115,17 @@ def _rank_ascending(values: torch.Tensor) -> torch.Tensor:
 
 
 class NPairLoss(nn.Module):
-    """N-pair loss with in-batch positives (Sohn, NeurIPS 2016), reference settings.
+    """N-pair loss as the authors' ``npair.cpp`` computes it (k = 1), behind their fixed Scale layer.
 
-    Embeddings are L2-normalised and the cosine scaled by ``scale``. With two
-    images a class (the paper's N-pair batches, and the reference's 65 x 2) each
-    sample's one same-class partner is its positive, and the loss is the softmax
-    cross-entropy of that positive against all other-class samples.
-
-    With n > 2 images a class, *every* same-class sample is a positive in turn:
-    each (anchor, positive) pair gets its own softmax over that positive and the
-    anchor's other-class samples, and the loss is the mean over all such pairs.
-    That is the n = 2 loss applied to every pair the batch holds; it draws no
-    randomness and, unlike taking each anchor's most similar partner, does not
-    train only on the easiest positive. ``l2_weight`` * ||z||^2 / 2 on the raw
-    embeddings keeps their norm from drifting.
+    The reference (``train_confusion.prototxt``) L2-normalises the embedding and multiplies it by a
+    constant 10 before ``NpairLoss``, so with x = ``scale`` * z / ||z||: for each sample i the positive is
+    its nearest same-class sample p (``kcenter: 1``; ties to the lower index), and
+    loss_i = -log(e^{x_i.x_p} / (e^{x_i.x_p} + sum_n e^{x_n.x_p})) over every other-class sample n
+    (``kcenter_n: 128``, all of them in the reference's 65 x 2 batch). The logits are dot products of the
+    scaled vectors: ``scale``^2 * cos = 100 cos. Like the reference, -log p is capped at -log 1e-20 in value
+    (its gradient is not), the mean is over the whole batch (samples without a positive or a negative add 0),
+    and ``l2_weight`` * ||x_i||^2 / 2 is added on the *scaled* x: a constant (scale^2 * l2_weight / 2), as
+    the normalisation before it removes its gradient.
     """
 
     def __init__(self, scale: float = 10.0, l2_weight: float = 5e-4):
@@ -136,17 +133,25 @@ class NPairLoss(nn.Module):
         self.scale, self.l2_weight = scale, l2_weight
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        logits = self.scale * _cosine_similarities(embeddings)
+        scaled = self.scale * F.normalize(embeddings.float(), dim=1)
+        dots = scaled @ scaled.t()
         positive, negative = _pair_masks(labels)
-        has_negative = negative.any(dim=1, keepdim=True)
+        # Equal norms: the nearest same-class sample is the one with the largest dot product (first on ties).
+        partner = torch.where(positive, dots.detach(), -torch.inf).argmax(dim=1)
+        centre = scaled[partner]
+        positive_logit = (scaled * centre).sum(dim=1)
+        has_negative = negative.any(dim=1)
         # Rows without negatives get finite stand-ins: a logsumexp of only -inf has a NaN gradient.
-        negative_logits = torch.where(negative, logits, torch.where(has_negative, -torch.inf, 0.0))
-        negative_logsumexp = torch.logsumexp(negative_logits, dim=1, keepdim=True)
-        # -log(e^p / (e^p + sum_n e^n)) = softplus(logsumexp_n - p), per (anchor, positive) pair.
-        cross_entropy = F.softplus(negative_logsumexp - logits)
-        pairs = positive & has_negative
-        regulariser = 0.5 * self.l2_weight * embeddings.float().pow(2).sum(dim=1).mean()
-        return torch.where(pairs.any(), _masked_mean(cross_entropy, pairs) + regulariser, _zero_with_graph(embeddings))
+        negative_logits = torch.where(negative, centre @ scaled.t(), torch.where(has_negative[:, None], -torch.inf, 0.0))
+        # -log(e^p / (e^p + sum_n e^n)) = softplus(logsumexp_n - p)
+        cross_entropy = F.softplus(torch.logsumexp(negative_logits, dim=1) - positive_logit)
+        capped = cross_entropy - (cross_entropy - cross_entropy.clamp(max=_NPAIR_CAP)).detach()
+        regulariser = 0.5 * self.l2_weight * scaled.detach().pow(2).sum(dim=1)
+        active = positive.any(dim=1) & has_negative
+        return torch.where(active, capped + regulariser, 0.0).sum() / len(labels)
+
+
+_NPAIR_CAP = -math.log(1e-20)  # npair.cpp: -log(max(p, 1e-20))
 
 
 BUILTIN_LOSSES: dict[str, type[nn.Module]] = {

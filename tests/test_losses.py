@@ -9,6 +9,7 @@ import torch
 from ecaml.losses import BinomialDevianceLoss, NPairLoss, TripletLoss, build_loss
 from ecaml.runs import load_run, read_history
 from tests.conftest import train_tiny
+from tests.npair_reference import reference_loss_and_gradient
 
 
 def numpy_binomial(z: np.ndarray, labels: np.ndarray, alpha=2.0, beta=0.5, cost=25.0) -> float:
@@ -52,21 +53,6 @@ def loop_triplet(z: np.ndarray, labels: np.ndarray, margin: float) -> float:
     return float(np.mean(hinges)) if hinges else 0.0
 
 
-def loop_npair(z: np.ndarray, labels: np.ndarray, scale: float, l2_weight: float) -> float:
-    """For every anchor and each of its same-class samples: softmax cross-entropy of that positive against
-    the anchor's other-class samples; the mean over those pairs, plus l2_weight * mean ||z||^2 / 2."""
-    unit = unit_rows(z.astype(np.float64))
-    losses = []
-    for a in range(len(z)):
-        negatives = [np.exp(scale * unit[a] @ unit[n]) for n in range(len(z)) if labels[n] != labels[a]]
-        for p in range(len(z)):
-            if p != a and labels[p] == labels[a] and negatives:
-                positive = np.exp(scale * unit[a] @ unit[p])
-                losses.append(-np.log(positive / (positive + sum(negatives))))
-    regulariser = 0.5 * l2_weight * float(np.mean(np.sum(z.astype(np.float64) ** 2, axis=1)))
-    return float(np.mean(losses)) + regulariser
-
-
 # (classes, images of each class): pairs as in the paper's N-pair batches, larger classes, uneven classes
 BATCH_SHAPES = [(4, [2] * 4), (3, [3] * 3), (5, [4] * 5), (3, [1, 2, 5]), (6, [2, 3, 2, 1, 4, 2])]
 
@@ -89,26 +75,40 @@ def test_triplet_matches_a_loop_over_every_triplet(shape):
 
 
 @pytest.mark.parametrize("shape", BATCH_SHAPES, ids=[str(s[1]) for s in BATCH_SHAPES])
-def test_npair_matches_a_loop_over_every_anchor_positive_pair(shape):
+def test_npair_loss_and_gradient_match_the_authors_npair_cpp(shape):
+    """Value and d loss / d z against a port of npair.cpp behind its Normalization and Scale-10 layers."""
     for seed in range(10):
         z, labels = batch(seed, shape[1])
-        for scale, l2_weight in ((10.0, 5e-4), (3.0, 0.0)):
-            value = NPairLoss(scale=scale, l2_weight=l2_weight)(torch.tensor(z), torch.tensor(labels))
-            assert value.item() == pytest.approx(loop_npair(z, labels, scale, l2_weight), rel=1e-4)
+        expected_loss, expected_gradient = reference_loss_and_gradient(z, labels)
+        embeddings = torch.tensor(z, dtype=torch.float64, requires_grad=True)
+        value = NPairLoss()(embeddings, torch.tensor(labels))
+        value.backward()
+        assert value.item() == pytest.approx(expected_loss, rel=1e-4)
+        np.testing.assert_allclose(embeddings.grad.numpy(), expected_gradient, rtol=1e-3, atol=1e-6)
 
 
-def test_npair_with_two_images_a_class_is_the_papers_loss():
-    """n = 2: each sample's partner is the positive; log(1 + sum_n exp(f.f_n - f.f_p)) per sample, averaged."""
-    for seed in range(10):
-        z, labels = batch(seed, [2] * 5)
-        unit = unit_rows(z.astype(np.float64))
-        terms = []
-        for a in range(len(z)):
-            partner = next(p for p in range(len(z)) if p != a and labels[p] == labels[a])
-            others = [n for n in range(len(z)) if labels[n] != labels[a]]
-            terms.append(np.log1p(sum(np.exp(10 * unit[a] @ (unit[n] - unit[partner])) for n in others)))
-        value = NPairLoss(l2_weight=0.0)(torch.tensor(z), torch.tensor(labels)).item()
-        assert value == pytest.approx(float(np.mean(terms)), rel=1e-4)
+def test_npair_logits_are_a_hundred_times_the_cosine():
+    """Two classes of two: loss = log(1 + e^{100 (cos(n, p) - cos(a, p))}) per sample, + 5e-4 * 100 / 2."""
+    z = np.array([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [-0.6, 0.8]])
+    labels = np.array([0, 0, 1, 1])
+    unit = unit_rows(z)
+    terms = []
+    for a, p in ((0, 1), (1, 0), (2, 3), (3, 2)):
+        others = [n for n in range(4) if labels[n] != labels[a]]
+        terms.append(np.log1p(sum(np.exp(100 * (unit[n] @ unit[p] - unit[a] @ unit[p])) for n in others)) + 0.025)
+    value = NPairLoss()(torch.tensor(z), torch.tensor(labels)).item()
+    assert value == pytest.approx(float(np.mean(terms)), rel=1e-6)
+
+
+def test_npair_regulariser_has_no_gradient_on_the_raw_embedding():
+    """On the scaled unit vector the l2 term is a constant: the gradient is the one without it."""
+    z, labels = batch(3, [3, 3, 2])
+    gradients = []
+    for l2_weight in (5e-4, 0.0):
+        embeddings = torch.tensor(z, requires_grad=True)
+        NPairLoss(l2_weight=l2_weight)(embeddings, torch.tensor(labels)).backward()
+        gradients.append(embeddings.grad)
+    torch.testing.assert_close(gradients[0], gradients[1])
 
 
 def test_losses_have_finite_gradients_on_a_one_class_batch():
