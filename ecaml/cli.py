@@ -49,6 +49,8 @@ TRAIN_FLAGS = {
     "lr": (float, "Adam learning rate of the backbone (default 1e-3)"),
     "head_lr_mult": (float, "the embedding head's learning rate as a multiple of --lr (reference: 10)"),
     "weight_decay": (float, "Adam weight decay (default 2e-4)"),
+    "bias_lr_mult": (float, "every bias's learning rate as a multiple of its layer's weight rate (reference: 2)"),
+    "bias_decay_mult": (float, "weight decay on biases as a multiple of --weight-decay (reference: 0)"),
     "seed": (int, "random seed; the same seed gives the same run on the CPU (default 0)"),
     "device": (str, "auto (CUDA when present), cpu, cuda or cuda:N (default auto)"),
     "num_workers": (int, "data-loading worker processes (default: 0 for digits/glyphs, else CPUs - 1 up to 8)"),

@@ -115,20 +115,33 @@ def make_plan(config: TrainConfig, train_labels: np.ndarray, world_size: int = 1
 
 
 def build_optimizer(model: EmbeddingNet, loss: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """Adam with the reference's groups: backbone at lr, head (and any loss parameters) at lr x head_lr_mult.
+    """Adam with the reference's per-parameter settings (train_confusion.prototxt's ``param`` blocks).
 
-    The reference also gives the head's bias twice the head's rate.
+    Backbone weights at lr, the head's weight (and any loss parameters) at lr x head_lr_mult; every bias at
+    bias_lr_mult x its layer's weight rate, with weight decay x bias_decay_mult. Consecutive parameters with
+    the same settings share a group, in the model's parameter order, so the optimiser's saved state keeps
+    its parameter ids (and with the default multipliers, its three groups).
     """
     head_lr = config.lr * config.head_lr_mult
-    groups = [
-        {"params": list(model.backbone.parameters()), "lr": config.lr, "name": "backbone"},
-        {"params": [model.head.weight], "lr": head_lr, "name": "head.weight"},
-        {"params": [model.head.bias], "lr": 2 * head_lr if config.head_lr_mult > 1 else head_lr, "name": "head.bias"},
-    ]
-    loss_params = [p for p in loss.parameters() if p.requires_grad]
-    if loss_params:
-        groups.append({"params": loss_params, "lr": head_lr, "name": "loss"})
-    return torch.optim.Adam(groups, weight_decay=config.weight_decay)
+    groups: list[dict[str, Any]] = []
+
+    def add(group_name: str, parameter: torch.nn.Parameter, lr: float, bias: bool) -> None:
+        group = {"name": group_name, "lr": lr * config.bias_lr_mult if bias else lr,
+                 "weight_decay": config.weight_decay * (config.bias_decay_mult if bias else 1.0)}
+        if groups and all(groups[-1][key] == value for key, value in group.items()):
+            groups[-1]["params"].append(parameter)
+        else:
+            groups.append({**group, "params": [parameter]})
+
+    for name, parameter in model.backbone.named_parameters():
+        bias = name.endswith("bias")
+        own_group = bias and (config.bias_lr_mult, config.bias_decay_mult) != (1.0, 1.0)
+        add("backbone.bias" if own_group else "backbone", parameter, config.lr, bias)
+    add("head.weight", model.head.weight, head_lr, bias=False)
+    add("head.bias", model.head.bias, head_lr, bias=True)
+    for parameter in (p for p in loss.parameters() if p.requires_grad):
+        add("loss", parameter, head_lr, bias=False)
+    return torch.optim.Adam(groups)
 
 
 @contextmanager
@@ -497,7 +510,7 @@ class Trainer:
         self, weights: dict[str, torch.Tensor], saved: dict[str, torch.Tensor], metadata: dict[str, str]
     ) -> None:
         self.model.load_state_dict(weights)
-        self.optimizer.load_state_dict(_unflatten_optimizer(saved, json.loads(metadata["optimizer_layout"])))
+        self.optimizer.load_state_dict(_unflatten_optimizer(saved, json.loads(metadata["optimizer_layout"]), self.optimizer))
         _check_optimizer_shapes(self.optimizer)
         self.scaler.load_state_dict(json.loads(metadata["scaler"]))
         torch.set_rng_state(saved["rng.torch"])
@@ -549,13 +562,20 @@ def _flatten_optimizer(state_dict: dict) -> tuple[dict[str, torch.Tensor], dict]
     return tensors, layout
 
 
-def _unflatten_optimizer(tensors: dict[str, torch.Tensor], layout: dict) -> dict:
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], layout: dict, optimizer: torch.optim.Optimizer) -> dict:
+    """The saved state dict, with ``optimizer``'s own groups when they hold the same parameters in the same order.
+
+    Groups are the config's settings, and earlier versions grouped the same parameters differently (before
+    bias_lr_mult, one backbone group); the moments are per parameter id and carry over unchanged.
+    """
+    groups = optimizer.state_dict()["param_groups"]
+    same_parameters = [i for g in groups for i in g["params"]] == [i for g in layout["param_groups"] for i in g["params"]]
     state = {}
     for param_id, values in layout["state"].items():
         state[int(param_id)] = {
             key: tensors[f"optimizer.{param_id}.{key}"] if value == "tensor" else value for key, value in values.items()
         }
-    return {"state": state, "param_groups": layout["param_groups"]}
+    return {"state": state, "param_groups": groups if same_parameters else layout["param_groups"]}
 
 
 def _progress_bar(enabled: bool, total: int, initial: int):

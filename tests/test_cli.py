@@ -108,10 +108,13 @@ def test_same_seed_same_run_on_the_cpu(tmp_path):
     assert same_weights(outs[0], outs[1])
 
 
-def test_resume_continues_to_the_same_weights_as_an_uninterrupted_run(tmp_path):
+# The reference's bias settings put every backbone bias in a group of its own: resuming must keep them.
+@pytest.mark.parametrize("optimiser", [[], ["--bias-lr-mult", "2", "--bias-decay-mult", "0", "--head-lr-mult", "10"]],
+                         ids=["default groups", "reference bias groups"])
+def test_resume_continues_to_the_same_weights_as_an_uninterrupted_run(tmp_path, optimiser):
     whole, split = tmp_path / "whole", tmp_path / "split"
-    assert main(["train", "--max-steps", "10", "--eval-every", "0", "--quiet", "--out", str(whole)]) == 0
-    assert main(["train", "--max-steps", "4", "--eval-every", "0", "--quiet", "--out", str(split)]) == 0
+    assert main(["train", "--max-steps", "10", "--eval-every", "0", "--quiet", "--out", str(whole), *optimiser]) == 0
+    assert main(["train", "--max-steps", "4", "--eval-every", "0", "--quiet", "--out", str(split), *optimiser]) == 0
     assert main(["train", "--resume", str(split), "--max-steps", "10", "--quiet"]) == 0
     assert same_weights(whole, split)
     steps = [r["step"] for r in read_history(split) if r["kind"] == "step"]

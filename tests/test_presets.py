@@ -26,16 +26,6 @@ def test_each_paper_preset_is_the_reference_setup(dataset):
     assert config.recall_ks == PAPER_RECALL_KS[dataset]
 
 
-def test_the_preset_gives_the_head_bias_twenty_times_the_backbone_rate():
-    from ecaml.models import build_model
-    from ecaml.train import build_optimizer
-
-    config = TrainConfig.from_dict(settings({}, {"preset": "paper-cub"}))
-    model = build_model("smallcnn", 8, in_channels=1)
-    rates = {group["name"]: group["lr"] for group in build_optimizer(model, torch.nn.Identity(), config).param_groups}
-    assert rates == pytest.approx({"backbone": 1e-5, "head.weight": 1e-4, "head.bias": 2e-4})
-
-
 def test_file_beats_preset_and_flag_beats_file():
     values = settings({"preset": "paper-sop", "lr": 3e-5, "max_steps": 500}, {"max_steps": 20})
     assert (values["dataset"], values["lr"], values["max_steps"]) == ("sop", 3e-5, 20)
@@ -92,3 +82,35 @@ def test_a_preset_run_started_from_the_app_rebuilds_the_same_config():
     config = TrainConfig.from_dict(values)
     args = build_parser().parse_args(["train", *config_flags(config), "--out=x"])
     assert TrainConfig.from_dict(settings({}, _flag_values(args))) == config
+
+
+def _settings_by_parameter(config: TrainConfig) -> dict[str, tuple[float, float]]:
+    """(learning rate, weight decay) of every named parameter, as the optimiser's groups give them."""
+    from ecaml.models import build_model
+    from ecaml.train import build_optimizer
+
+    model = build_model("smallcnn", 8, in_channels=1)
+    groups = build_optimizer(model, torch.nn.Identity(), config).param_groups
+    by_id = {id(p): (group["lr"], group["weight_decay"]) for group in groups for p in group["params"]}
+    assert len(by_id) == sum(1 for _ in model.parameters()), "every parameter is in exactly one group"
+    return {name: by_id[id(p)] for name, p in model.named_parameters()}
+
+
+def test_the_preset_takes_the_reference_rates_and_decay_for_every_parameter():
+    """train_confusion.prototxt: convolutions lr_mult 1 / 2 (weight / bias), fc_embedding 10 / 20, decay_mult 0
+    on every bias; solver.prototxt: base_lr 1e-5, weight_decay 2e-4."""
+    per_parameter = _settings_by_parameter(TrainConfig.from_dict(settings({}, {"preset": "paper-cub"})))
+    biases = [name for name in per_parameter if name.endswith("bias")]
+    assert any(name.startswith("backbone.") for name in biases)
+    for name, (lr, decay) in per_parameter.items():
+        layer_rate = 1e-4 if name.startswith("head.") else 1e-5
+        if name.endswith("bias"):
+            assert (lr, decay) == pytest.approx((2 * layer_rate, 0.0)), name
+        else:
+            assert (lr, decay) == pytest.approx((layer_rate, 2e-4)), name
+
+
+def test_default_groups_keep_decay_and_one_rate_on_biases():
+    """Without the preset (digits, glyphs, folders): every parameter at lr with weight decay, as the study ran."""
+    per_parameter = _settings_by_parameter(TrainConfig(lr=1e-3, weight_decay=2e-4))
+    assert set(per_parameter.values()) == {(1e-3, 2e-4)}
