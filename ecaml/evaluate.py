@@ -11,6 +11,7 @@ every ``seen_test`` part).
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -132,15 +133,30 @@ def embed_part(model, split: ClassSplit, part: str, config: TrainConfig, channel
 
 def score(embeddings: Embeddings, recall_ks, seed: int = 0) -> dict[str, float]:
     """Recall@K (K clipped to what the split allows), NMI, MAP@R and R-Precision of a set searched against itself."""
-    largest_k = len(embeddings.labels) - 1
-    ks = [k for k in recall_ks if k <= largest_k] or [1]
+    ks = usable_recall_ks(recall_ks, len(embeddings.labels), len(embeddings.labels) - 1)
     return retrieval_metrics(embeddings.vectors, embeddings.labels, recall_ks=tuple(ks), seed=seed)
 
 
 def score_against_gallery(queries: Embeddings, gallery: Embeddings, recall_ks) -> dict[str, float]:
     """Recall@K (K clipped to the gallery size), MAP@R and R-Precision of queries searched in a separate gallery."""
-    ks = [k for k in recall_ks if k <= len(gallery.labels)] or [1]
+    ks = usable_recall_ks(recall_ks, len(gallery.labels), len(gallery.labels))
     return query_gallery_metrics(queries.vectors, queries.labels, gallery.vectors, gallery.labels, recall_ks=tuple(ks))
+
+
+def usable_recall_ks(recall_ks, images: int, largest_k: int) -> list[int]:
+    """The Ks a search among ``images`` (at most ``largest_k`` neighbours) can measure; the rest dropped, with a warning."""
+    dropped = [k for k in recall_ks if k > largest_k]
+    if dropped:
+        warnings.warn(f"Recall@{', '.join(map(str, dropped))} dropped: a search among {images} images has "
+                      f"K <= {largest_k}", stacklevel=3)
+    return [k for k in recall_ks if k <= largest_k] or [1]
+
+
+def dropped_recall_ks(split: ClassSplit, part: str, recall_ks) -> list[int]:
+    """The Ks of ``recall_ks`` that ``score_part`` cannot measure on ``part`` (more than its neighbours)."""
+    queries, gallery = split.queries_and_gallery(part)
+    largest_k = len(queries) - 1 if gallery is None else len(gallery)
+    return [k for k in recall_ks if k > largest_k]
 
 
 def score_part(model, split: ClassSplit, part: str, config: TrainConfig, channels: int, device=None) -> dict[str, float]:

@@ -49,6 +49,8 @@ from ecaml.locks import is_locked, try_lock
 
 CONFIG_FILE, WEIGHTS_FILE, HISTORY_FILE = "config.json", "model.safetensors", "history.jsonl"
 METRICS_FILE, STATUS_FILE = "metrics.json", "status.json"
+# metrics.json's one key that is not a metric: the Recall@K that the unseen classes were too few to measure
+DROPPED_KS_KEY = "dropped_recall_ks"
 TRAINER_STATE_PATTERN = "trainer_state_{step:08d}.safetensors"
 MAX_JSON_BYTES = 16 * 1024 * 1024  # a config or metrics file this large is not ours
 MAX_HISTORY_BYTES = 512 * 1024 * 1024  # about two million steps; more is a hostile or runaway file
@@ -191,6 +193,11 @@ def read_metrics(run_dir: Path) -> dict[str, float] | None:
     if not path.exists():
         return None
     metrics = read_json_file(path, "metrics file")
+    if isinstance(metrics, dict) and DROPPED_KS_KEY in metrics:
+        metrics = dict(metrics)
+        dropped = metrics.pop(DROPPED_KS_KEY)
+        if not (isinstance(dropped, list) and all(type(k) is int and k > 0 for k in dropped)):
+            raise RunError(f"{Path(run_dir).name}: {METRICS_FILE} {DROPPED_KS_KEY} must list positive integers")
     if not isinstance(metrics, dict) or not all(
         isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in metrics.values()
     ):

@@ -39,11 +39,12 @@ from ecaml.data import ClassSplit, mirroring_allowed
 from ecaml.data.loading import RunBatchSampler, resolve_num_workers, training_loader
 from ecaml.data.sampling import ImageView
 from ecaml.data.transforms import build_transform
-from ecaml.evaluate import pick_device, score_part, split_for
+from ecaml.evaluate import dropped_recall_ks, pick_device, score_part, split_for
 from ecaml.film import FilmRecorder
 from ecaml.losses import build_loss
 from ecaml.models import BACKBONES, EmbeddingNet, build_model
 from ecaml.runs import (
+    DROPPED_KS_KEY,
     HISTORY_FILE,
     LOCK_FILE,
     METRICS_FILE,
@@ -434,7 +435,8 @@ class Trainer:
         """Final evaluation (seen_test or train, val, unseen) into the history; metrics.json = the unseen metrics."""
         epoch = max(0, (self.step - 1) // self.plan.steps_per_epoch)
         metrics = self.evaluate_into_history(epoch, self.final_parts())["unseen"]
-        atomic_write_json(self.run_dir / METRICS_FILE, metrics)
+        dropped = dropped_recall_ks(self.split, "unseen", self.config.recall_ks)
+        atomic_write_json(self.run_dir / METRICS_FILE, {**metrics, **({DROPPED_KS_KEY: dropped} if dropped else {})})
         write_status(self.run_dir, "completed", step=self.step, total_steps=self.plan.total_steps)
         return metrics
 
