@@ -20,8 +20,13 @@ What this module decides:
   global batch. The gathered features are *detached*, so under the reference
   routing EC's gradient still reaches only W and b; each process then computes
   the same EC term on the same pairs and DDP's averaging leaves its gradient
-  whole. ``ec_route="full"`` with ``ec_gather`` uses an autograd all-gather, whose
-  backward returns each process the gradient of its own features.
+  whole. ``ec_route="full"`` with ``ec_gather`` uses an autograd all-gather whose
+  backward sums, over the processes, the gradient each computed for this process's
+  features: every process computes the same EC term, so that is world_size times the
+  term's gradient, and DDP's averaging over world_size processes makes it the
+  gradient of one term again. Batches of different sizes are gathered whole.
+  tests/test_ddp_gradients.py checks, with two gloo processes, that every
+  parameter's gradient equals one process's on both batches, for each setting.
 - **Files.** Only rank 0 writes the run directory (config, history, checkpoints,
   status, metrics) and evaluates; every process checks the weights before a
   checkpoint and agrees on NaN losses and stop requests at log points, so all
@@ -31,7 +36,6 @@ What this module decides:
 from __future__ import annotations
 
 import os
-import warnings
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -115,24 +119,44 @@ def wrap(model: nn.Module, group: ProcessGroup) -> nn.Module:
 def gather_batch(features: torch.Tensor, labels: torch.Tensor, keep_gradient: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Every process's features and labels, concatenated in rank order (the same tensor in each process).
 
-    ``keep_gradient``: an autograd all-gather (backward sends each process its features' gradient);
+    ``keep_gradient``: an autograd all-gather (see the module's docstring for what its backward returns);
     otherwise the features are detached, so nothing gathered carries gradient to any backbone.
     """
-    world_size = dist.get_world_size()
-    if keep_gradient:
-        from torch.distributed.nn.functional import all_gather as autograd_all_gather
+    sizes = _batch_sizes(len(features), features.device)
+    gathered = _GatherRows.apply(features, sizes) if keep_gradient else _gather_rows(features.detach(), sizes)
+    return gathered, _gather_rows(labels, sizes)
 
-        with warnings.catch_warnings():
-            # Deprecated in favour of a private module (_functional_collectives); still the public autograd gather.
-            warnings.simplefilter("ignore", FutureWarning)
-            gathered = torch.cat(autograd_all_gather(features))
-    else:
-        parts = [torch.empty_like(features) for _ in range(world_size)]
-        dist.all_gather(parts, features.detach().contiguous())
-        gathered = torch.cat(parts)
-    label_parts = [torch.empty_like(labels) for _ in range(world_size)]
-    dist.all_gather(label_parts, labels.contiguous())
-    return gathered, torch.cat(label_parts)
+
+def _batch_sizes(size: int, device: torch.device) -> list[int]:
+    mine = torch.tensor([size], device=device)
+    sizes = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, mine)
+    return [int(s.item()) for s in sizes]
+
+
+def _gather_rows(tensor: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    """Every process's rows in rank order; all_gather moves equal shapes, so each batch is padded to the largest."""
+    padded = tensor.new_zeros((max(sizes), *tensor.shape[1:]))
+    padded[: len(tensor)] = tensor
+    parts = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(parts, padded)
+    return torch.cat([part[:size] for part, size in zip(parts, sizes)])
+
+
+class _GatherRows(torch.autograd.Function):
+    """All-gather whose backward gives each process its own rows of the gradient, summed over the processes."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+        ctx.sizes, ctx.rank = sizes, dist.get_rank()
+        return _gather_rows(tensor, sizes)
+
+    @staticmethod
+    def backward(ctx, gradient: torch.Tensor):
+        total = gradient.contiguous().clone()
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        start = sum(ctx.sizes[: ctx.rank])
+        return total[start : start + ctx.sizes[ctx.rank]], None
 
 
 def average_gradients(parameters) -> None:
