@@ -1,8 +1,8 @@
 """The guided path on the first screen: what Energy Confusion does, what to look at on each page, and the
 featured pair's multi-seed effect next to the one seed the table shows.
 
-The numbers come from ``checkpoints/featured.json`` (which pair), the pair's own ``metrics.json`` (the seed shown)
-and ``results/study.json`` (the same setting over several seeds, with its 95% interval); nothing is hard-coded, and
+The numbers come from ``checkpoints/featured.json`` (which pair, and its "why": how it was chosen), the pair's
+own ``metrics.json`` (the seed shown) and ``results/study.json`` (the same setting over several seeds, with its 95% interval); nothing is hard-coded, and
 a missing or foreign file only leaves the numbers out. The guide can be hidden, for the rest of the session.
 """
 
@@ -141,6 +141,9 @@ def show_guided_path() -> None:
         pair = featured_pair()
         if pair is not None:
             st.markdown(effect_sentence(pair))
+            why = run_catalog.featured_why()
+            if why:
+                st.caption(f"How this pair was chosen: {why}")
         for number, (where, look_for, page) in enumerate(STEPS, start=1):
             text, link = st.columns([5, 1], vertical_alignment="center")
             text.markdown(f"{number}. **{where}** — look for: {look_for}")

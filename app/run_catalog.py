@@ -146,13 +146,24 @@ def usable(entries: list[RunEntry]) -> list[RunEntry]:
     return [entry for entry in entries if entry.run is not None]
 
 
+def _featured() -> dict:
+    try:
+        featured = json.loads((checkpoints_dir() / FEATURED_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return featured if isinstance(featured, dict) else {}
+
+
 def featured_run_names() -> list[str]:
     """Run names listed in ``checkpoints/featured.json`` (the pair the app opens on); [] when absent or unreadable."""
-    try:
-        names = json.loads((checkpoints_dir() / FEATURED_FILE).read_text(encoding="utf-8")).get("runs", [])
-    except (OSError, ValueError, AttributeError):
-        return []
+    names = _featured().get("runs", [])
     return [name for name in names if isinstance(name, str)] if isinstance(names, list) else []
+
+
+def featured_why() -> str | None:
+    """How the featured pair was chosen, in the study's words (featured.json's "why"); None when absent."""
+    why = _featured().get("why")
+    return why if isinstance(why, str) and why.strip() else None
 
 
 def featured_setting() -> TrainConfig | None:

@@ -24,7 +24,8 @@ def featured(checkpoints_copy) -> Path:
         config = json.loads(path.read_text())
         assert config["dataset"] == "digits" and config["loss"] == "binomial"
         path.write_text(json.dumps({**config, "ec_weight": weight, "epochs": measured["epochs"]}))
-    (checkpoints_copy / "featured.json").write_text(json.dumps({"runs": ["digits-ec-off", "digits-ec-on"]}))
+    (checkpoints_copy / "featured.json").write_text(json.dumps({"runs": ["digits-ec-off", "digits-ec-on"],
+                                                                "why": "Chosen on validation classes (fixture)."}))
     return checkpoints_copy
 
 
@@ -77,6 +78,8 @@ def test_the_guided_path_teaches_with_the_study_effect_and_hides_for_the_session
     assert f"Recall@1 **{100 * diff['mean']:+.1f}** points (95% interval {100 * diff['ci95'][0]:+.1f} to " \
            f"{100 * diff['ci95'][1]:+.1f})" in effect
     assert f"**one seed** (seed 0): Recall@1 {100 * seed0:+.1f}" in effect
+    assert [c.value for c in app.caption if c.value.startswith("How this pair was chosen")] == [
+        "How this pair was chosen: Chosen on validation classes (fixture)."], "featured.json's why is on the screen"
     assert app.selectbox(key="curve_quantity").value == "log_energy"  # the curves open on the energy
 
     app.button(key="guide_hide").click().run()
