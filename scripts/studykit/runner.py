@@ -158,30 +158,29 @@ class Study:
     def tasks(self) -> tuple[list[tuple], bool]:
         """(runs that can be trained now, whether any run is still blocked on a selection)."""
         ready, blocked = [], False
-        for dataset in self.plan.datasets:
-            for loss in self.plan.losses:
-                top = max(self.plan.epoch_grid[dataset])
+        for dataset, loss in self.plan.rows():
+            top = max(self.plan.epoch_grid[dataset])
+            for s in self.plan.tune_seeds:
+                ready.append((0, dataset, loss, self.tune_dir(dataset, loss, 0.0, s),
+                              tune_config(self.plan, dataset, loss, 0.0, s, top)))
+            epochs = self.chosen_epochs(dataset, loss)
+            if epochs is None:
+                blocked = True
+                continue
+            for w in self.plan.ec_grid[dataset]:
                 for s in self.plan.tune_seeds:
-                    ready.append((0, dataset, loss, self.tune_dir(dataset, loss, 0.0, s),
-                                  tune_config(self.plan, dataset, loss, 0.0, s, top)))
-                epochs = self.chosen_epochs(dataset, loss)
-                if epochs is None:
-                    blocked = True
-                    continue
-                for w in self.plan.ec_grid[dataset]:
-                    for s in self.plan.tune_seeds:
-                        ready.append((1, dataset, loss, self.tune_dir(dataset, loss, w, s),
-                                      tune_config(self.plan, dataset, loss, w, s, epochs)))
-                for s in self.plan.final_seeds:
-                    ready.append((2, dataset, loss, self.final_dir(dataset, loss, 0.0, s),
-                                  final_config(self.plan, dataset, loss, 0.0, s, epochs)))
-                weight = self.chosen_weight(dataset, loss)
-                if weight is None:
-                    blocked = True
-                    continue
-                for s in self.plan.final_seeds:
-                    ready.append((2, dataset, loss, self.final_dir(dataset, loss, weight, s),
-                                  final_config(self.plan, dataset, loss, weight, s, epochs)))
+                    ready.append((1, dataset, loss, self.tune_dir(dataset, loss, w, s),
+                                  tune_config(self.plan, dataset, loss, w, s, epochs)))
+            for s in self.plan.final_seeds:
+                ready.append((2, dataset, loss, self.final_dir(dataset, loss, 0.0, s),
+                              final_config(self.plan, dataset, loss, 0.0, s, epochs)))
+            weight = self.chosen_weight(dataset, loss)
+            if weight is None:
+                blocked = True
+                continue
+            for s in self.plan.final_seeds:
+                ready.append((2, dataset, loss, self.final_dir(dataset, loss, weight, s),
+                              final_config(self.plan, dataset, loss, weight, s, epochs)))
         return [t for t in ready if not is_done(t[3])], blocked
 
 

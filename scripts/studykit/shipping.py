@@ -155,15 +155,13 @@ def choose_featured(results: dict[str, Any], dataset: str = FEATURED_DATASET) ->
     return max(gains, key=lambda key: (gains[key], -list(gains).index(key)))
 
 
-def write_featured(results: dict[str, Any], path: Path, log) -> None:
-    """featured.json: the pair chosen on validation classes (choose_featured), and why, in words."""
-    from ecaml.runs import atomic_write_bytes
-
-    key = choose_featured(results)
-    gains = validation_gains(results, key.split("/")[0])
+def featured_entry(results: dict[str, Any], dataset: str) -> dict[str, Any]:
+    """The pair of ``dataset`` chosen on validation classes (choose_featured), and why, in words."""
+    key = choose_featured(results, dataset)
+    gains = validation_gains(results, dataset)
     seed = results["settings"]["final_seeds"][0]
     entry = results["summary"][key]
-    dataset, loss = key.split("/")
+    loss = key.split("/")[1]
     diff = entry["diff"]
 
     def points(metric: str) -> str:
@@ -174,14 +172,25 @@ def write_featured(results: dict[str, Any], path: Path, log) -> None:
     holm = diff[SELECTION_METRIC].get("p_holm")
     why = (f"The pair the app opens on, chosen on validation classes before any unseen class was looked at: of the "
            f"{dataset} pairs (the ones with a training film), the {loss} loss gained most from Energy Confusion in "
-           f"validation MAP@R at its chosen λ ({gains[key] * 100:+.1f} points over EC off, mean of the tuning seeds; "
-           f"{others}). On the unseen classes (EC λ = {entry['ec_weight']:g} against off, paired over "
-           f"{diff[SELECTION_METRIC]['n']} seeds, 95% interval): Recall@1 {points('recall@1')}, NMI {points('nmi')}, "
-           f"MAP@R {points('map@r')} points"
+           f"validation MAP@R at its chosen λ ({gains[key] * 100:+.1f} points over EC off, mean of the tuning seeds"
+           + (f"; {others}" if others else "") + f"). On the unseen classes (EC λ = {entry['ec_weight']:g} against "
+           f"off, paired over {diff[SELECTION_METRIC]['n']} seeds, 95% interval): Recall@1 {points('recall@1')}, "
+           f"NMI {points('nmi')}, MAP@R {points('map@r')} points"
            + (f" (Holm-adjusted p {holm:.3f} over the study's {results['comparisons']['comparisons']} comparisons)"
               if holm is not None else "") + "; see results/study.md.")
-    runs = [final_name(dataset, loss, weight, seed) for weight in (0.0, entry["ec_weight"])]
-    featured = {"runs": runs, "why": why, "chosen_on": "validation classes",
-                f"validation_{SELECTION_METRIC}_gain": gains}
+    return {"runs": [final_name(dataset, loss, weight, seed) for weight in (0.0, entry["ec_weight"])], "why": why,
+            "chosen_on": "validation classes", f"validation_{SELECTION_METRIC}_gain": gains}
+
+
+def write_featured(results: dict[str, Any], path: Path, log) -> None:
+    """featured.json: the digits pair chosen on validation classes; the other filmed datasets' under by_dataset."""
+    from ecaml.runs import atomic_write_bytes
+
+    featured = featured_entry(results, FEATURED_DATASET)
+    filmed = results["settings"].get("film_frames_for_seed0_finals", {})
+    others = {d: featured_entry(results, d) for d in filmed
+              if d != FEATURED_DATASET and any(k.split("/")[0] == d for k in results["summary"])}
+    if others:
+        featured["by_dataset"] = others
     atomic_write_bytes(path, (json.dumps(featured, indent=2, ensure_ascii=False) + "\n").encode())
-    log(f"featured pair: {', '.join(runs)}")
+    log(f"featured pair: {', '.join(featured['runs'])}")

@@ -91,25 +91,25 @@ def summarise(off: list[dict[str, Any]], on: list[dict[str, Any]], epochs: int, 
 def build_results(study: Study, command: str, timing: dict[str, Any]) -> dict[str, Any]:
     """study.json for the plan's rows, from the run directories."""
     from ecaml.config import TrainConfig
-    from ecaml.data import load_split
+    from ecaml.evaluate import split_for
 
     plan = study.plan
     search, runs, summary = {}, [], {}
-    for dataset in plan.datasets:
-        for loss in plan.losses:
-            key = f"{dataset}/{loss}"
-            epoch_search, weight_search = study.epoch_search(dataset, loss), study.weight_search(dataset, loss)
-            val_classes = {}
-            for s in plan.tune_seeds:
-                split = load_split(dataset, None, plan.val_classes[dataset], s)
-                val_classes[str(s)] = [split.dataset.class_names[c] for c in split.val_classes]
-            search[key] = {"val_classes_by_tune_seed": val_classes, "epochs": epoch_search, "ec_weight": weight_search}
-            epochs, weight = epoch_search["chosen"], weight_search["chosen"]
-            off = [run_record(study, dataset, loss, 0.0, s, epochs) for s in plan.final_seeds]
-            on = [run_record(study, dataset, loss, weight, s, epochs) for s in plan.final_seeds]
-            runs += off + on
-            summary[key] = summarise(off, on, epochs, weight)
-    held_out = {d: TrainConfig(dataset=d).resolved().seen_test_per_class for d in plan.datasets}
+    for dataset, loss in plan.rows():
+        key = f"{dataset}/{loss}"
+        epoch_search, weight_search = study.epoch_search(dataset, loss), study.weight_search(dataset, loss)
+        val_classes = {}
+        for s in plan.tune_seeds:
+            split = split_for(TrainConfig(**plan.data_config(dataset), val_classes=plan.val_classes[dataset],
+                                          val_seed=s).resolved())
+            val_classes[str(s)] = [split.dataset.class_names[c] for c in split.val_classes]
+        search[key] = {"val_classes_by_tune_seed": val_classes, "epochs": epoch_search, "ec_weight": weight_search}
+        epochs, weight = epoch_search["chosen"], weight_search["chosen"]
+        off = [run_record(study, dataset, loss, 0.0, s, epochs) for s in plan.final_seeds]
+        on = [run_record(study, dataset, loss, weight, s, epochs) for s in plan.final_seeds]
+        runs += off + on
+        summary[key] = summarise(off, on, epochs, weight)
+    held_out = {d: TrainConfig(**plan.data_config(d)).resolved().seen_test_per_class for d in plan.datasets}
     results = {"command": command, "settings": plan.to_dict(), "seen_test_per_class": held_out, "search": search,
                "runs": runs, "summary": summary, "timing": timing, "environment": environment()}
     results["comparisons"] = adjust_for_comparisons(results["summary"])
