@@ -159,28 +159,24 @@ class Study:
         """(runs that can be trained now, whether any run is still blocked on a selection)."""
         ready, blocked = [], False
         for dataset, loss in self.plan.rows():
-            top = max(self.plan.epoch_grid[dataset])
-            for s in self.plan.tune_seeds:
-                ready.append((0, dataset, loss, self.tune_dir(dataset, loss, 0.0, s),
-                              tune_config(self.plan, dataset, loss, 0.0, s, top)))
+            def add(stage: int, weight: float, seeds, epochs: int) -> None:
+                make_dir, make_config = (self.tune_dir, tune_config) if stage < 2 else (self.final_dir, final_config)
+                ready.extend((stage, dataset, loss, make_dir(dataset, loss, weight, s),
+                              make_config(self.plan, dataset, loss, weight, s, epochs)) for s in seeds)
+
+            add(0, 0.0, self.plan.tune_seeds, max(self.plan.epoch_grid[dataset]))
             epochs = self.chosen_epochs(dataset, loss)
             if epochs is None:
                 blocked = True
                 continue
             for w in self.plan.ec_grid[dataset]:
-                for s in self.plan.tune_seeds:
-                    ready.append((1, dataset, loss, self.tune_dir(dataset, loss, w, s),
-                                  tune_config(self.plan, dataset, loss, w, s, epochs)))
-            for s in self.plan.final_seeds:
-                ready.append((2, dataset, loss, self.final_dir(dataset, loss, 0.0, s),
-                              final_config(self.plan, dataset, loss, 0.0, s, epochs)))
+                add(1, w, self.plan.tune_seeds, epochs)
+            add(2, 0.0, self.plan.final_seeds, epochs)
             weight = self.chosen_weight(dataset, loss)
             if weight is None:
                 blocked = True
                 continue
-            for s in self.plan.final_seeds:
-                ready.append((2, dataset, loss, self.final_dir(dataset, loss, weight, s),
-                              final_config(self.plan, dataset, loss, weight, s, epochs)))
+            add(2, weight, self.plan.final_seeds, epochs)
         return [t for t in ready if not is_done(t[3])], blocked
 
 
