@@ -70,6 +70,8 @@ def ship_checkpoints(results: dict[str, Any], study: Study, target: Path, log) -
     shipped, rows = [], []
     for key, entry in results["summary"].items():
         dataset, loss = key.split("/")
+        if study.plan.data_config(dataset)["dataset"] != dataset:
+            continue  # a further split of a data set (fashion-mnist-even): in the study, not shipped
         for weight in (0.0, entry["ec_weight"]):
             name = final_name(dataset, loss, weight, seed)
             record = next(r for r in results["runs"] if r["name"] == name)
