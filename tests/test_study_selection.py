@@ -120,17 +120,16 @@ def test_a_shipped_run_folder_is_swapped_in_whole(tmp_path):
 
 
 def test_the_study_plans_fashion_mnist_on_two_splits_with_triplet_and_a_subset_keeps_its_rows():
-    from ecaml.config import TrainConfig
     from studykit.plan import FULL, final_config, tune_config
 
     fashion = [(d, loss) for d, loss in FULL.rows() if d.startswith("fashion-mnist")]
     assert fashion == [("fashion-mnist", "triplet"), ("fashion-mnist-even", "triplet")]
-    default, even = (TrainConfig.from_dict(final_config(FULL, d, "triplet", 0.3, 0, 2)) for d, _ in fashion)
-    assert (default.dataset, default.unseen_classes, even.dataset, even.unseen_classes) == \
-        ("fashion-mnist", None, "fashion-mnist", [0, 2, 4, 6, 8])
-    tuning = TrainConfig.from_dict(tune_config(FULL, "fashion-mnist-even", "triplet", 0.0, 100, 4))
-    assert (tuning.val_classes, tuning.split_seed, tuning.unseen_classes) == (2, 100, [0, 2, 4, 6, 8])
-    assert final_config(FULL, "fashion-mnist", "triplet", 0.3, 0, 2)["film_every"] >= 1  # its seed-0 pair is filmed
+    default, even = (final_config(FULL, d, "triplet", 0.3, 1, 2) for d, _ in fashion)
+    assert (default["dataset"], "unseen_classes" in default) == ("fashion-mnist", False)
+    assert (even["dataset"], even["unseen_classes"]) == ("fashion-mnist", [0, 2, 4, 6, 8])
+    tuning = tune_config(FULL, "fashion-mnist-even", "triplet", 0.0, 100, 4)
+    assert (tuning["val_classes"], tuning["split_seed"], tuning["unseen_classes"]) == (2, 100, [0, 2, 4, 6, 8])
+    assert FULL.film_frames["fashion-mnist"] > 0 and "fashion-mnist-even" not in FULL.film_frames
     subset = FULL.subset(["digits"], ["npair"])
     assert subset.keys() == ["digits/npair"]
     with pytest.raises(ValueError, match="unknown dataset"):

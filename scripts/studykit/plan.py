@@ -65,9 +65,9 @@ class Plan:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "ec_grid": {k: list(v) for k, v in self.ec_grid.items()},
-            "epoch_grid": {k: list(v) for k, v in self.epoch_grid.items()},
-            "val_classes": dict(self.val_classes),
+            "ec_grid": {k: list(v) for k, v in self.ec_grid.items() if k in self.datasets},
+            "epoch_grid": {k: list(v) for k, v in self.epoch_grid.items() if k in self.datasets},
+            "val_classes": {k: v for k, v in self.val_classes.items() if k in self.datasets},
             "tune_seeds": list(self.tune_seeds),
             "tune_split_seeds": "equal to the tuning seed (each tuning seed holds out its own validation classes)",
             "final_seeds": list(self.final_seeds),
@@ -75,7 +75,7 @@ class Plan:
             "losses": list(self.losses),
             "eval_every_while_tuning": {d: self.eval_every(d) for d in self.datasets},
             "extra_config": dict(self.extra),
-            "film_frames_for_seed0_finals": dict(self.film_frames),
+            "film_frames_for_seed0_finals": {k: v for k, v in self.film_frames.items() if k in self.datasets},
             "data": {d: self.data_config(d) for d in self.datasets},
             "rows": self.keys(),
             "selection": (
