@@ -122,7 +122,7 @@ def _timings_since(work: Path, started: float) -> int:
 
 
 def _write_text(path: Path, text: str) -> None:
-    from ecaml.runs import atomic_write_bytes
+    from ecaml.atomic import atomic_write_bytes
 
     atomic_write_bytes(path, text.encode())
 
