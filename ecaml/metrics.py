@@ -23,10 +23,11 @@ loading. The protocol follows the paper's evaluation scripts and Musgrave et al.
   a class absent from the gallery) are left out of Recall@K, MAP@R and
   R-Precision alike, as pytorch-metric-learning does; they still sit in the
   gallery as distractors for everyone else. NMI clusters every sample.
-* NMI: seeded faiss k-means with k = number of classes, scored against the labels
-  with scikit-learn's ``normalized_mutual_info_score``. ``kmeans_settings`` says
-  which settings (5 restarts x 20 iterations within a compute budget, or
-  pytorch-metric-learning's own with ``nmi_kmeans="pml"``).
+* NMI: seeded Lloyd k-means (``ecaml.kmeans``) with k = number of classes, scored
+  against the labels with scikit-learn's ``normalized_mutual_info_score``: the same
+  implementation and settings (one run of at most 20 iterations) for every size of set,
+  so NMIs of different splits are comparable; ``nmi_kmeans="pml"`` runs
+  pytorch-metric-learning's own faiss settings instead.
 """
 
 from __future__ import annotations
@@ -36,11 +37,10 @@ from collections.abc import Sequence
 
 import logging
 
-import faiss
 import numpy as np
 import torch
-from sklearn.metrics import normalized_mutual_info_score
 
+from ecaml.kmeans import NMI_KMEANS, clustering_nmi, kmeans_settings, lloyd_kmeans  # noqa: F401 (re-exported)
 from ecaml.search import (
     BLOCK_ENTRIES,
     DEFAULT_APPROXIMATE_ABOVE,
@@ -59,14 +59,6 @@ DEFAULT_RECALL_KS = (1, 2, 4, 8)
 # costs more searches rather than gigabytes of memory.
 _MAX_TABLE_ENTRIES = 1 << 22
 
-NMI_KMEANS = ("ecaml", "pml")
-_KMEANS_ITERATIONS = 20
-_KMEANS_RESTARTS = 5
-_KMEANS_MIN_ITERATIONS = 10
-# The k-means budget in multiply-adds (one iteration costs points x clusters x dim):
-# at least this much, or this multiple of the exact search's N^2 d (kmeans_settings).
-_KMEANS_BUDGET_FLOOR = 1e11
-_KMEANS_BUDGET_SEARCH_MULTIPLE = 2
 
 
 def l2_normalise(embeddings: np.ndarray) -> np.ndarray:
@@ -141,7 +133,7 @@ def retrieval_metrics(
         device=device,
     )
     if nmi:
-        scores["nmi"] = _clustering_nmi(vectors, class_codes, len(class_sizes), seed, nmi_kmeans, device)
+        scores["nmi"] = clustering_nmi(vectors, class_codes, len(class_sizes), seed, nmi_kmeans, device)
     return _in_report_order(scores, ks)
 
 
@@ -442,113 +434,6 @@ def _precision_at_r(is_relevant: torch.Tensor, relevant_counts: torch.Tensor) ->
     average_precision = precision_at_hits.sum(dim=1) / relevant_counts
     r_precision = hits_so_far[:, -1].double() / relevant_counts
     return average_precision, r_precision
-
-
-# --- NMI ------------------------------------------------------------------------
-
-
-def kmeans_settings(count: int, clusters: int, dim: int, mode: str = "ecaml") -> dict:
-    """The k-means NMI runs for ``count`` points of ``dim`` dimensions in ``clusters`` clusters.
-
-    ``"ecaml"`` (default): faiss k-means, 5 restarts x 20 iterations on every point, as
-    long as that costs at most the budget: the larger of 10^11 multiply-adds (about a
-    second) and 2 N^2 d (twice the exact neighbour search), so clustering never
-    dominates the evaluation. Above it, the same Lloyd iterations run in torch (blocked
-    matrix products, on the GPU when there is one), with restarts cut first (down to 1),
-    then iterations (down to 10); a run stops early once no point changes cluster (a
-    fixed point: further iterations would change nothing). SOP's test shape (60,502 x
-    512, 11,316 classes) gets one run of at most 10 iterations.
-    ``"pml"``: pytorch-metric-learning's ``AccuracyCalculator`` default, to compare
-    NMIs like for like: one faiss run of 20 iterations with faiss's defaults (seed 1234,
-    at most 256 points per centroid sampled), whatever ``seed`` says.
-
-    Returns the settings as a dict: ``implementation`` ("faiss" or "torch"), ``niter``,
-    ``nredo`` and, for faiss, its per-centroid sampling bounds.
-    """
-    if mode == "pml":
-        return {"implementation": "faiss", "niter": 20, "nredo": 1}
-    if mode != "ecaml":
-        raise ValueError(f"unknown nmi_kmeans {mode!r}; choose one of {', '.join(NMI_KMEANS)}")
-    budget = max(_KMEANS_BUDGET_FLOOR, _KMEANS_BUDGET_SEARCH_MULTIPLE * float(count) * count * dim)
-    one_iteration = float(count) * clusters * dim
-    if one_iteration * _KMEANS_ITERATIONS * _KMEANS_RESTARTS <= budget:
-        return {
-            "implementation": "faiss",
-            "niter": _KMEANS_ITERATIONS,
-            "nredo": _KMEANS_RESTARTS,
-            # Cluster every point (no subsampling) and accept few points per centroid:
-            # test splits often have only tens of images per class.
-            "min_points_per_centroid": 1,
-            "max_points_per_centroid": count,
-        }
-    restarts = int(max(1, budget // (one_iteration * _KMEANS_ITERATIONS)))
-    iterations = _KMEANS_ITERATIONS
-    if restarts == 1:
-        iterations = int(min(_KMEANS_ITERATIONS, max(_KMEANS_MIN_ITERATIONS, budget // one_iteration)))
-    return {"implementation": "torch", "niter": iterations, "nredo": restarts}
-
-
-def _clustering_nmi(vectors: np.ndarray, class_codes: np.ndarray, class_count: int, seed: int, mode: str,
-                    device: torch.device | None = None) -> float:
-    settings = kmeans_settings(len(vectors), class_count, vectors.shape[1], mode)
-    implementation = settings.pop("implementation")
-    if implementation == "torch":
-        cluster_ids = lloyd_kmeans(vectors, class_count, seed=seed, device=device, **settings)
-    else:
-        if mode == "ecaml":
-            settings["seed"] = int(seed)
-        kmeans = faiss.Kmeans(vectors.shape[1], class_count, verbose=False, **settings)
-        kmeans.train(vectors)
-        cluster_ids = kmeans.index.search(vectors, 1)[1][:, 0]
-    return float(normalized_mutual_info_score(class_codes, cluster_ids))
-
-
-def lloyd_kmeans(vectors: np.ndarray, clusters: int, niter: int = 20, nredo: int = 1, seed: int = 0,
-                 device: torch.device | None = None) -> np.ndarray:
-    """Cluster ids [N] of seeded Lloyd k-means (``nredo`` restarts of ``niter`` iterations, the best
-    squared-error kept), computed with blocked matrix products.
-
-    Each restart starts from ``clusters`` distinct points drawn by a generator seeded with
-    ``seed`` + restart; a cluster left empty keeps its previous centroid. A restart stops
-    as soon as an iteration leaves every assignment as it was (nothing would change after).
-    """
-    device = device or default_device()
-    points = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32)).to(device)
-    best_error, best_ids = np.inf, None
-    for restart in range(nredo):
-        generator = torch.Generator().manual_seed(int(seed) + restart)
-        centroids = points[torch.randperm(len(points), generator=generator)[:clusters].to(device)].clone()
-        previous = None
-        for _ in range(niter):
-            ids, _ = _nearest_centroids(points, centroids)
-            if previous is not None and torch.equal(ids, previous):
-                break
-            previous = ids
-            sums = torch.zeros_like(centroids).index_add_(0, ids, points)
-            counts = torch.bincount(ids, minlength=clusters)
-            filled = counts > 0
-            centroids[filled] = sums[filled] / counts[filled, None]
-        ids, squared_errors = _nearest_centroids(points, centroids)
-        error = float(squared_errors.sum())
-        if error < best_error:
-            best_error, best_ids = error, ids
-    return best_ids.cpu().numpy()
-
-
-def _nearest_centroids(points: torch.Tensor, centroids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each point's nearest centroid (L2) and its squared distance, block by block of points."""
-    centroid_norms = (centroids * centroids).sum(dim=1)
-    point_norms = (points * points).sum(dim=1)
-    ids = torch.empty(len(points), dtype=torch.int64, device=points.device)
-    squared = torch.empty(len(points), dtype=points.dtype, device=points.device)
-    rows = max(1, BLOCK_ENTRIES // len(centroids))
-    for start in range(0, len(points), rows):
-        block = slice(start, start + rows)
-        # |x - c|^2 = |x|^2 - 2 x.c + |c|^2; |x|^2 does not change which centroid wins.
-        scores = torch.addmm(centroid_norms[None, :], points[block], centroids.T, alpha=-2.0)
-        best, ids[block] = scores.min(dim=1)
-        squared[block] = (best + point_norms[block]).clamp_(min=0.0)
-    return ids, squared
 
 
 # --- helpers -----------------------------------------------------------------

@@ -231,9 +231,6 @@ def test_agrees_with_pytorch_metric_learning():
         include=("precision_at_1", "mean_average_precision_at_r", "r_precision", "NMI"),
         k="max_bin_count",
         device=torch.device("cpu"),
-        # pml's default k-means runs once; with restarts, as ours has, the two NMIs
-        # differ only by k-means noise instead of by pml's occasional bad local minimum.
-        kmeans_func=FaissKMeans(niter=20, nredo=5, min_points_per_centroid=1),
     )
     # reference=None makes pml search the query set against itself with
     # ref_includes_query=True, dropping each query's own index.
@@ -244,9 +241,16 @@ def test_agrees_with_pytorch_metric_learning():
     assert ours["recall@1"] == pytest.approx(reference["precision_at_1"], abs=1e-6)
     assert ours["map@r"] == pytest.approx(reference["mean_average_precision_at_r"], abs=1e-6)
     assert ours["r_precision"] == pytest.approx(reference["r_precision"], abs=1e-6)
-    assert ours["nmi"] == pytest.approx(reference["NMI"], abs=0.05)
     assert 0.3 < ours["map@r"] < 0.95, "data should be clustered but not trivially"
-    assert ours["nmi"] > 0.6
+    # NMI: one k-means run, as pml's default; a run's local minimum depends on its seed, so
+    # the two are compared over eight seeds each.
+    ours_nmi = [retrieval_metrics(embeddings, labels, recall_ks=(1,), seed=seed)["nmi"] for seed in range(8)]
+    pml_nmi = [AccuracyCalculator(include=("NMI",), k="max_bin_count", device=torch.device("cpu"),
+                                  kmeans_func=FaissKMeans(niter=20, nredo=1, seed=seed),
+                                  ).get_accuracy(torch.from_numpy(unit), torch.from_numpy(labels))["NMI"]
+               for seed in range(8)]
+    assert np.mean(ours_nmi) == pytest.approx(np.mean(pml_nmi), abs=0.02)
+    assert min(ours_nmi) > 0.6
 
 
 def test_singleton_handling_agrees_with_pytorch_metric_learning():
@@ -391,7 +395,9 @@ def test_nmi_is_deterministic_for_a_seed_and_high_on_separated_classes():
     first = retrieval_metrics(embeddings, labels, seed=4)["nmi"]
     again = retrieval_metrics(embeddings, labels, seed=4)["nmi"]
     assert first == again
-    assert first > 0.95
+    # One k-means run can merge two classes (a local minimum); over seeds it finds them.
+    assert max(retrieval_metrics(embeddings, labels, seed=seed)["nmi"] for seed in range(8)) > 0.99
+    assert np.mean([retrieval_metrics(embeddings, labels, seed=seed)["nmi"] for seed in range(8)]) > 0.85
 
 
 def test_nmi_is_low_when_labels_ignore_the_geometry():
@@ -411,24 +417,31 @@ def test_nmi_with_pml_settings_is_pytorch_metric_learnings_own():
         assert ours != retrieval_metrics(embeddings, labels)["nmi"], "the two settings should differ somewhere"
 
 
-def test_kmeans_settings_keep_restarts_while_cheap_and_follow_the_budget_above():
-    full = {"implementation": "faiss", "niter": 20, "nredo": 5, "min_points_per_centroid": 1}
-    # Small sets (every shipped checkpoint's unseen split): today's faiss settings exactly.
-    for count, clusters, dim in ((900, 5, 64), (5000, 100, 128), (35_000, 10, 128)):
-        settings = kmeans_settings(count, clusters, dim)
-        assert {key: settings[key] for key in full} == full
-        assert settings["max_points_per_centroid"] == count
-    # SOP's test shape: one torch run of 10 iterations, within 2 N^2 d.
-    assert kmeans_settings(60_502, 11_316, 512) == {"implementation": "torch", "niter": 10, "nredo": 1}
-    # Restarts go before iterations do; iterations stop at 10.
-    assert kmeans_settings(30_000, 1_000, 512) == {"implementation": "torch", "niter": 20, "nredo": 3}
-    assert kmeans_settings(30_000, 4_000, 512) == {"implementation": "torch", "niter": 15, "nredo": 1}
-    assert kmeans_settings(30_000, 29_000, 512) == {"implementation": "torch", "niter": 10, "nredo": 1}
+def test_kmeans_settings_are_the_same_for_every_size_of_set():
+    # Issue 17 item 5: a compute budget used to switch implementation and settings with the
+    # set's size, so NMIs of a small split and of SOP's test set came from different k-means.
+    shapes = ((900, 5, 64), (5000, 100, 128), (35_000, 10, 128), (30_000, 5_600, 512), (60_502, 11_316, 512))
+    settings = [kmeans_settings(count, clusters, dim) for count, clusters, dim in shapes]
+    assert all(each == settings[0] for each in settings)
+    assert settings[0]["implementation"] == "torch"
     assert kmeans_settings(60_502, 11_316, 512, "pml") == {"implementation": "faiss", "niter": 20, "nredo": 1}
     with pytest.raises(ValueError, match="unknown nmi_kmeans 'sklearn'"):
         kmeans_settings(10, 2, 2, "sklearn")
     with pytest.raises(ValueError, match="unknown nmi_kmeans"):
         retrieval_metrics(np.ones((4, 2)), np.array([0, 0, 1, 1]), nmi_kmeans="fast")
+
+
+@pytest.mark.parametrize("count, classes", [(300, 6), (3000, 1000)])
+def test_nmi_of_small_and_large_sets_comes_from_the_same_lloyd_kmeans(count, classes):
+    # Whatever the size, the reported NMI is the NMI of lloyd_kmeans with the one setting.
+    from sklearn.metrics import normalized_mutual_info_score
+
+    embeddings, labels = _clustered_data(count, 32, classes, seed=2, spread=0.3)
+    settings = kmeans_settings(count, classes, 32)
+    ids = lloyd_kmeans(l2_normalise(embeddings), len(np.unique(labels)), niter=settings["niter"],
+                       nredo=settings["nredo"], seed=5)
+    expected = normalized_mutual_info_score(np.unique(labels, return_inverse=True)[1], ids)
+    assert retrieval_metrics(embeddings, labels, recall_ks=(1,), seed=5)["nmi"] == pytest.approx(expected, abs=1e-12)
 
 
 def _lloyd_reference(points, initial, iterations):
@@ -457,17 +470,6 @@ def test_lloyd_kmeans_follows_lloyds_iterations_and_is_seeded(seed):
         return sum(((unit[ids == c] - unit[ids == c].mean(0)) ** 2).sum() for c in np.unique(ids))
     single = error(lloyd_kmeans(unit, 8, niter=5, seed=seed))
     assert error(lloyd_kmeans(unit, 8, niter=5, nredo=4, seed=seed)) <= single + 1e-9
-
-
-def test_nmi_of_a_set_over_budget_uses_the_torch_kmeans(monkeypatch):
-    # 3,000 points in ~1,000 classes of 3: 5 x 20 faiss iterations cost 9.6e9 multiply-adds, over
-    # 2 N^2 d = 5.8e8; with the 1e11 floor lowered (to keep the test small), the torch k-means runs.
-    monkeypatch.setattr("ecaml.metrics._KMEANS_BUDGET_FLOOR", 0)
-    embeddings, labels = _clustered_data(3000, 32, 1000, seed=0, spread=0.05)
-    assert kmeans_settings(3000, len(np.unique(labels)), 32)["implementation"] == "torch"
-    nmi = retrieval_metrics(embeddings, labels, recall_ks=(1,), seed=3)["nmi"]
-    assert nmi == retrieval_metrics(embeddings, labels, recall_ks=(1,), seed=3)["nmi"]
-    assert nmi > 0.9
 
 
 # --- errors ---------------------------------------------------------------------------
@@ -599,3 +601,31 @@ def test_pair_distance_sampling_is_uniform_over_pairs_not_classes():
     positives, _ = pair_distance_samples(embeddings, labels, max_pairs=500, seed=0)
 
     assert 2 <= np.count_nonzero(positives > 1.0) <= 20
+
+
+def test_pruned_lloyd_kmeans_gives_plain_lloyds_clusters_while_skipping_settled_points(monkeypatch):
+    # Hamerly's bounds skip the distances of points that cannot change cluster; the result
+    # must stay plain Lloyd's (float64 numpy reference), and the skipping must really happen.
+    import ecaml.kmeans
+
+    rows_searched = []
+    two_nearest = ecaml.kmeans._two_nearest
+    monkeypatch.setattr(ecaml.kmeans, "_two_nearest",
+                        lambda points, centroids: rows_searched.append(len(points)) or two_nearest(points, centroids))
+    for seed in range(3):
+        embeddings, _ = _clustered_data(1500, 8, 30, seed=seed, spread=0.5)
+        unit = l2_normalise(embeddings)
+        initial = unit[torch.randperm(1500, generator=torch.Generator().manual_seed(seed))[:30].numpy()]
+        rows_searched.clear()
+        ids = lloyd_kmeans(unit, 30, niter=12, nredo=1, seed=seed)
+        np.testing.assert_array_equal(ids, _lloyd_reference(unit.astype(np.float64), initial, 12))
+        assert sum(rows_searched) < 0.8 * 1500 * len(rows_searched)
+
+
+def test_lloyd_kmeans_puts_duplicate_points_together_and_ties_go_to_the_lower_centroid():
+    # Every point twice, and two centroids drawn on equal points: distances tie exactly.
+    base = l2_normalise(np.random.default_rng(0).normal(size=(40, 4)).astype(np.float32))
+    unit = np.concatenate([base, base])
+    for seed in range(4):
+        ids = lloyd_kmeans(unit, 6, niter=10, seed=seed)
+        np.testing.assert_array_equal(ids[:40], ids[40:])
