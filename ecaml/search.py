@@ -47,8 +47,10 @@ APPROXIMATE_KINDS = ("hnsw", "ivf")
 RECALL_SAMPLE = 1000
 # Odd-even passes that order runs of equal similarities by index before a row is re-sorted instead.
 _TIE_PASSES = 16
-# Partial sorts this deep or deeper go through numpy on the CPU (see _sorted_top).
+# Partial sorts this deep or deeper go through numpy on the CPU (see _sorted_top), this many rows at a time
+# (their int64 keys stay within a few MiB of cache).
 _NUMPY_SELECT_FROM = 512
+_SELECT_ROWS = 16
 
 
 @functools.lru_cache(maxsize=1)
@@ -119,7 +121,9 @@ def topk_with_index_ties(block: torch.Tensor, k: int) -> tuple[torch.Tensor, tor
     inside their list) are redone, so data without ties pays nothing.
     """
     depth = min(k + 1, block.shape[1])
-    values, positions = _sorted_top(block, depth)
+    values, positions, ties_ordered = _sorted_top(block, depth)
+    if ties_ordered:
+        return values[:, :k].contiguous(), positions[:, :k].contiguous()
     if depth > k:
         cut_in_tie = values[:, k] == values[:, k - 1]
     else:
@@ -134,35 +138,56 @@ def topk_with_index_ties(block: torch.Tensor, k: int) -> tuple[torch.Tensor, tor
     return values, positions
 
 
-def _sorted_top(block: torch.Tensor, depth: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each row's ``depth`` largest values, in descending order (equal values in any order), with their columns.
+def _sorted_top(block: torch.Tensor, depth: int) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """Each row's ``depth`` largest values, in descending order, with their columns, and whether equal
+    values are already in ascending column order (including which of them made the cut).
 
-    On the CPU with deep lists (MAP@R with R in the thousands), numpy's introselect and
-    sort of the selected part, on row chunks in parallel threads (numpy releases the GIL),
-    measured about 2x faster than ``torch.topk`` (35,000 columns, depth 7,001: 0.50 against
-    1.06 ms a row on 2 cores); shallow lists and GPUs keep ``torch.topk``.
+    On the CPU with deep lists (MAP@R with R in the thousands), each value and its column are packed
+    into one int64 key that orders by value, then by lower column (``_ordered_keys``), so that numpy's
+    introselect and sort work on plain integers, and ties come out exactly as the index rule wants
+    them, with nothing left to repair. Row chunks run in parallel threads (numpy releases the GIL).
+    This replaced an ``argpartition`` of the values (its indirect comparisons took half of a deep-R
+    evaluation's time, ``benchmarks/README.md``); shallow lists and GPUs keep ``torch.topk``.
     """
     if block.device.type != "cpu" or depth < _NUMPY_SELECT_FROM or depth >= block.shape[1]:
-        return torch.topk(block, depth, dim=1, largest=True, sorted=True)
+        values, positions = torch.topk(block, depth, dim=1, largest=True, sorted=True)
+        return values, positions, False
     array = block.numpy()
-    values = np.empty((len(array), depth), dtype=array.dtype)
+    values = np.empty((len(array), depth), dtype=np.float32)
     positions = np.empty((len(array), depth), dtype=np.int64)
 
     def select(rows: slice) -> None:
-        chosen = np.argpartition(array[rows], array.shape[1] - depth, axis=1)[:, -depth:]
-        chosen_values = np.take_along_axis(array[rows], chosen, axis=1)
-        order = np.argsort(-chosen_values, axis=1)
-        values[rows] = np.take_along_axis(chosen_values, order, axis=1)
-        positions[rows] = np.take_along_axis(chosen, order, axis=1)
+        for start in range(rows.start, rows.stop, _SELECT_ROWS):
+            part = slice(start, min(start + _SELECT_ROWS, rows.stop))
+            keys = _ordered_keys(array[part])
+            top = np.partition(keys, keys.shape[1] - depth, axis=1)[:, -depth:]
+            top.sort(axis=1)
+            values[part], positions[part] = _unpacked_keys(top[:, ::-1], keys.shape[1])
 
     threads = max(1, min(torch.get_num_threads(), len(array)))
     chunk = -(-len(array) // threads)
-    chunks = [slice(start, start + chunk) for start in range(0, len(array), chunk)]
+    chunks = [slice(start, min(start + chunk, len(array))) for start in range(0, len(array), chunk)]
     if len(chunks) == 1:
         select(chunks[0])
     else:
         list(_select_pool(len(chunks)).map(select, chunks))
-    return torch.from_numpy(values), torch.from_numpy(positions)
+    return torch.from_numpy(values), torch.from_numpy(positions), True
+
+
+def _ordered_keys(similarities: np.ndarray) -> np.ndarray:
+    """int64 keys, one per entry, whose order is (value, then lower column first): the float32's bits made
+    monotonic in the high 32 bits, 2^32 - 1 - column in the low ones."""
+    bits = (similarities + np.float32(0.0)).view(np.int32)  # + 0.0 turns -0.0 into +0.0, which compares equal
+    monotonic = np.where(bits < 0, bits ^ np.int32(0x7FFFFFFF), bits).astype(np.int64)
+    columns = np.arange(similarities.shape[1], dtype=np.int64)
+    return (monotonic << 32) + (np.int64(0xFFFFFFFF) - columns)
+
+
+def _unpacked_keys(keys: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """(float32 values, int64 columns) of ``_ordered_keys``' keys."""
+    monotonic = (keys >> 32).astype(np.int32)
+    bits = np.where(monotonic < 0, monotonic ^ np.int32(0x7FFFFFFF), monotonic)
+    return bits.view(np.float32), np.int64(0xFFFFFFFF) - (keys & np.int64(0xFFFFFFFF))
 
 
 @functools.lru_cache(maxsize=4)
