@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/lecture_hall.py --students 100 --within 10           # Compare, on a fresh server
     .venv/bin/python benchmarks/lecture_hall.py --students 100 --within 10 --page embeddings
     .venv/bin/python benchmarks/lecture_hall.py --students 100 --within 10 --url http://127.0.0.1:8080  # e.g. nginx
+    .venv/bin/python benchmarks/lecture_hall.py --students 100 --within 10 --replicas 2  # deploy.serve, started here
 
 No browsers: each student is one websocket session on ``/_stcore/stream`` (subprotocol "streamlit", as the
 front end opens it) that sends what a browser sends to open a page, a ``BackMsg`` ``rerun_script`` whose
@@ -140,7 +141,35 @@ def summarise(visits: list[dict], wall: float) -> dict:
     }
 
 
-def run(students: int, within: float, page: str, timeout: float, url: str | None) -> dict:
+def run_replicas(students: int, within: float, page: str, timeout: float, replicas: int) -> dict:
+    """As ``run``, against ``deploy.serve``'s nginx in front of ``replicas`` read-only replicas (cookie hashing:
+    these clients send no cookie, so each session lands on a replica of its own drawing)."""
+    from deploy.serve import Deployment
+
+    work = Path(tempfile.mkdtemp(prefix="ecaml-lecture-"))
+    environment = {"ECAML_CHECKPOINTS_DIR": str(REPO_ROOT / "checkpoints"), "ECAML_RUNS_DIR": str(work / "runs"),
+                   "ECAML_CACHE_DIR": str(work / "cache")}
+    first_port = free_port()
+    with Deployment(replicas, free_port(), first_port, listen="127.0.0.1", hash_by="cookie",
+                    environment=environment, state_dir=work / "nginx") as deployment:
+        # The lecturer's check, a few times over, so that every replica has served the page once.
+        first = [asyncio.run(visit(deployment.url, page, timeout))["seconds"] for _ in range(3 * replicas)]
+        roots = [process.pid for process in deployment.processes]
+        for pid in roots:
+            wait_idle(pid)
+        cpu_before, started = sum(map(process_tree_cpu_seconds, roots)), time.monotonic()
+        visits = asyncio.run(lecture(deployment.url, page, students, within, timeout))
+        wall = time.monotonic() - started
+        cpu = sum(map(process_tree_cpu_seconds, roots)) - cpu_before
+    return {"server": f"nginx in front of {replicas} Streamlit replicas (deploy.serve, read-only)",
+            "page": page or "compare", "students": students, "within_s": within, "first_visits_s": first,
+            **summarise(visits, wall), "server_cpu_s_per_visit": round(cpu / max(1, students), 3),
+            "load_1min": round(os.getloadavg()[0], 2)}
+
+
+def run(students: int, within: float, page: str, timeout: float, url: str | None, replicas: int = 1) -> dict:
+    if replicas > 1:
+        return run_replicas(students, within, page, timeout, replicas)
     if url:
         started = time.monotonic()
         visits = asyncio.run(lecture(url, page, students, within, timeout))
@@ -176,8 +205,10 @@ def main(argv=None) -> int:
     parser.add_argument("--page", default="", help="url path of the page ('' is the default page, Compare)")
     parser.add_argument("--visit-timeout", type=float, default=120.0)
     parser.add_argument("--url", help="measure a server already running there (e.g. nginx in front of replicas)")
+    parser.add_argument("--replicas", type=int, default=1,
+                        help="above 1: serve with deploy.serve (nginx in front of this many replicas)")
     args = parser.parse_args(argv)
-    result = run(max(1, args.students), max(0.0, args.within), args.page, args.visit_timeout, args.url)
+    result = run(max(1, args.students), max(0.0, args.within), args.page, args.visit_timeout, args.url, args.replicas)
     for key in ("p50_s", "p95_s", "max_s", "server_cpu_s_per_visit", "failure_count"):
         if key in result:
             print(f"{key}: {result[key]}")
