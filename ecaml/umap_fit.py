@@ -136,9 +136,12 @@ def _optimise_aligned(embeddings, heads, tails, n_epochs, epochs_per_sample, wei
         step = layouts._optimize_layout_aligned_euclidean_single_epoch
         _epoch_optimiser = numba.njit(step, fastmath=True, cache=True)
     negative_rate = 5.0
-    per_negative = numba.typed.List([(e / negative_rate).astype(np.float32) for e in epochs_per_sample])
-    next_negative = numba.typed.List([e.copy() for e in per_negative])
-    next_sample = numba.typed.List([e.astype(np.float32) for e in epochs_per_sample])
+    per_negative, next_negative, next_sample = (numba.typed.List.empty_list(numba.types.float32[::1]) for _ in range(3))
+    with np.errstate(over="ignore"):  # an edge too weak to sample in n_epochs waits forever (inf), as in umap
+        for every in epochs_per_sample:
+            per_negative.append((every / negative_rate).astype(np.float32))
+            next_negative.append((every / negative_rate).astype(np.float32))
+            next_sample.append(every.astype(np.float32))
     for epoch in range(n_epochs):
         alpha = 1.0 - max(epoch - 1, 0) / n_epochs  # umap's learning rate, falling linearly from 1
         _epoch_optimiser(
