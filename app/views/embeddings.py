@@ -166,8 +166,8 @@ def umap_in_background(chosen: list[run_catalog.RunEntry]) -> str:
     if job.running:
         count = len(splits.split_of(chosen[0].run).indices("unseen"))
         st.info(
-            f"Computing the aligned UMAP of {count:,} images per run in the background (cached afterwards; for "
-            "60,000 images this takes minutes). Meanwhile the PCA maps show below; the page switches to UMAP by "
+            f"Computing the aligned UMAP of {count:,} images per run in the background (cached afterwards; a first "
+            "layout replaces these maps within seconds when the split is large). Meanwhile the PCA maps show below; the page switches to UMAP by "
             "itself when it is ready, and you may leave and come back.",
             icon=":material/hourglass_top:",
         )
