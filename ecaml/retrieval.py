@@ -213,6 +213,17 @@ def _weights_step_on_disk(run: Run) -> int | None:
 _checked_files: set[tuple[str, int, int]] = set()
 
 
+def rows_well_formed(labels: np.ndarray, indices: np.ndarray) -> bool:
+    """Whether a cache file's rows are usable: some, each with an integer class and an integer dataset index."""
+    return (
+        labels.ndim == 1
+        and len(labels) > 0
+        and indices.shape == labels.shape
+        and np.issubdtype(labels.dtype, np.integer)
+        and np.issubdtype(indices.dtype, np.integer)
+    )
+
+
 def _read_embeddings(path: Path) -> Embeddings | None:
     """The cached embeddings (vectors memory-mapped, read-only), or None when missing, unreadable or inconsistent."""
     rows_path = _rows_path(path)
@@ -226,16 +237,9 @@ def _read_embeddings(path: Path) -> Embeddings | None:
     except Exception:  # noqa: BLE001 - any unreadable cache file is recomputed
         return None
     count = len(labels)
-    if (
-        vectors.dtype != np.float32
-        or vectors.ndim != 2
-        or vectors.shape[0] != count
-        or labels.ndim != 1
-        or indices.shape != (count,)
-        or not np.issubdtype(labels.dtype, np.integer)
-        or not np.issubdtype(indices.dtype, np.integer)
-        or count == 0
-    ):
+    if vectors.dtype != np.float32 or vectors.ndim != 2 or vectors.shape[0] != count:
+        return None
+    if not rows_well_formed(labels, indices):
         return None
     stamp = (str(path), info.st_mtime_ns, info.st_size)
     if stamp not in _checked_files:

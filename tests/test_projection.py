@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ecaml import projection
+from ecaml import projection, projection_store, umap_fit
 from ecaml.evaluate import split_for
 from ecaml.projection import Projection, default_cache_dir, is_projection_cached, project_runs, warm_projection_cache
 from ecaml.runs import load_run
@@ -108,8 +108,10 @@ def test_is_projection_cached_answers_without_computing(runs, tmp_path, monkeypa
         raise AssertionError("is_projection_cached computed something")
 
     with monkeypatch.context() as patched:
-        for name in ("_pca", "_umap", "_aligned_umap", "cached_embeddings"):
+        for name in ("_pca", "cached_embeddings"):
             patched.setattr(projection, name, no_projection)
+        for name in ("umap_layout", "aligned_layout"):
+            patched.setattr(umap_fit, name, no_projection)
         assert not is_projection_cached(runs, method="pca", max_points=100, cache_dir=tmp_path)
         assert not is_projection_cached(runs, method="umap", max_points=100, cache_dir=tmp_path)
         assert not (tmp_path / "projections").exists() and not (tmp_path / "embeddings").exists()
@@ -172,7 +174,7 @@ def test_concurrent_calls_with_the_same_inputs_compute_once(runs, tmp_path, monk
     assert len(results) == 2
     assert len(set(calls)) == 1 and len(calls) == len(runs)  # one thread projected (one PCA per run)
     assert_same_projections(results[0], results[1])
-    assert not projection._locks  # nothing left behind
+    assert not projection_store._locks  # nothing left behind
 
 
 def test_a_corrupt_projection_cache_file_is_recomputed(runs, tmp_path):
@@ -240,16 +242,13 @@ def test_aligned_umap_is_deterministic(runs, aligned_umap, tmp_path):
 
 
 def test_a_cached_umap_projection_runs_no_umap(runs, aligned_umap, monkeypatch):
-    import umap
-
     cache, projections = aligned_umap
 
-    class Refuse:
-        def __init__(self, *args, **kwargs):
-            raise AssertionError("UMAP ran although the projection was cached")
+    def refuse(*args, **kwargs):
+        raise AssertionError("UMAP ran although the projection was cached")
 
-    monkeypatch.setattr(umap, "AlignedUMAP", Refuse)
-    monkeypatch.setattr(umap, "UMAP", Refuse)
+    monkeypatch.setattr(umap_fit, "aligned_layout", refuse)
+    monkeypatch.setattr(umap_fit, "umap_layout", refuse)
     cached = project_runs(runs, method="umap", aligned=True, max_points=UMAP_POINTS, n_epochs=UMAP_EPOCHS, cache_dir=cache)
     assert_same_projections(projections, cached)
     with pytest.raises(AssertionError, match="UMAP ran"):  # the patch is live: a new input does reach UMAP
@@ -270,3 +269,66 @@ def test_the_whole_split_is_projected_with_progress_in_stages(runs, tmp_path):
     reports.clear()
     again = project_runs(runs, method="pca", max_points=None, cache_dir=tmp_path, progress=lambda d, t: reports.append((d, t)))
     assert reports == [] and np.array_equal(again[0].coords, projections[0].coords)
+
+
+# ----------------------------------------------------------------------------- large maps: landmarks, first layout
+
+
+def test_a_large_umap_stores_a_first_layout_then_replaces_it_atomically_with_the_final_one(runs, tmp_path, monkeypatch):
+    from ecaml import umap_fit
+
+    monkeypatch.setattr(projection, "FIRST_LAYOUT_LANDMARKS", 100)  # the 896-image split counts as large
+    settings = dict(method="umap", aligned=True, max_points=None, n_epochs=UMAP_EPOCHS, landmarks=300)
+    seen_meanwhile = {}
+    real_layout = umap_fit.aligned_layout
+
+    def layout_watching_the_cache(vectors, *args):
+        if len(vectors[0]) == 300:  # the final layout's landmarks: the first layout must be on disk by now
+            (path,) = (tmp_path / "projections").glob("*.npz")
+            seen_meanwhile.update(
+                first=projection.first_layout(runs, cache_dir=tmp_path, **settings),
+                cached=is_projection_cached(runs, cache_dir=tmp_path, **settings),
+                files=sorted(p.name for p in path.parent.iterdir()),
+                handle=path.open("rb"),  # an open file: an in-place rewrite would change what it reads
+            )
+        return real_layout(vectors, *args)
+
+    monkeypatch.setattr(umap_fit, "aligned_layout", layout_watching_the_cache)
+    final = project_runs(runs, cache_dir=tmp_path, **settings)
+    first = seen_meanwhile["first"]
+    assert first is not None and not seen_meanwhile["cached"]  # a first layout is not the projection
+    assert len(seen_meanwhile["files"]) == 1 and seen_meanwhile["files"][0].endswith(".npz")  # no half-written file
+    assert all(p.first_layout for p in first) and not any(p.first_layout for p in final)
+    for before, after in zip(first, final):
+        assert np.array_equal(before.indices, after.indices) and np.isfinite(before.coords).all()
+        assert before.coords.shape == after.coords.shape == (len(after.indices), 2)
+        assert not np.allclose(before.coords, after.coords)
+    with seen_meanwhile["handle"] as handle, np.load(handle, allow_pickle=False) as archive:  # replaced, not rewritten
+        assert bool(archive["first_layout"][0]) and np.array_equal(archive["coords_0"], first[0].coords)
+    assert is_projection_cached(runs, cache_dir=tmp_path, **settings)
+    assert_same_projections(final, projection.first_layout(runs, cache_dir=tmp_path, **settings))
+    assert_same_projections(final, project_runs(runs, cache_dir=tmp_path, **settings))
+
+
+def test_landmarks_bound_what_umap_lays_out_and_the_panels_stay_aligned(runs, tmp_path, monkeypatch):
+    from ecaml import umap_fit
+
+    laid_out = []
+    real_layout = umap_fit.aligned_layout
+    monkeypatch.setattr(umap_fit, "aligned_layout",
+                        lambda vectors, *a: laid_out.append(len(vectors[0])) or real_layout(vectors, *a))
+    settings = dict(method="umap", aligned=True, max_points=None, n_epochs=60)
+    with_landmarks = project_runs(runs, cache_dir=tmp_path, landmarks=200, **settings)
+    assert laid_out == [200]  # the 896-image split is below the first layout's size: one layout
+    everything = project_runs(runs, cache_dir=tmp_path, landmarks=None, **settings)
+    assert laid_out[1:] == [len(everything[0].indices)]
+    for fast, full in zip(with_landmarks, everything):
+        assert np.array_equal(fast.indices, full.indices) and np.isfinite(fast.coords).all()
+    # Each class sits where it sits in the other panel: nearest centroid across panels is its own.
+    panels = [(p.coords - p.coords.mean(axis=0)) / p.coords.std() for p in with_landmarks]
+    classes = np.unique(with_landmarks[0].labels)
+    centroids = [np.array([p[with_landmarks[0].labels == c].mean(axis=0) for c in classes]) for p in panels]
+    gaps = np.linalg.norm(centroids[0][:, None] - centroids[1][None], axis=2)
+    assert (gaps.argmin(axis=1) == np.arange(len(classes))).all()
+    assert normalised_gap(with_landmarks) < 0.75 * normalised_gap(
+        project_runs(runs, cache_dir=tmp_path, landmarks=200, **{**settings, "aligned": False}))

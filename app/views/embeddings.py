@@ -24,6 +24,7 @@ METHOD_KEY = "projection_method"
 VIEWS = {"map": "Map of every image", "film": "Training film"}
 VIEW_KEY = "embeddings_view"
 COMPUTE_UMAP = "Compute aligned UMAP (in the background; cached afterwards)"
+FIRST_LAYOUT = "umap-first"  # what the map shows while the aligned UMAP's final layout computes
 MAX_SHOWN_IMAGES = 60
 THUMBNAIL_PIXELS = 56
 MAX_HIGHLIGHTED_CLASSES = 20
@@ -155,11 +156,18 @@ def offer_umap(chosen: list[run_catalog.RunEntry]) -> None:
 def umap_in_background(chosen: list[run_catalog.RunEntry]) -> str:
     """Start (or follow) the aligned UMAP's background job; the method to show meanwhile ("umap" once it is done)."""
     job = projection_jobs.project_in_background(chosen, "umap")
+    if job.running and errors.attempt("look up the first UMAP layout", first_umap_layout, chosen):
+        st.info(
+            "A first aligned UMAP layout, from a sample of landmark images, shows below while the final one is "
+            "computed in the background; the page switches to it by itself.", icon=":material/hourglass_top:",
+        )
+        background_jobs.follow((projection_jobs.projection_job_key(chosen, "umap"),), ("Refining the aligned UMAP",))
+        return FIRST_LAYOUT
     if job.running:
         count = len(splits.split_of(chosen[0].run).indices("unseen"))
         st.info(
-            f"Computing the aligned UMAP of {count:,} images per run in the background (cached afterwards; for "
-            "60,000 images this takes minutes). Meanwhile the PCA maps show below; the page switches to UMAP by "
+            f"Computing the aligned UMAP of {count:,} images per run in the background (cached afterwards; a first "
+            "layout replaces these maps within seconds when the split is large). Meanwhile the PCA maps show below; the page switches to UMAP by "
             "itself when it is ready, and you may leave and come back.",
             icon=":material/hourglass_top:",
         )
@@ -181,7 +189,18 @@ def _projections(keys: tuple, method: str, _runs: list) -> list:
     return project_runs(_runs, method=method, cache_dir=locations.cache_dir(), **projection_jobs.PROJECTION)
 
 
+def first_umap_layout(chosen: list[run_catalog.RunEntry]):
+    """The aligned UMAP's quick first layout while its job computes the final one (a file read), else None."""
+    from ecaml.projection import first_layout
+
+    found = first_layout([entry.run for entry in chosen], method="umap", cache_dir=locations.cache_dir(),
+                         **projection_jobs.PROJECTION)
+    return found if found and found[0].first_layout else None
+
+
 def load_projections(chosen: list[run_catalog.RunEntry], method: str):
+    if method == FIRST_LAYOUT:  # not kept by st.cache_data: the final layout replaces it in the same file
+        return errors.attempt("read the first UMAP layout", first_umap_layout, chosen)
     keys = tuple((entry.key, run_catalog.run_fingerprint(entry.path)) for entry in chosen)
     message = "Projecting…" if method == "pca" else "Loading the aligned UMAP maps…"
     with st.spinner(message):
