@@ -1,4 +1,4 @@
-"""`python -m ecaml train | evaluate | compare | embed`.
+"""`python -m ecaml train | evaluate | compare | embed | import`.
 
 Every failure the user can cause (a bad flag value, a missing path, a broken
 run) ends in one line on stderr and exit status 2, never a traceback. The parser
@@ -17,6 +17,7 @@ from typing import Any, Sequence
 from ecaml import __version__
 from ecaml.config import EVAL_SPLITS, PRESETS, TrainConfig, load_toml, settings
 from ecaml.registry import BACKBONES, DATASETS, EC_PAIR_MODES, EC_ROUTES, LOSSES, PML_PREFIX, SPLIT_PARTS
+from ecaml.serve.import_cli import add_import, command_import
 
 EXIT_USER_ERROR = 2
 # Flags whose value lands in TrainConfig under the same name (dashes -> underscores).
@@ -85,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(commands)
     _add_compare(commands)
     _add_embed(commands)
+    add_import(commands)
     return parser
 
 
@@ -304,7 +306,8 @@ def command_embed(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": command_train, "evaluate": command_evaluate, "compare": command_compare, "embed": command_embed}
+COMMANDS = {"train": command_train, "evaluate": command_evaluate, "compare": command_compare, "embed": command_embed,
+            "import": command_import}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

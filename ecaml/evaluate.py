@@ -22,6 +22,7 @@ from ecaml.config import TrainConfig
 from ecaml.data import ClassSplit, load_split
 from ecaml.data.loading import default_num_workers
 from ecaml.data.sampling import ImageView
+from ecaml.data.imported import IMPORTED_DATASET, imported_split, items_identity
 from ecaml.data.transforms import build_transform
 from ecaml.metrics import query_gallery_metrics, retrieval_metrics
 from ecaml.models import BACKBONES
@@ -51,6 +52,8 @@ def eval_transform(config: TrainConfig, channels: int):
 
 def split_settings(config: TrainConfig) -> tuple:
     """What decides a run's split, as a hashable key (for caches of splits): equal keys, equal splits."""
+    if config.dataset == IMPORTED_DATASET:  # imported items: the same items, wherever their run lives
+        return (config.dataset, items_identity(config.data_root))
     config = config.resolved()
     return (config.dataset, config.data_root, config.val_classes, config.val_seed, config.seen_test_per_class,
             config.legacy_unseen_seed)
@@ -58,6 +61,8 @@ def split_settings(config: TrainConfig) -> tuple:
 
 def split_for(config: TrainConfig) -> ClassSplit:
     """The class split a run was trained with (same dataset, validation classes, held-out images)."""
+    if config.dataset == IMPORTED_DATASET:
+        return imported_split(config.data_root)
     dataset, data_root, val_classes, val_seed, seen_test_per_class, legacy_unseen_seed = split_settings(config)
     return load_split(dataset, data_root, val_classes, val_seed, seen_test_per_class,
                       legacy_unseen_seed=legacy_unseen_seed)

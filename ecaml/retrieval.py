@@ -35,10 +35,11 @@ from PIL import Image
 from ecaml import __version__
 from ecaml.data import ClassSplit, SPLIT_PARTS
 from ecaml.data.images import _convert as convert_image_mode
+from ecaml.data.imported import IMPORTED_DATASET, read_vectors
 from ecaml.evaluate import Embeddings, embed_indices, eval_transform, split_for
 from ecaml.metrics import l2_normalise
 from ecaml.atomic import write_cache_file
-from ecaml.runs import WEIGHTS_FILE, Run, RunError, input_channels, open_safetensors
+from ecaml.runs import Run, RunError, input_channels, open_safetensors
 
 # Bumped when the layout of a cached embeddings file changes; old files are then ignored.
 EMBEDDINGS_CACHE_FORMAT = 2  # 2: vectors in a memory-mappable .npy beside a .rows.npz
@@ -55,12 +56,12 @@ def default_cache_dir() -> Path:
 
 
 def weights_digest(run: Run) -> str:
-    """sha256 (hex) of the run's ``model.safetensors``, remembered per (path, mtime, size) in this process."""
-    path = Path(run.path) / WEIGHTS_FILE
+    """sha256 (hex) of the run's weights file (an imported run's vectors), remembered per (path, mtime, size)."""
+    path = run.weights_path
     try:
         info = path.stat()
     except FileNotFoundError:
-        raise RunError(f"{Path(run.path).name}: missing {WEIGHTS_FILE}") from None
+        raise RunError(f"{Path(run.path).name}: missing {run.weights_file}") from None
     key = (str(path.resolve()), info.st_mtime_ns, info.st_size)
     with _digest_lock:
         known = _digests.get(key)
@@ -139,6 +140,8 @@ def cached_embeddings(
     """
     if part not in SPLIT_PARTS:
         raise ValueError(f"unknown split {part!r}; choose one of {', '.join(SPLIT_PARTS)}")
+    if run.kind == IMPORTED_DATASET:  # the stored vectors are the embeddings: nothing to compute or cache
+        return imported_embeddings(run, part, split)
     path = embeddings_cache_path(run, part, cache_dir)
     cacheable = weights_match_file(run)
     if cacheable:
@@ -152,6 +155,19 @@ def cached_embeddings(
 
 
 EMBED_CHUNK = 4096
+
+
+def imported_embeddings(run: Run, part: str, split: ClassSplit | None = None) -> Embeddings:
+    """An imported run's stored vectors of ``part`` (a read-only memory map when the part is every row)."""
+    split = split or split_for(run.config)
+    rows = split.indices(part)
+    if len(rows) == 0:
+        raise ValueError(f"the {part!r} part of {run.name} is empty")
+    vectors = read_vectors(run.path)
+    if len(vectors) != len(split.dataset):
+        raise RunError(f"{run.name}: {run.weights_file} holds {len(vectors)} rows, its items {len(split.dataset)}")
+    chosen = vectors if len(rows) == len(vectors) else np.ascontiguousarray(vectors[rows])
+    return Embeddings(chosen, split.dataset.labels[rows], rows.astype(np.int64))
 
 
 def _embed_in_chunks(run: Run, part: str, progress, device, split: ClassSplit) -> Embeddings:
@@ -198,12 +214,12 @@ def weights_match_file(run: Run) -> bool:
     False while the run trains on and has committed a newer checkpoint: caching
     what the in-memory model computes under the new file's digest would be wrong.
     """
-    return _weights_step_on_disk(run) == run.step
+    return run.kind == IMPORTED_DATASET or _weights_step_on_disk(run) == run.step
 
 
 def _weights_step_on_disk(run: Run) -> int | None:
     try:
-        with open_safetensors(Path(run.path) / WEIGHTS_FILE) as handle:
+        with open_safetensors(run.weights_path) as handle:
             return int((handle.metadata() or {}).get("step", "0"))
     except (RunError, ValueError, OSError):  # an unreadable file just means "do not cache"
         return None
@@ -332,6 +348,8 @@ class RunIndex:
     def query_by_image(self, image: Image.Image, k: int = 8) -> QueryResult:
         """The ``k`` nearest images of the split to any image, embedded with the run's model and eval transform."""
         started = time.perf_counter()
+        if self.run.model is None:
+            raise ValueError(f"{self.run_name} holds imported vectors, not a model: it cannot embed a new image")
         k = _checked_k(k, len(self))
         vector = self.embed_image(image)
         with _one_thread():

@@ -213,7 +213,8 @@ def read_status(run_dir: Path) -> dict[str, Any] | None:
     return status if isinstance(status, dict) else None
 
 
-def read_weights(run_dir: Path, config: TrainConfig | None = None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def read_weights(run_dir: Path, config: TrainConfig | None = None, weights_file: str = WEIGHTS_FILE
+                 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """(state dict, metadata) of ``model.safetensors``; anything that is not a safetensors file is refused.
 
     With ``config``, the tensor names and shapes in the file's header are checked
@@ -221,7 +222,7 @@ def read_weights(run_dir: Path, config: TrainConfig | None = None) -> tuple[dict
     for another architecture fails fast and cannot make us allocate its sizes.
     """
     run_dir = Path(run_dir)
-    with open_safetensors(run_dir / WEIGHTS_FILE) as handle:
+    with open_safetensors(run_dir / weights_file) as handle:
         metadata = handle.metadata() or {}
         if config is not None:
             _check_layout(run_dir, config, {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()})
@@ -355,15 +356,21 @@ class Run:
 
     path: Path
     config: TrainConfig
-    model: torch.nn.Module
+    model: torch.nn.Module | None  # None for an imported run
     step: int
     history: list[dict[str, Any]] = field(default_factory=list)
     metrics: dict[str, float] | None = None
     status: dict[str, Any] | None = None
+    kind: str = "trained"  # or "imported": vectors made elsewhere (ecaml.data.imported), no model
+    weights_file: str = WEIGHTS_FILE  # what names this run's embeddings: its weights (or kept step), or its vectors
 
     @property
     def name(self) -> str:
-        return self.path.name
+        return self.path.name if self.weights_file in (WEIGHTS_FILE, IMPORTED_VECTORS) else f"{self.path.name}@{self.step}"
+
+    @property
+    def weights_path(self) -> Path:
+        return self.path / self.weights_file
 
     def step_records(self) -> list[dict[str, Any]]:
         return [r for r in self.history if r.get("kind") == "step"]
@@ -372,20 +379,24 @@ class Run:
         return [r for r in self.history if r.get("kind") == "eval" and r.get("split") == split]
 
 
-def load_run(run_dir: str | Path) -> Run:
+def load_run(run_dir: str | Path, step: int | None = None) -> Run:
     """Read and validate every file of a run; the model is rebuilt from the config and its weights checked key by key.
 
+    ``step``: one of the run's kept checkpoints (``kept_steps``) instead of its last weights.
     Every way a run can be unusable (missing, malformed, truncated, foreign or
     hostile files, a newer format) is a ``RunError`` with a one-line reason.
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise RunError(f"{run_dir}: not a run directory (no such folder)")
+    if (run_dir / IMPORTED_MANIFEST).is_file():
+        return load_imported_run(run_dir)
     config = read_config(run_dir)
     if not (run_dir / HISTORY_FILE).is_file():
         raise RunError(f"{run_dir.name}: missing {HISTORY_FILE}")
     history, metrics = read_history(run_dir), read_metrics(run_dir)
-    state, metadata = read_weights(run_dir, config)
+    weights_file = WEIGHTS_FILE if step is None else kept_weights_file(step)
+    state, metadata = read_weights(run_dir, config, weights_file)
     step = checkpoint_step(run_dir, metadata)
     model = _build_model_for(config)
     try:
@@ -393,7 +404,47 @@ def load_run(run_dir: str | Path) -> Run:
     except RuntimeError as error:  # names and shapes were checked; only odd dtypes get here
         raise RunError(f"{run_dir.name}: weights do not load into the model ({_first_line(error)})") from None
     model.eval()
-    return Run(run_dir, config, model, step, history, metrics, read_status(run_dir))
+    return Run(run_dir, config, model, step, history, metrics, read_status(run_dir), weights_file=weights_file)
+
+
+# Every checkpoint's weights, kept when a run trains with keep_checkpoints (each opens as run@step).
+KEPT_WEIGHTS_FOLDER, KEPT_WEIGHTS_PATTERN = "steps", "model_{step:08d}.safetensors"
+IMPORTED_MANIFEST, IMPORTED_VECTORS = "imported.json", "vectors.npy"  # ecaml.data.imported's file names
+
+
+def kept_weights_file(step: int) -> str:
+    return f"{KEPT_WEIGHTS_FOLDER}/{KEPT_WEIGHTS_PATTERN.format(step=int(step))}"
+
+
+def kept_steps(run_dir: str | Path) -> list[int]:
+    """The steps whose weights the run kept (``steps/model_<step>.safetensors``), in order."""
+    folder = Path(run_dir) / KEPT_WEIGHTS_FOLDER
+    steps = []
+    for path in folder.glob("model_*.safetensors") if folder.is_dir() else []:
+        digits = path.name[len("model_"):-len(".safetensors")]
+        if digits.isdigit() and digits.isascii():
+            steps.append(int(digits))
+    return sorted(steps)
+
+
+def load_imported_run(run_dir: Path) -> Run:
+    """An imported run: its vectors stand in for a model (none), its items for a dataset (``ecaml.data.imported``)."""
+    from ecaml.data import DatasetError
+    from ecaml.data.imported import IMPORTED_DATASET, read_manifest
+
+    try:
+        manifest = read_manifest(run_dir)
+    except DatasetError as error:
+        raise RunError(str(error)) from None
+    if not (run_dir / IMPORTED_VECTORS).is_file():
+        raise RunError(f"{run_dir.name}: missing {IMPORTED_VECTORS}")
+    dim = manifest.get("dim")
+    # Not resolved(): the config only names the items (dataset "imported", data_root the run) for the readers.
+    config = TrainConfig(dataset=IMPORTED_DATASET, data_root=str(run_dir.resolve()), loss=IMPORTED_DATASET,
+                         ec_weight=0.0, embedding_dim=dim if isinstance(dim, int) else None,
+                         recall_ks=manifest.get("recall_ks") or [1, 2, 4, 8], image_size=8, epochs=1)
+    return Run(run_dir, config, None, 0, [], read_metrics(run_dir), read_status(run_dir), kind=IMPORTED_DATASET,
+               weights_file=IMPORTED_VECTORS)
 
 
 def input_channels(config: TrainConfig) -> int:
@@ -406,7 +457,7 @@ def input_channels(config: TrainConfig) -> int:
     return 1
 
 
-RUN_MARKERS = (CONFIG_FILE, WEIGHTS_FILE, HISTORY_FILE, STATUS_FILE)
+RUN_MARKERS = (CONFIG_FILE, WEIGHTS_FILE, HISTORY_FILE, STATUS_FILE, IMPORTED_MANIFEST)
 
 
 def find_runs(*roots: str | Path) -> list[Path]:

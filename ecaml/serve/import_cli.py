@@ -1,0 +1,43 @@
+"""`python -m ecaml import embeddings FILE --out RUN` and `python -m ecaml import model ...` (flags and commands).
+
+Kept apart from ``ecaml.cli`` so that its parser only gains one line; failures
+are ``ImportInputError`` (a ValueError), which the CLI prints as one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_import(commands) -> None:
+    parser = commands.add_parser("import", help="import embeddings or a model made elsewhere as a run directory",
+                                 description="Bring your own: vectors (.npz / .parquet) or torchvision weights.")
+    kinds = parser.add_subparsers(dest="import_kind", required=True, parser_class=type(parser))
+    embeddings = kinds.add_parser(
+        "embeddings", help="a .npz or .parquet of embeddings [N, D] + labels [N] (+ split, paths)",
+        description="Write an imported run: arrays embeddings (float [N, D]), labels (int or str [N]), optional "
+                    "split (seen / unseen / val) and paths (image files under --image-root). Its metrics.json is "
+                    "our evaluator's on the unseen part (all rows without a split).")
+    embeddings.add_argument("file", help=".npz or .parquet file")
+    embeddings.add_argument("--out", required=True, help="the new run directory (must not exist)")
+    embeddings.add_argument("--image-root", help="folder the 'paths' are relative to (thumbnails)")
+    embeddings.add_argument("--recall-ks", default="1,2,4,8", help="Recall@K list (default 1,2,4,8; SOP: 1,10,100,1000)")
+
+
+def command_import(args: argparse.Namespace) -> int:
+    from ecaml.serve.imports import import_embeddings, summary
+
+    ks = _recall_ks(args.recall_ks)
+    out = import_embeddings(args.file, args.out, image_root=args.image_root, recall_ks=ks)
+    print(summary(out))
+    return 0
+
+
+def _recall_ks(text: str) -> tuple[int, ...]:
+    try:
+        ks = tuple(int(k) for k in text.split(","))
+    except ValueError:
+        raise ValueError(f"--recall-ks must be comma-separated integers, got {text!r}") from None
+    if not ks or min(ks) < 1:
+        raise ValueError("--recall-ks must be positive integers")
+    return ks
