@@ -120,8 +120,12 @@ def embedding_map(
     highlight_classes: list[int] | None = None,
     height: int = 460,
     per_row: int = 2,
+    palette: list[tuple[int, int, int]] | None = None,
 ) -> list[int]:
-    """Draw the panels; the rows selected (lasso or click, in any panel), [] when none."""
+    """Draw the panels; the rows selected (lasso or click, in any panel), [] when none.
+
+    ``palette``: RGB (0-255) per label instead of the categorical one, for labels that are ordered bins.
+    """
     from ecaml.thumbnails import PER_SHEET, SHEET_COLUMNS
 
     count = len(data.labels)
@@ -145,6 +149,7 @@ def embedding_map(
         frame_steps=[int(s) for s in data.frame_steps],
         height=height,
         per_row=per_row,
+        palette=[list(map(int, rgb)) for rgb in palette] if palette else None,
         **arrays,
     )
     rows = (value or {}).get("rows") or []
@@ -161,5 +166,6 @@ def _data_key(panels: list[MapPanel], data: MapData) -> str:
         for frame in panel.frames:
             digest.update(np.ascontiguousarray(frame, np.float32).tobytes())
     digest.update(np.asarray(data.dataset_indices, np.int64).tobytes())
+    digest.update(np.asarray(data.labels, np.int64).tobytes())  # a map recoloured by other labels is rebuilt
     digest.update(str(data.thumbnails).encode())
     return digest.hexdigest()[:20]

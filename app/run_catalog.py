@@ -17,7 +17,7 @@ from app.errors import one_sentence
 from app.locations import checkpoints_dir, runs_dir
 from ecaml.config import TrainConfig
 from ecaml.evaluate import split_settings
-from ecaml.runs import Run, RunError, find_runs, load_run, read_config, read_status
+from ecaml.runs import Run, RunError, find_runs, kept_steps, load_run, read_config, read_status
 
 
 # The files whose change means a run must be read again (a checkpoint, a finished evaluation...).
@@ -39,14 +39,16 @@ class RunEntry:
     shipped: bool  # under checkpoints/ (read-only) rather than runs/
     run: Run | None
     problem: str | None = None
+    step: int | None = None  # one of the run's kept checkpoints (run@step); None: its last weights
 
     @property
     def key(self) -> str:
-        return str(self.path)
+        return str(self.path) if self.step is None else f"{self.path}@{self.step}"
 
     @property
     def name(self) -> str:
-        return self.path.name if self.shipped else f"{self.path.name} (yours)"
+        name = self.path.name if self.step is None else f"{self.path.name}@{self.step}"
+        return name if self.shipped else f"{name} (yours)"
 
     @property
     def label(self) -> str:
@@ -54,6 +56,8 @@ class RunEntry:
         if self.run is None:
             return self.name
         config = self.run.config
+        if self.run.kind == "imported":
+            return f"{self.name} · imported vectors · {config.embedding_dim}-d"
         training = " · training…" if (self.run.status or {}).get("state") in LIVE_STATES else ""
         return f"{self.name} · {config.dataset} · {config.loss} · {ec_summary(config.ec_weight)}{training}"
 
@@ -83,19 +87,20 @@ def _loaded_runs() -> dict[str, tuple[tuple, Run | None, str | None]]:
     return {}
 
 
-def _load_run(path: Path) -> tuple[Run | None, str | None]:
+def _load_run(path: Path, step: int | None = None) -> tuple[Run | None, str | None]:
     """(run, None) or (None, reason), read again only when one of the run's files changed."""
     fingerprint = run_fingerprint(path)
-    known = _loaded_runs().get(str(path))
+    cache_key = str(path) if step is None else f"{path}@{step}"
+    known = _loaded_runs().get(cache_key)
     if known is not None and known[0] == fingerprint:
         return known[1], known[2]
     try:
-        run, problem = load_run(path), None
+        run, problem = load_run(path, step), None
     except RunError as error:
         run, problem = None, str(error)
     except (OSError, ValueError) as error:  # a folder vanishing while read, an odd file system
         run, problem = None, f"{path.name}: {one_sentence(error)}"
-    _loaded_runs()[str(path)] = (fingerprint, run, problem)
+    _loaded_runs()[cache_key] = (fingerprint, run, problem)
     return run, problem
 
 
@@ -119,7 +124,19 @@ def scan_all_runs() -> list[RunEntry]:
             if run is None and _still_training(path):
                 problem = "still training: it becomes usable at its first checkpoint"
             entries.append(RunEntry(path, shipped, run, problem))
+            if run is not None:
+                entries += _earlier_checkpoints(path, shipped, run.step)
         entries += [RunEntry(path, shipped, None, reason) for path, reason in foreign_models(root, found)]
+    return entries
+
+
+def _earlier_checkpoints(path: Path, shipped: bool, last_step: int) -> list[RunEntry]:
+    """An entry (run@step) for each kept checkpoint before the last, so two steps of one run compare side by side."""
+    entries = []
+    for step in kept_steps(path):
+        if step != last_step:
+            run, problem = _load_run(path, step)
+            entries.append(RunEntry(path, shipped, run, problem, step))
     return entries
 
 
@@ -194,7 +211,7 @@ def featured_steps_per_epoch() -> int | None:
 def default_selection(entries: list[RunEntry]) -> list[str]:
     """The featured shipped runs; else the first shipped EC-off / EC-on pair of one dataset and loss; else two runs."""
     candidates = [e for e in usable(entries) if e.shipped] or usable(entries)
-    by_name = {e.path.name: e for e in candidates if e.shipped}
+    by_name = {e.path.name: e for e in candidates if e.shipped and e.step is None}
     featured = [by_name[name].key for name in featured_run_names() if name in by_name]
     if len(featured) >= 2:
         return featured

@@ -115,6 +115,8 @@ def _add_train(commands) -> None:
     train.add_argument("--ec-gather", action=argparse.BooleanOptionalAction, default=None,
                        help="under torchrun: compute EC over every process's batch (all-gathered) instead of each "
                             "process's own (default off; the EC gradient still reaches only the head)")
+    train.add_argument("--keep-checkpoints", action=argparse.BooleanOptionalAction, default=None,
+                       help="keep the weights of every checkpoint, not only the last, so each opens as run@step")
     train.add_argument("--loss-param", action="append", default=[], metavar="KEY=VALUE",
                        help="a parameter of the loss, repeatable (e.g. --loss-param margin=0.2)")
     train.add_argument("--recall-ks", help="comma-separated K for Recall@K (default per dataset: 1,2,4,8; "
@@ -182,7 +184,7 @@ def _flag_values(args: argparse.Namespace) -> dict[str, Any]:
     values = {name: getattr(args, name) for name in TRAIN_FLAGS if getattr(args, name) is not None}
     if "eval_splits" in values:
         values["eval_splits"] = _parse_eval_splits(values["eval_splits"])
-    for name in ("pretrained", "ec_gather"):
+    for name in ("pretrained", "ec_gather", "keep_checkpoints"):
         if getattr(args, name) is not None:
             values[name] = getattr(args, name)
     if args.preset:

@@ -98,6 +98,7 @@ class TrainConfig:
     eval_splits: list[str] | None = None  # parts scored during training; None: val when there are val classes
     recall_ks: list[int] | None = None  # None: the dataset's list (CUB/CARS 1,2,4,8; SOP 1,10,100,1000; ...)
     checkpoint_every: int = 1  # epochs between checkpoints
+    keep_checkpoints: bool = False  # keep every checkpoint's weights (steps/model_<step>.safetensors): each opens as run@step
     # input pipeline, logging, several processes
     resize_size: int | None = None  # resize to this square before cropping image_size; None: image_size + 1/8
     log_every: int | None = None  # steps per history line (the mean of those steps); None: 1 on the CPU, 10 on CUDA

@@ -45,6 +45,7 @@ from ecaml.losses import build_loss
 from ecaml.models import BACKBONES, EmbeddingNet, build_model
 from ecaml.runs import (
     DROPPED_KS_KEY,
+    KEPT_WEIGHTS_FOLDER,
     HISTORY_FILE,
     LOCK_FILE,
     METRICS_FILE,
@@ -61,6 +62,7 @@ from ecaml.runs import (
     read_config,
     read_weights,
     remove_stale_temp_files,
+    kept_weights_file,
     save_weights,
     truncate_history,
     write_config,
@@ -463,7 +465,11 @@ class Trainer:
             tensors[f"loss.{name}"] = value
         metadata = {"step": str(self.step), "optimizer_layout": json.dumps(layout), "scaler": json.dumps(self.scaler.state_dict())}
         save_weights(state_file, tensors, metadata)
-        save_weights(self.run_dir / WEIGHTS_FILE, self.model.state_dict(), {"step": str(self.step), "format": "ecaml"})
+        weights_metadata = {"step": str(self.step), "format": "ecaml"}
+        if self.config.keep_checkpoints:  # before the commit: a kept step never lacks its file
+            (self.run_dir / KEPT_WEIGHTS_FOLDER).mkdir(exist_ok=True)
+            save_weights(self.run_dir / kept_weights_file(self.step), self.model.state_dict(), weights_metadata)
+        save_weights(self.run_dir / WEIGHTS_FILE, self.model.state_dict(), weights_metadata)
         for old in self.run_dir.glob("trainer_state_*.safetensors"):
             if old != state_file:
                 old.unlink(missing_ok=True)

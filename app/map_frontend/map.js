@@ -162,10 +162,12 @@ function recolour() {
   }
   const colourOf = new Map();
   let next = 0;
+  // A page may colour by something ordered (e.g. neighbourhood change in bins): then it sends its own palette.
+  const palette = args.palette ? args.palette.map((c) => c.map((v) => v / 255)) : PALETTE;
   const classColour = (label) => {
-    if (args.colour_by_class) return PALETTE[label % PALETTE.length];
+    if (args.colour_by_class) return palette[label % palette.length];
     if (!highlight.has(label)) return GREY;
-    if (!colourOf.has(label)) colourOf.set(label, PALETTE[next++ % PALETTE.length]);
+    if (!colourOf.has(label)) colourOf.set(label, palette[next++ % palette.length]);
     return colourOf.get(label);
   };
   const colours = new Uint8Array(state.count * 4);
@@ -181,7 +183,7 @@ function recolour() {
   state.colours = colours;
   state.order = Uint32Array.from(back.concat(front));
   state.legend = args.colour_by_class
-    ? [...new Set(state.labels)].sort((a, b) => a - b).map((label) => [label, PALETTE[label % PALETTE.length]])
+    ? [...new Set(state.labels)].sort((a, b) => a - b).map((label) => [label, palette[label % palette.length]])
     : [...colourOf.entries()];
   for (const panel of state.panels) {
     if (!panel.gl) continue;

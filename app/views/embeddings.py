@@ -17,7 +17,7 @@ import numpy as np
 import streamlit as st
 
 from app import background_jobs, errors, locations, pictures, projection_jobs, run_catalog, run_picker, splits
-from app import embedding_jobs, embedding_map
+from app import embedding_jobs, embedding_map, neighbourhood_view
 
 METHODS = {"umap": "UMAP, aligned across runs", "pca": "PCA (instant)"}
 METHOD_KEY = "projection_method"
@@ -84,10 +84,19 @@ def show_map(chosen: list[run_catalog.RunEntry]) -> None:
         embedding_map.MapPanel(f"{entry.name} · {run_catalog.ec_summary(entry.run.config.ec_weight)}", [p.coords])
         for entry, p in zip(chosen, projections)
     ]
-    data = embedding_map.MapData(first.labels, first.indices, list(split.dataset.class_names), slots, thumbnails)
-    rows = embedding_map.embedding_map(panels, data, key=f"map_{shown}", highlight_classes=highlight)
+    by_change = neighbourhood_view.colour_by_change(chosen)
+    change = neighbourhood_view.change_of(chosen) if len(chosen) >= 2 else None
+    if by_change and change is not None:
+        labels, names, palette = neighbourhood_view.map_colours(change, first.indices)
+        data = embedding_map.MapData(labels, first.indices, names, slots, thumbnails)
+        rows = embedding_map.embedding_map(panels, data, key=f"map_{shown}_change", palette=palette)
+    else:
+        data = embedding_map.MapData(first.labels, first.indices, list(split.dataset.class_names), slots, thumbnails)
+        rows = embedding_map.embedding_map(panels, data, key=f"map_{shown}", highlight_classes=highlight)
     if rows:
         show_selected_images([int(first.indices[row]) for row in rows], split)
+    if change is not None:
+        neighbourhood_view.show_change(change, chosen, split)
 
 
 def find_classes(split, present: np.ndarray) -> list[int]:

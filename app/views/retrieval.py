@@ -54,6 +54,11 @@ def render() -> None:
     left, right = st.columns([1, 2], gap="large")
     with left:
         sources = list(SOURCES) if len(loaded) > 1 else [name for name in SOURCES if name != "disagree"]
+        imported = [entry.name for entry, _, _ in loaded if entry.run.model is None]
+        if imported:  # stored vectors, no model: nothing can embed a new image
+            sources.remove("upload")
+            st.info(f"Uploads are off: {', '.join(imported)} holds imported vectors, not a model that could embed "
+                    "a new image. Query with the images it holds.")
         source = st.radio("Query", sources, format_func=SOURCES.get, key="query_source")
         query = choose_query(source, loaded, split)
         k = st.slider("Neighbours per run", 1, 16, 8, key="neighbours_k")

@@ -1,0 +1,70 @@
+"""Two checkpoints of one run side by side (run@step) with their neighbourhood change, and imported runs on the pages."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from apptest_support import assert_clean, open_page
+from map_support import maps, open_ready
+
+from ecaml.config import TrainConfig
+from ecaml.retrieval import cached_embeddings
+from ecaml.runs import kept_steps, load_run
+from ecaml.serve.imports import import_embeddings
+from ecaml.serve.neighbourhood import neighbourhood_change
+from ecaml.train import train
+
+PCA = {"projection_method": "pca"}
+
+
+@pytest.fixture
+def run_with_two_checkpoints(app_environment):
+    """A digits run of two epochs that keeps both epochs' weights, in the test's runs folder."""
+    run_dir = app_environment / "digits-kept"
+    train(TrainConfig(dataset="digits", epochs=2, eval_every=0, seed=0, keep_checkpoints=True), run_dir, progress=False)
+    return run_dir
+
+
+def test_two_checkpoints_of_one_run_open_side_by_side_with_their_neighbourhood_change(run_with_two_checkpoints):
+    run_dir = run_with_two_checkpoints
+    *_, early, last = kept_steps(run_dir)  # step 0 (the initial weights) is kept too
+    assert last == load_run(run_dir).step and early < last
+    chosen = [f"{run_dir}@{early}", str(run_dir)]
+    app = open_ready(open_page, "embeddings", {**PCA, "selected_run_paths": chosen})
+    assert_clean(app)
+    (shown,) = maps(app)
+    assert shown.titles == [f"digits-kept@{early} (yours) · EC λ=0.13", "digits-kept (yours) · EC λ=0.13"]
+    assert not np.allclose(shown.frames(0), shown.frames(1))  # two checkpoints, two maps
+    # The page's numbers are the library's on the two checkpoints' own embeddings.
+    change = neighbourhood_change(cached_embeddings(load_run(run_dir, early)), cached_embeddings(load_run(run_dir)))
+    assert 0 < np.nanmean(change.jaccard) < 1
+    assert any(h.value == f"Neighbourhood change: digits-kept@{early} (yours) → digits-kept (yours)" for h in app.subheader)
+    sentence = [m.value for m in app.markdown if "does better than" in m.value]
+    assert sentence and sentence[0].startswith(f"digits-kept (yours) does better than digits-kept@{early} (yours) on")
+    assert any(f"mean {np.nanmean(change.jaccard):.2f}" in c.value for c in app.caption)
+
+    app.segmented_control(key="map_colour_by").set_value("change").run()
+    assert_clean(app)
+    (recoloured,) = maps(app)
+    rows = np.searchsorted(change.indices, recoloured.ints("dataset_indices"))
+    assert np.array_equal(recoloured.ints("labels"), np.minimum((change.jaccard[rows] * 10).astype(int), 9))
+    assert recoloured.args["palette"] and recoloured.args["class_names"][0] == "Jaccard 0.0–0.1"
+
+
+def test_an_imported_run_opens_on_the_pages_and_retrieval_says_why_uploads_are_off(app_environment, tmp_path):
+    rng = np.random.default_rng(0)
+    labels = np.arange(300) % 6
+    source = tmp_path / "vectors.npz"
+    np.savez(source, embeddings=(rng.normal(size=(6, 16))[labels] * 3 + rng.normal(size=(300, 16))).astype("f4"),
+             labels=np.asarray([f"kind {c}" for c in labels]))
+    app_environment.mkdir(exist_ok=True)
+    import_embeddings(source, app_environment / "mine")
+    key = str(app_environment / "mine")
+    for page in ("compare", "embeddings", "retrieval"):
+        app = open_ready(open_page, page, {**PCA, "selected_run_paths": [key]})
+        assert_clean(app)
+        if page == "embeddings":
+            (shown,) = maps(app)
+            assert len(shown.ints("labels")) == 300  # every point
+        if page == "retrieval":
+            assert any("imported vectors" in info.value for info in app.info)
