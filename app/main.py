@@ -26,6 +26,7 @@ PAGES = [
     st.Page("views/embeddings.py", title="Embeddings", icon=":material/scatter_plot:"),
     st.Page("views/retrieval.py", title="Retrieval", icon=":material/image_search:"),
     st.Page("views/train.py", title="Train", icon=":material/model_training:"),
+    st.Page("views/imports.py", title="Import", icon=":material/upload_file:"),
     st.Page("views/about.py", title="About", icon=":material/info:"),
 ]
 

@@ -68,3 +68,36 @@ def test_an_imported_run_opens_on_the_pages_and_retrieval_says_why_uploads_are_o
             assert len(shown.ints("labels")) == 300  # every point
         if page == "retrieval":
             assert any("imported vectors" in info.value for info in app.info)
+
+
+def test_the_import_form_imports_a_server_file_inside_the_data_folder_only(app_environment, tmp_path, monkeypatch):
+    from map_support import finish_background_jobs
+
+    data = tmp_path / "data"
+    data.mkdir()
+    monkeypatch.setenv("ECAML_DATA_DIR", str(data))
+    labels = np.arange(60) % 3
+    np.savez(data / "mine.npz", embeddings=np.random.default_rng(0).normal(size=(60, 4)).astype("f4"), labels=labels)
+    np.savez(tmp_path / "outside.npz", embeddings=np.ones((60, 4), "f4"), labels=labels)
+    app = open_page("imports")
+    app.text_input(key="import_name").input("from-outside").run()
+    app.text_input(key="import_path").input("../outside.npz").run()
+    app.button(key="import_start").click().run()
+    assert [e.value for e in app.error] == ["Could not import: '../outside.npz' is outside the allowed folders (data)"]
+    assert not (app_environment / "from-outside").exists()
+
+    app.text_input(key="import_name").input("from-data").run()
+    app.text_input(key="import_path").input("mine.npz").run()
+    app.button(key="import_start").click().run()
+    finish_background_jobs()
+    app.run()
+    assert_clean(app)
+    assert load_run(app_environment / "from-data").kind == "imported"
+    assert any(s.value.startswith("imported 60 vectors of size 4 (3 classes)") for s in app.success)
+
+
+def test_the_import_form_is_off_in_read_only_mode(monkeypatch):
+    monkeypatch.setenv("ECAML_READ_ONLY", "1")
+    app = open_page("imports")
+    assert_clean(app)
+    assert not app.button and any("Importing is off" in info.value for info in app.info)
