@@ -226,6 +226,11 @@ def evaluate_run(run_dir: str, split: str = "unseen", device: str = "auto") -> d
     from ecaml.runs import input_channels, load_run
 
     run = load_run(run_dir)
+    if run.model is None:  # imported vectors: scored as they were stored
+        from ecaml.evaluate import score
+        from ecaml.retrieval import imported_embeddings
+
+        return score(imported_embeddings(run, split), run.config.recall_ks)
     torch_device = pick_device(device)
     run.model.to(torch_device)
     return score_part(run.model, split_for(run.config), split, run.config, input_channels(run.config), torch_device)
@@ -290,6 +295,8 @@ def command_embed(args: argparse.Namespace) -> int:
     if not out.parent.is_dir():
         raise UserError(f"embed: folder {out.parent} does not exist")
     run = load_run(args.run)
+    if run.model is None:
+        raise UserError(f"embed: {run.name} holds imported vectors, not a model; they are its {run.weights_file}")
     device = pick_device(args.device)
     run.model.to(device)
     split = split_for(run.config)

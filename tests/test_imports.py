@@ -119,3 +119,14 @@ def test_parquet_imports_the_same_as_npz(tmp_path):
     import_embeddings(source, tmp_path / "from-npz")
     import_embeddings(tmp_path / "a.parquet", tmp_path / "from-parquet")
     assert load_run(tmp_path / "from-npz").metrics == load_run(tmp_path / "from-parquet").metrics
+
+
+def test_evaluate_and_compare_read_an_imported_run(tmp_path, capsys):
+    import json
+
+    source = write_npz(tmp_path / "a.npz", split=np.where(np.arange(120) % 6 < 2, "seen", "unseen"))
+    import_embeddings(source, tmp_path / "mine")
+    assert main(["evaluate", str(tmp_path / "mine"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == load_run(tmp_path / "mine").metrics
+    assert main(["evaluate", str(tmp_path / "mine"), "--split", "seen", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["recall@1"] > 0.9  # the two seen classes, well apart

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from apptest_support import assert_clean, open_page
 
-PAGES = ["compare", "embeddings", "retrieval", "train", "about"]
+PAGES = ["compare", "embeddings", "retrieval", "train", "imports", "about"]
 RUN_PAGES = ["compare", "embeddings", "retrieval"]
 
 

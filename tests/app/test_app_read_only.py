@@ -9,7 +9,7 @@ from apptest_support import assert_clean, open_page
 from app import deployment, training_job
 from ecaml.jobs import JobError
 
-PAGES = ("compare", "embeddings", "retrieval", "train", "about")
+PAGES = ("compare", "embeddings", "retrieval", "train", "imports", "about")
 
 
 @pytest.fixture
