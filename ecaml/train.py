@@ -62,6 +62,7 @@ from ecaml.runs import (
     read_config,
     read_weights,
     remove_stale_temp_files,
+    kept_steps,
     kept_weights_file,
     save_weights,
     truncate_history,
@@ -502,6 +503,8 @@ class Trainer:
         self.step = self.checkpointed_step = step
         if self.writes_files:
             truncate_history(self.run_dir, step)
+            for later in (s for s in kept_steps(self.run_dir) if s > step):  # kept by a writer killed before its commit
+                (self.run_dir / kept_weights_file(later)).unlink(missing_ok=True)
 
     def _read_trainer_state(self, step: int) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         state_file = self.run_dir / TRAINER_STATE_PATTERN.format(step=step)
