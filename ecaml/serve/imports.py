@@ -277,19 +277,37 @@ def import_embeddings(
     image_root: str | Path | None = None,
     recall_ks: tuple[int, ...] = DEFAULT_RECALL_KS,
     memory_budget: int | None = None,
+    timings: dict[str, float] | None = None,
 ) -> Path:
-    """Read, check, score and write ``source`` as the imported run directory ``out``; returns its path."""
+    """Read, check, score and write ``source`` as the imported run directory ``out``; returns its path.
+
+    ``timings``, when given, receives the seconds of each stage (read, check, score, write): benchmarks/import_scale.py.
+    """
     source, out = Path(source), Path(out)
+    clock = _StageClock(timings)
     _check_target(out)
     if image_root is not None and not Path(image_root).is_dir():
         raise ImportInputError(f"--image-root {Path(image_root).name}: no such folder")
-    imported = validated(read_columns(source, memory_budget), source.name)
+    columns = clock.stage("read", read_columns, source, memory_budget)
+    imported = clock.stage("check", validated, columns, source.name)
     if imported.paths is not None and image_root is None:
         raise ImportInputError(f"{source.name}: has 'paths'; give --image-root, the folder they are relative to")
-    metrics = score_imported(imported, recall_ks)
+    metrics = clock.stage("score", score_imported, imported, recall_ks)
     manifest = _manifest(source, imported, image_root, recall_ks)
-    write_run_atomically(out, lambda folder: _write_files(folder, imported, manifest, metrics))
+    clock.stage("write", write_run_atomically, out, lambda folder: _write_files(folder, imported, manifest, metrics))
     return out
+
+
+class _StageClock:
+    def __init__(self, timings: dict[str, float] | None):
+        self.timings = timings
+
+    def stage(self, name: str, function, *args):
+        started = time.perf_counter()
+        result = function(*args)
+        if self.timings is not None:
+            self.timings[name] = time.perf_counter() - started
+        return result
 
 
 def score_imported(imported: ImportedSet, recall_ks) -> dict[str, float]:
