@@ -12,7 +12,8 @@ import argparse
 def add_import(commands) -> None:
     parser = commands.add_parser("import", help="import embeddings or a model made elsewhere as a run directory",
                                  description="Bring your own: vectors (.npz / .parquet) or torchvision weights.")
-    kinds = parser.add_subparsers(dest="import_kind", required=True, parser_class=type(parser))
+    kinds = parser.add_subparsers(dest="import_kind", required=True, parser_class=type(parser),
+                                  help="embeddings (vectors made elsewhere) or model (torchvision weights)")
     embeddings = kinds.add_parser(
         "embeddings", help="a .npz or .parquet of embeddings [N, D] + labels [N] (+ split, paths)",
         description="Write an imported run: arrays embeddings (float [N, D]), labels (int or str [N]), optional "
