@@ -1,5 +1,5 @@
 """The Import page: embeddings made elsewhere become a run of yours (``ecaml.serve.imports``), from a file on the
-server (inside the data folder) or a small uploaded .npz. Off in read-only mode. The import runs in a background
+server (inside an allowed data folder, as the Train page lists them) or a small uploaded .npz. Off in read-only mode. The import runs in a background
 job (an SOP-sized file takes tens of seconds), and the new run then opens on every page like any other.
 """
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from app import background_jobs, deployment, errors, locations
+from app import background_jobs, data_roots, deployment, errors, locations
 
 UPLOAD_LIMIT_BYTES = 20 * 1024 * 1024  # an upload sits in memory; bigger files go on the server and are named here
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
@@ -34,7 +34,8 @@ def render() -> None:
     source = st.radio("From", ["server", "upload"], horizontal=True, key="import_source",
                       format_func={"server": "A file on the server", "upload": "Upload a small .npz"}.get)
     if source == "server":
-        path = st.text_input(f"Path (inside `{locations.shown_path(locations.data_dir())}/`)", key="import_path")
+        folders = ", ".join(f"`{locations.shown_path(root)}/`" for root in data_roots.allowed_roots())
+        path = st.text_input(f"Path (inside an allowed data folder: {folders}; relative to the first)", key="import_path")
         upload = None
     else:
         path, upload = None, st.file_uploader(".npz file (kept until imported)", type=["npz"], key="import_upload")
@@ -61,7 +62,7 @@ def start_import(name: str, path: str | None, upload) -> None:
         source, data = None, upload.getvalue()
     else:
         try:
-            source, data = confine(path, [locations.data_dir()], base=locations.data_dir()), None
+            source, data = confine(path, data_roots.allowed_roots(), base=locations.data_dir()), None
         except PathError as error:
             st.error(f"Could not import: {error}")
             return
