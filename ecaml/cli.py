@@ -21,11 +21,24 @@ from ecaml.data import DATASETS, SPLIT_PARTS
 from ecaml.models import BACKBONES
 
 EXIT_USER_ERROR = 2
+
+
+def class_ids(text: str) -> list[int]:
+    """``--unseen-classes 5,6,7,8,9``: comma-separated class ids."""
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated class ids such as 5,6,7,8,9, got {text!r}") from None
+
+
 # Flags whose value lands in TrainConfig under the same name (dashes -> underscores).
 TRAIN_FLAGS = {
     "dataset": (str, "dataset: " + ", ".join(DATASETS) + " (default digits; cub/cars/sop/inshop: the benchmarks, "
                 "read from their official layout under --data-root, see docs/datasets.md)"),
-    "data_root": (str, "folder of a folder dataset (one sub-folder of images per class) or of a benchmark"),
+    "data_root": (str, "folder of a folder dataset (one sub-folder of images per class) or of a benchmark; "
+                  "fashion-mnist: where its idx files are (default: found on its own, see docs/datasets.md)"),
+    "unseen_classes": (class_ids, "fashion-mnist only: comma-separated ids of the unseen (test) classes, the others "
+                       "seen (default 5,6,7,8,9: Sandal, Shirt, Sneaker, Bag, Ankle boot)"),
     "val_classes": (float, "seen classes held out for validation/tuning: a count, or a fraction < 1 (default 0). "
                     "They are drawn from the training classes only: the unseen (test) classes are fixed by the "
                     "dataset (folder: the second half of the class folders in sorted name order) and no setting "

@@ -51,15 +51,16 @@ def eval_transform(config: TrainConfig, channels: int):
 def split_settings(config: TrainConfig) -> tuple:
     """What decides a run's split, as a hashable key (for caches of splits): equal keys, equal splits."""
     config = config.resolved()
+    unseen = tuple(config.unseen_classes) if config.unseen_classes is not None else None
     return (config.dataset, config.data_root, config.val_classes, config.val_seed, config.seen_test_per_class,
-            config.legacy_unseen_seed)
+            config.legacy_unseen_seed, unseen)
 
 
 def split_for(config: TrainConfig) -> ClassSplit:
     """The class split a run was trained with (same dataset, validation classes, held-out images)."""
-    dataset, data_root, val_classes, val_seed, seen_test_per_class, legacy_unseen_seed = split_settings(config)
+    dataset, data_root, val_classes, val_seed, seen_test_per_class, legacy_unseen_seed, unseen = split_settings(config)
     return load_split(dataset, data_root, val_classes, val_seed, seen_test_per_class,
-                      legacy_unseen_seed=legacy_unseen_seed)
+                      legacy_unseen_seed=legacy_unseen_seed, unseen_classes=None if unseen is None else list(unseen))
 
 
 def embed_indices(
