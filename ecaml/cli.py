@@ -1,4 +1,4 @@
-"""`python -m ecaml train | evaluate | compare | embed`.
+"""`python -m ecaml train | evaluate | compare | embed | data fetch`.
 
 Every failure the user can cause (a bad flag value, a missing path, a broken
 run) ends in one line on stderr and exit status 2, never a traceback.
@@ -98,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(commands)
     _add_compare(commands)
     _add_embed(commands)
+    _add_data(commands)
     return parser
 
 
@@ -161,6 +162,18 @@ def _add_embed(commands) -> None:
                                 description="Write arrays embeddings (L2-normalised), labels and indices of a split.")
     _add_run_split_device(embed)
     embed.add_argument("--out", required=True, help="output .npz file")
+
+
+def _add_data(commands) -> None:
+    data = commands.add_parser("data", help="fetch a data set (the one command that uses the network)",
+                               description="Data sets that are downloaded only when asked.")
+    actions = data.add_subparsers(dest="action", required=True, parser_class=Parser, help="fetch")
+    fetch = actions.add_parser("fetch", help="download a data set's files (checksums checked)",
+                               description="Download Fashion-MNIST's four idx files with torchvision's downloader "
+                               "into ROOT/FashionMNIST/raw/, where --dataset fashion-mnist finds them. Without "
+                               "network: apt-get install dataset-fashion-mnist.")
+    fetch.add_argument("dataset", choices=["fashion-mnist"])
+    fetch.add_argument("--root", help="folder to download into (default: $ECAML_DATA_DIR, else ~/.cache/ecaml/data)")
 
 
 # ----------------------------------------------------------------------------- commands
@@ -314,7 +327,16 @@ def command_embed(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": command_train, "evaluate": command_evaluate, "compare": command_compare, "embed": command_embed}
+def command_data(args: argparse.Namespace) -> int:
+    from ecaml.data.fashion import fetch
+
+    folder = fetch(args.root)
+    print(f"Fashion-MNIST is in {folder}: train with --dataset fashion-mnist")
+    return 0
+
+
+COMMANDS = {"train": command_train, "evaluate": command_evaluate, "compare": command_compare, "embed": command_embed,
+            "data": command_data}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -220,3 +220,64 @@ def test_the_real_data_set_is_all_70000_images_in_ten_classes_of_7000():
     # Garments are light on a black background (the upload conversion relies on it): dark corners, light centres.
     corners = dataset.arrays[:, [0, 0, -1, -1], [0, -1, 0, -1]]
     assert np.median(corners) == 0 and corners.mean() < 5 and dataset.arrays[:, 10:18, 10:18].mean() > 100
+
+
+# ----------------------------------------------------------------------------- data fetch (network mocked)
+
+
+def test_data_fetch_uses_torchvisions_downloader_into_the_root(tmp_path, no_usual_places, monkeypatch, capsys):
+    from torchvision.datasets import mnist
+
+    from ecaml.cli import main
+
+    source = tmp_path / "mirror"
+    write_fashion(source)
+    asked = []
+
+    def fake_download(url, download_root, filename, md5):  # what torchvision does: fetch, check md5, extract
+        asked.append((url, filename, md5))
+        (Path(download_root) / filename).write_bytes((source / filename).read_bytes())
+        (Path(download_root) / filename[:-3]).write_bytes(gzip.decompress((source / filename).read_bytes()))
+
+    monkeypatch.setattr(mnist, "download_and_extract_archive", fake_download)
+    assert main(["data", "fetch", "fashion-mnist", "--root", str(tmp_path / "root")]) == 0
+    raw = tmp_path / "root" / "FashionMNIST" / "raw"
+    assert str(raw.resolve()) in capsys.readouterr().out
+    assert sorted(name for _, name, _ in asked) == sorted(stem + ".gz" for stem in STEMS)
+    assert all(len(md5) == 32 for _, _, md5 in asked)  # torchvision's checksums travel with each file
+    assert fashion.find_files(tmp_path / "root") == raw.resolve()
+    # The default root is $ECAML_DATA_DIR, where training then finds the files without --data-root.
+    monkeypatch.setenv(fashion.DATA_DIR_ENV, str(tmp_path / "shared"))
+    assert main(["data", "fetch", "fashion-mnist"]) == 0
+    assert len(load_split("fashion-mnist").dataset) == 40
+
+
+def test_data_fetch_without_network_is_one_line_with_the_offline_way(tmp_path, no_usual_places, monkeypatch, capsys):
+    from urllib.error import URLError
+
+    from torchvision.datasets import mnist
+
+    from ecaml.cli import main
+
+    def offline(url, download_root, filename, md5):
+        raise URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(mnist, "download_and_extract_archive", offline)
+    assert main(["data", "fetch", "fashion-mnist", "--root", str(tmp_path / "root")]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "could not download Fashion-MNIST" in error
+    assert "name resolution" in error and "apt-get install dataset-fashion-mnist" in error
+
+
+def test_a_background_job_passes_the_chosen_split_on_exactly():
+    from ecaml.cli import _flag_values, build_parser
+    from ecaml.config import TrainConfig
+    from ecaml.jobs import config_flags
+
+    config = TrainConfig(dataset="fashion-mnist", unseen_classes=[0, 2, 4, 6, 8], ec_weight=1.0).resolved()
+    flags = config_flags(config)
+    assert "--unseen-classes=0,2,4,6,8" in flags
+    args = build_parser().parse_args(["train", *flags, "--out=x"])
+    assert TrainConfig.from_dict(_flag_values(args)).resolved() == config
+    with pytest.raises(ValueError, match="only for fashion-mnist"):
+        TrainConfig(dataset="glyphs", unseen_classes=[1, 2]).resolved()

@@ -98,6 +98,26 @@ def load_fashion_mnist(data_root: str | os.PathLike | None = None) -> ImageSet:
     return ImageSet(NAME, labels, list(CLASS_NAMES), channels=1, arrays=images)
 
 
+def fetch(root: str | os.PathLike | None = None) -> Path:
+    """Download the four files with torchvision's own downloader (mirrors, md5 checksums, progress) into
+    ``root/FashionMNIST/raw/`` (default root: ``default_fetch_root()``); the folder holding them, read back whole.
+
+    The one place that uses the network, and only when asked (``python -m ecaml data fetch fashion-mnist``).
+    """
+    from torchvision.datasets import FashionMNIST
+
+    root = Path(root).expanduser() if root else default_fetch_root()
+    try:
+        for train in (True, False):
+            FashionMNIST(str(root), train=train, download=True)
+    except (RuntimeError, OSError) as error:  # torchvision's "Error downloading ...", URLError, a full disk
+        detail = " ".join(str(error).split()) or error.__class__.__name__
+        raise DatasetError(f"could not download Fashion-MNIST into {root / 'FashionMNIST' / 'raw'} ({detail}); "
+                           f"without network, install Debian's package: apt-get install dataset-fashion-mnist") from None
+    load_fashion_mnist(root)  # what was written reads back, or a one-line error naming the bad file
+    return find_files(root)
+
+
 def fashion_split(unseen_classes: list[int] | None = None) -> SplitDefinition:
     """Seen / unseen classes: ``unseen_classes`` (default 5-9) unseen, the others seen."""
     unseen = sorted(DEFAULT_UNSEEN_CLASSES if unseen_classes is None else {int(c) for c in unseen_classes})
