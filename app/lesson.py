@@ -29,15 +29,23 @@ from ecaml.runs import read_status
 
 # Used when no featured pair can be read: the featured setting of the study in results/ (digits, triplet, λ = 1).
 FALLBACK_SETTING = {"dataset": "digits", "loss": "triplet", "ec_weight": 1.0, "epochs": 2, "seed": 0}
+# The real-photos lesson when no Fashion-MNIST pair is featured: its data set's defaults (the lecture's length).
+FASHION_FALLBACK = {"dataset": "fashion-mnist", "loss": "triplet", "ec_weight": 1.0, "seed": 0, "film_every": 70}
+LESSON_DATASETS = {"digits": "Digits (8×8, seconds)", "fashion-mnist": "Fashion-MNIST (real photos, about 3 minutes)"}
+DATASET_CHOICE_KEY = "lesson_dataset"
 LESSON_FILM_EVERY = 2  # when the featured run has no film of its own to take the spacing from
 LESSON_OVERRIDES: dict = {}  # further config fields (tests shorten the lesson with max_steps)
 LESSON_KEY = "lesson_runs"  # this session's lesson: its run folders
 FILM_VIEW = "film"
 
 
-def lesson_configs() -> dict[str, TrainConfig]:
-    """The pair, keyed by λ tag ("ec0", "ec0.6"): the featured EC-on run's config, on the CPU, filmed, EC off and on."""
-    featured = run_catalog.featured_setting() or TrainConfig(**FALLBACK_SETTING)
+def lesson_configs(dataset: str | None = None) -> dict[str, TrainConfig]:
+    """The pair, keyed by λ tag ("ec0", "ec0.6"): the featured EC-on run's config, on the CPU, filmed, EC off and on.
+
+    ``dataset``: "fashion-mnist" for the real-photos pair, "digits" for the top-level one; None: the pair the app
+    opens on."""
+    fashion = (dataset or run_catalog.opening_dataset()) == run_catalog.FASHION
+    featured = run_catalog.featured_setting(dataset) or TrainConfig(**(FASHION_FALLBACK if fashion else FALLBACK_SETTING))
     settings = {"device": "cpu", "eval_every": 0, "film_every": featured.film_every or LESSON_FILM_EVERY,
                 **LESSON_OVERRIDES}
     base = dataclasses.replace(featured, **settings)
@@ -48,10 +56,10 @@ def lesson_job_key(folders: tuple[str, ...]) -> tuple:
     return ("lesson",) + folders
 
 
-def start_lesson() -> tuple[str, ...]:
+def start_lesson(dataset: str | None = None) -> tuple[str, ...]:
     """Start both runs (in the background) into new folders under runs/; their folders."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    configs = lesson_configs()
+    configs = lesson_configs(dataset)
     folders = tuple(str(runs_dir() / f"lesson-{config.dataset}-{config.loss}-{suffix}-{stamp}")
                     for suffix, config in configs.items())
 
@@ -107,7 +115,8 @@ def open_film(folders: tuple[str, ...]) -> None:
 def offer_lesson() -> None:
     """The lesson's panel on the Train page: the button, the pair's progress, then the way to its film."""
     st.subheader("Lesson: watch Energy Confusion shape an embedding")
-    _, on = lesson_configs().values()
+    dataset = choose_lesson_dataset()
+    _, on = lesson_configs(dataset).values()
     st.caption(
         f"Trains two small networks on {on.dataset}, EC off and EC on ({on.loss} loss, λ = {on.ec_weight:g}: the "
         "featured pair's setting), both at once, filming their embeddings of the classes they never see. "
@@ -126,5 +135,17 @@ def offer_lesson() -> None:
             open_film(folders)
         return
     if st.button("Train the lesson pair", icon=":material/school:", key="lesson_start"):
-        st.session_state[LESSON_KEY] = list(start_lesson())
+        st.session_state[LESSON_KEY] = list(start_lesson(dataset))
         st.rerun()
+
+
+def choose_lesson_dataset() -> str | None:
+    """Digits or Fashion-MNIST's real photos when they are here (starting on the pair the app opens on), else
+    digits with one line on how to get the photos; None: the pair the app opens on."""
+    if not run_catalog.photos_available():
+        st.caption(run_catalog.PHOTOS_HINT)
+        return None
+    options = list(LESSON_DATASETS)
+    default = run_catalog.opening_dataset() or "digits"
+    return st.radio("Data", options, index=options.index(default), format_func=LESSON_DATASETS.get,
+                    horizontal=True, key=DATASET_CHOICE_KEY)

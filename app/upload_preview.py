@@ -29,23 +29,26 @@ def data_identity(config) -> tuple:
 def prepared_upload(image: Image.Image, run, split) -> Image.Image:
     """Show ``image`` beside the model's view of it, warn when it looks unlike the data; the image to query with
     (its negative when the user chose to invert it)."""
-    from ecaml.inputs import check_input, inverted, model_view
+    from ecaml.inputs import check_input, converted_upload, inverted, model_view
 
     config = run.config
     statistics = errors.attempt(
         "measure how the training images look", _data_statistics, data_identity(config), split, config
     )
     query = inverted(image) if st.session_state.get(INVERT_KEY) else image
+    query = converted_upload(query, config)  # made like the data set's pictures, where it has a rule (Fashion-MNIST)
     view = model_view(query, config)
     # One image element holding both pictures, side by side.
     st.image(
         [pictures.enlarged(picture.convert("RGB"), PREVIEW_PIXELS) for picture in (image, view)],
         caption=[
             "your upload",
-            f"what the model sees: {view.size[0]}×{view.size[1]}" + (", inverted" if query is not image else ""),
+            f"what the model sees: {view.size[0]}×{view.size[1]}" + (", inverted" if st.session_state.get(INVERT_KEY)
+                                                                     else ", converted" if query is not image else ""),
         ],
     )
-    findings = check_input(model_view(image, config), statistics) if statistics is not None else []
+    findings = check_input(model_view(converted_upload(image, config), config), statistics) if statistics is not None \
+        else []
     for finding in findings:
         st.warning(finding.message, icon=":material/warning:")
     if any(finding.invert_helps for finding in findings) or st.session_state.get(INVERT_KEY):

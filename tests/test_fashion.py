@@ -281,3 +281,72 @@ def test_a_background_job_passes_the_chosen_split_on_exactly():
     assert TrainConfig.from_dict(_flag_values(args)).resolved() == config
     with pytest.raises(ValueError, match="only for fashion-mnist"):
         TrainConfig(dataset="glyphs", unseen_classes=[1, 2]).resolved()
+
+
+# ----------------------------------------------------------------------------- uploads: a phone photo of a shoe
+
+
+def phone_photo(garment: np.ndarray, scale: int = 14, canvas=(1600, 1200), offset=(310, 420), seed: int = 0):
+    """``garment`` (28x28, light on black, as in Fashion-MNIST) as a phone would photograph the real thing: a dark
+    object on a light, slightly warm and noisy table, large, RGB, off centre."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    width, height = canvas
+    table = np.array([222.0, 214.0, 200.0]) + rng.normal(0, 4, size=(height, width, 3))
+    shoe = np.asarray(Image.fromarray(garment).resize((28 * scale, 28 * scale), Image.Resampling.BICUBIC),
+                      dtype=np.float32) / 255.0
+    top, left = offset
+    region = table[top: top + shoe.shape[0], left: left + shoe.shape[1]]
+    region[:] = region * (1 - 0.85 * shoe[..., None])  # the shoe darkens the table where it stands
+    return Image.fromarray(np.clip(table, 0, 255).astype(np.uint8), mode="RGB")
+
+
+def boot_silhouette() -> np.ndarray:
+    """A made-up ankle boot, light on black, framed as Fashion-MNIST frames its items (the longest side fills the
+    28 px, the other centred): no real data needed."""
+    garment = np.zeros((28, 28), dtype=np.float32)
+    garment[4:24, 16:27] = 0.8  # the shaft
+    garment[14:24, 0:28] = 0.9  # the foot
+    garment[18:20, 2:25] = 1.0  # a seam
+    return np.round(garment * 255).astype(np.uint8)
+
+
+def correlation(a, b) -> float:
+    return float(np.corrcoef(np.asarray(a, dtype=np.float32).ravel(), np.asarray(b, dtype=np.float32).ravel())[0, 1])
+
+
+def test_a_phone_photo_is_converted_like_the_training_images():
+    from ecaml.config import TrainConfig
+    from ecaml.inputs import converted_upload, model_view
+
+    garment = boot_silhouette()
+    photo = phone_photo(garment)
+    config = TrainConfig(dataset="fashion-mnist").resolved()
+    converted = converted_upload(photo, config)
+    assert converted.mode == "L" and converted.size == (28, 28)
+    assert correlation(converted, garment) > 0.9
+    # Without the conversion the model would see a light picture with a small dark smudge: nothing like the data.
+    assert correlation(model_view(photo, config), garment) < 0.5
+    corners = np.asarray(converted)[[0, 0, -1, -1], [0, -1, 0, -1]]
+    assert corners.max() < 30  # black background, as in Fashion-MNIST
+    # Other data sets keep their pictures as they are (their own rules, if any, are theirs).
+    assert converted_upload(photo, TrainConfig(dataset="digits").resolved()) is photo
+
+
+def test_photos_of_real_shoes_and_bags_come_back_as_their_fashion_mnist_images():
+    real_files_or_skip()
+    from ecaml.config import TrainConfig
+    from ecaml.inputs import converted_upload, model_view
+
+    dataset = load_split("fashion-mnist").dataset
+    config = TrainConfig(dataset="fashion-mnist").resolved()
+    converted, unconverted = [], []
+    for label in (5, 7, 8, 9):  # sandals, sneakers, bags, ankle boots: the first ten of each
+        for index in np.flatnonzero(dataset.labels == label)[:10]:
+            photo = phone_photo(dataset.arrays[index], seed=int(index))
+            converted.append(correlation(converted_upload(photo, config), dataset.arrays[index]))
+            unconverted.append(correlation(model_view(photo, config), dataset.arrays[index]))
+    # Not every item fills its frame as the data set's cropping made it, so some come back a little larger.
+    assert np.mean(converted) > 0.9 and min(converted) > 0.6
+    assert np.mean(unconverted) < 0.3
