@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -125,7 +126,7 @@ def test_the_train_form_gives_fashion_mnist_its_lecture_length(checkpoints_copy,
     manager = CapturingManager(app_environment)
     monkeypatch.setattr(training_job, "job_manager", lambda: manager)
     app = open_page("train")
-    app.selectbox(key="train_dataset").set_value("fashion-mnist").run()
+    app.selectbox(key="train_dataset").set_value("fashion-mnist")  # submitted with the form below
     next(button for button in app.button if button.label == "Start training").click().run()
     assert_clean(app)
     (started,) = manager.started
@@ -135,6 +136,11 @@ def test_the_train_form_gives_fashion_mnist_its_lecture_length(checkpoints_copy,
 
 def test_an_uploaded_phone_photo_is_shown_converted(featured_both, photos_here):
     app = open_page("retrieval", {"query_source": "upload"})
+    for _ in range(240):  # the runs' unseen images are embedded in the background first
+        if [element for element in app.get("file_uploader") if element.key == "query_upload"]:
+            break
+        time.sleep(0.5)
+        app.run()
     buffer = io.BytesIO()
     phone_photo(boot_silhouette()).save(buffer, format="JPEG")
     app.file_uploader(key="query_upload").set_value(("boot.jpg", buffer.getvalue(), "image/jpeg")).run()
