@@ -31,29 +31,41 @@ FALLBACK_SETTING = {"dataset": "digits", "loss": "triplet", "ec_weight": 1.0, "e
 LECTURE_EPOCHS = 32
 LECTURE_FRAMES = 30
 FALLBACK_STEPS_PER_EPOCH = 14  # the digits split's: 70 images per seen class in batches of 5 x 12
+# The real-photos lesson when no Fashion-MNIST pair is featured: its data set's defaults (the lecture's length).
+FASHION_FALLBACK = {"dataset": "fashion-mnist", "loss": "triplet", "ec_weight": 1.0, "seed": 0, "film_every": 70}
+LESSON_DATASETS = {"digits": "Digits (8×8, seconds)", "fashion-mnist": "Fashion-MNIST (real photos, about 3 minutes)"}
+DATASET_CHOICE_KEY = "lesson_dataset"
 LESSON_OVERRIDES: dict = {}  # further config fields (tests shorten the lesson with max_steps)
 LESSON_KEY = "lesson_runs"  # this session's lesson: its run folders
 FILM_VIEW = "film"
 
 
-def lesson_configs() -> dict[str, TrainConfig]:
-    """The pair, keyed by λ tag ("ec0", "ec0.6"): the featured EC-on run's config, on the CPU, filmed, EC off and on."""
-    featured = run_catalog.featured_setting() or TrainConfig(**FALLBACK_SETTING)
-    base = dataclasses.replace(lecture_length(featured), device="cpu", eval_every=0, **LESSON_OVERRIDES)
+def lesson_configs(dataset: str | None = None) -> dict[str, TrainConfig]:
+    """The pair, keyed by λ tag ("ec0", "ec0.6"): the featured EC-on run's config, on the CPU, filmed, EC off and on.
+
+    ``dataset``: "fashion-mnist" for the real-photos pair (its data set's defaults are the lecture's length), "digits"
+    for the top-level one (trained for the lecture's length); None: the pair the app opens on."""
+    if (dataset or run_catalog.opening_dataset()) == run_catalog.FASHION:
+        featured = run_catalog.featured_setting(run_catalog.FASHION) or TrainConfig(**FASHION_FALLBACK)
+        lecture = featured
+    else:
+        featured = run_catalog.featured_setting("digits") or TrainConfig(**FALLBACK_SETTING)
+        lecture = lecture_length(featured)
+    base = dataclasses.replace(lecture, device="cpu", eval_every=0, **LESSON_OVERRIDES)
     return {f"ec{weight:g}": dataclasses.replace(base, ec_weight=weight) for weight in (0.0, featured.ec_weight)}
 
 
 def lecture_length(config: TrainConfig) -> TrainConfig:
     """``config`` trained for LECTURE_EPOCHS, filmed about LECTURE_FRAMES times: a run a room can watch grow."""
-    steps = (run_catalog.featured_steps_per_epoch() or FALLBACK_STEPS_PER_EPOCH) * LECTURE_EPOCHS
+    steps = (run_catalog.featured_steps_per_epoch("digits") or FALLBACK_STEPS_PER_EPOCH) * LECTURE_EPOCHS
     return dataclasses.replace(config, epochs=LECTURE_EPOCHS, film_every=max(1, -(-steps // LECTURE_FRAMES)))
 
 
-def start_lesson() -> tuple[str, ...]:
+def start_lesson(dataset: str | None = None) -> tuple[str, ...]:
     """Start both runs as one job into new folders under runs/; their folders. JobError (one line) when refused:
     a job already runs, or the server is read-only."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    configs = lesson_configs()
+    configs = lesson_configs(dataset)
     named = [(config, f"lesson-{config.dataset}-{config.loss}-{suffix}-{stamp}") for suffix, config in configs.items()]
     folders = training_job.job_manager().start_together(named, owner=training_job.session_owner())
     return tuple(str(folder) for folder in folders)
@@ -101,7 +113,8 @@ def open_film(folders: tuple[str, ...]) -> None:
 def offer_lesson() -> None:
     """The lesson's panel on the Train page: the button, the pair's progress, then the way to its film."""
     st.subheader("Lesson: watch Energy Confusion shape an embedding")
-    _, on = lesson_configs().values()
+    dataset = choose_lesson_dataset()
+    _, on = lesson_configs(dataset).values()
     st.caption(
         f"Trains two small networks on {on.dataset}, EC off and EC on ({on.loss} loss, λ = {on.ec_weight:g}: the "
         f"featured pair's setting, for {on.epochs} epochs so it can be watched), both at once, filming their "
@@ -124,7 +137,19 @@ def offer_lesson() -> None:
             open_film(folders)
         return
     if st.button("Train the lesson pair", icon=":material/school:", key="lesson_start"):
-        started = errors.attempt("start the lesson", start_lesson)
+        started = errors.attempt("start the lesson", start_lesson, dataset)
         if started is not None:
             st.session_state[LESSON_KEY] = list(started)
             st.rerun()
+
+
+def choose_lesson_dataset() -> str | None:
+    """Digits or Fashion-MNIST's real photos when they are here (starting on the pair the app opens on), else
+    digits with one line on how to get the photos; None: the pair the app opens on."""
+    if not run_catalog.photos_available():
+        st.caption(run_catalog.PHOTOS_HINT)
+        return None
+    options = list(LESSON_DATASETS)
+    default = run_catalog.opening_dataset() or "digits"
+    return st.radio("Data", options, index=options.index(default), format_func=LESSON_DATASETS.get,
+                    horizontal=True, key=DATASET_CHOICE_KEY)

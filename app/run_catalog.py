@@ -16,6 +16,7 @@ import streamlit as st
 from app.errors import one_sentence
 from app.locations import checkpoints_dir, runs_dir
 from ecaml.config import TrainConfig
+from ecaml.data import fashion
 from ecaml.evaluate import split_settings
 from ecaml.runs import Run, RunError, find_runs, kept_steps, load_run, read_config, read_status
 
@@ -27,8 +28,12 @@ RUN_FILES = ("config.json", "model.safetensors", "history.jsonl", "metrics.json"
 LIVE_STATES = ("starting", "running")
 
 
-# Names the shipped runs the app opens on, so the first screen shows the clearest comparison.
+# Names the shipped runs the app opens on, so the first screen shows the clearest comparison: its "runs" (digits),
+# and under "fashion-mnist" the real-photos pair, opened on instead when Fashion-MNIST's files are present.
 FEATURED_FILE = "featured.json"
+FASHION = fashion.NAME
+PHOTOS_HINT = ("Real photos: Fashion-MNIST is not installed here; get it with `apt-get install dataset-fashion-mnist` "
+               "or `python -m ecaml data fetch fashion-mnist`.")
 
 
 @dataclass(frozen=True)
@@ -163,7 +168,7 @@ def usable(entries: list[RunEntry]) -> list[RunEntry]:
     return [entry for entry in entries if entry.run is not None]
 
 
-def _featured() -> dict:
+def _featured_file() -> dict:
     try:
         featured = json.loads((checkpoints_dir() / FEATURED_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -171,21 +176,41 @@ def _featured() -> dict:
     return featured if isinstance(featured, dict) else {}
 
 
-def featured_run_names() -> list[str]:
-    """Run names listed in ``checkpoints/featured.json`` (the pair the app opens on); [] when absent or unreadable."""
-    names = _featured().get("runs", [])
+def _names(entry) -> list[str]:
+    names = entry.get("runs", []) if isinstance(entry, dict) else []
     return [name for name in names if isinstance(name, str)] if isinstance(names, list) else []
 
 
-def featured_why() -> str | None:
-    """How the featured pair was chosen, in the study's words (featured.json's "why"); None when absent."""
-    why = _featured().get("why")
+def photos_available() -> bool:
+    """Whether Fashion-MNIST's files are on this machine (a few file checks; nothing is read)."""
+    return fashion.available()
+
+
+def opening_dataset() -> str | None:
+    """The data set of the pair the app opens on: Fashion-MNIST when its photos are here and featured.json
+    names a pair for it (its ``"fashion-mnist"`` entry), else None: the top-level pair (digits)."""
+    return FASHION if _names(_featured_file().get(FASHION)) and photos_available() else None
+
+
+def featured_run_names(dataset: str | None = None) -> list[str]:
+    """Run names of a featured pair in ``checkpoints/featured.json``: Fashion-MNIST's entry (``"fashion-mnist":
+    {"runs": [...]}``) for ``dataset`` "fashion-mnist", the top-level ``"runs"`` for any other; None: the pair the
+    app opens on (``opening_dataset``). [] when absent or unreadable."""
+    featured = _featured_file()
+    return _names(featured.get(FASHION) if (dataset or opening_dataset()) == FASHION else featured)
+
+
+def featured_why(dataset: str | None = None) -> str | None:
+    """How the featured pair was chosen, in the study's words (its "why" in featured.json); None when absent."""
+    featured = _featured_file()
+    entry = featured.get(FASHION) if (dataset or opening_dataset()) == FASHION else featured
+    why = entry.get("why") if isinstance(entry, dict) else None
     return why if isinstance(why, str) and why.strip() else None
 
 
-def featured_setting() -> TrainConfig | None:
+def featured_setting(dataset: str | None = None) -> TrainConfig | None:
     """The config of the featured EC-on run (the setting the app teaches with), or None when there is none."""
-    for name in featured_run_names():
+    for name in featured_run_names(dataset):
         try:
             config = read_config(checkpoints_dir() / name)
         except (RunError, OSError, ValueError):
@@ -195,9 +220,10 @@ def featured_setting() -> TrainConfig | None:
     return None
 
 
-def featured_steps_per_epoch() -> int | None:
-    """Training steps per epoch of the featured EC-on run (its status's total over its epochs), or None."""
-    for name in featured_run_names():
+def featured_steps_per_epoch(dataset: str | None = None) -> int | None:
+    """Training steps per epoch of the featured EC-on run of ``dataset`` (as in ``featured_run_names``; its status's
+    total over its epochs), or None."""
+    for name in featured_run_names(dataset):
         try:
             config = read_config(checkpoints_dir() / name)
             total = int((read_status(checkpoints_dir() / name) or {}).get("total_steps") or 0)

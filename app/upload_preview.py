@@ -37,7 +37,7 @@ def invert_key(content: bytes) -> str:
 def prepared_upload(image: Image.Image, content: bytes, run, split) -> Image.Image:
     """Show ``image`` beside the model's view of it (inverted if the user chose so for this upload, then framed as
     the data set's images are), warn when that view looks unlike the data; the image to query with."""
-    from ecaml.inputs import as_data_set_image, check_input, inverted, model_view
+    from ecaml.inputs import as_data_set_image, check_input, converted_upload, inverted, model_view
 
     config = run.config
     statistics = errors.attempt(
@@ -45,14 +45,17 @@ def prepared_upload(image: Image.Image, content: bytes, run, split) -> Image.Ima
     )
     key = invert_key(content)
     chosen = inverted(image) if st.session_state.get(key) else image
-    query = as_data_set_image(chosen, statistics) if statistics is not None else chosen
+    query = converted_upload(chosen, config)  # made like the data set's pictures where it has a rule (Fashion-MNIST)
+    if query is chosen and statistics is not None:  # else framed as the data set's images are (crop, centre, pad)
+        query = as_data_set_image(chosen, statistics)
     view = model_view(query, config)
     # One image element holding both pictures, side by side.
     st.image(
         [pictures.enlarged(picture.convert("RGB"), PREVIEW_PIXELS) for picture in (image, view)],
         caption=[
             "your upload",
-            f"what the model sees: {view.size[0]}×{view.size[1]}" + (", inverted" if chosen is not image else ""),
+            f"what the model sees: {view.size[0]}×{view.size[1]}" + (", inverted" if chosen is not image else "")
+            + (", converted" if query is not chosen else ""),
         ],
     )
     findings = check_input(view, statistics) if statistics is not None else []

@@ -1,4 +1,4 @@
-"""`python -m ecaml train | evaluate | compare | embed | import`.
+"""`python -m ecaml train | evaluate | compare | embed | import | data fetch`.
 
 Every failure the user can cause (a bad flag value, a missing path, a broken
 run) ends in one line on stderr and exit status 2, never a traceback. The parser
@@ -20,11 +20,24 @@ from ecaml.registry import BACKBONES, DATASETS, EC_PAIR_MODES, EC_ROUTES, LOSSES
 from ecaml.serve.import_cli import add_import, command_import
 
 EXIT_USER_ERROR = 2
+
+
+def class_ids(text: str) -> list[int]:
+    """``--unseen-classes 5,6,7,8,9``: comma-separated class ids."""
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated class ids such as 5,6,7,8,9, got {text!r}") from None
+
+
 # Flags whose value lands in TrainConfig under the same name (dashes -> underscores).
 TRAIN_FLAGS = {
     "dataset": (str, "dataset: " + ", ".join(DATASETS) + " (default digits; cub/cars/sop/inshop: the benchmarks, "
                 "read from their official layout under --data-root, see docs/datasets.md)"),
-    "data_root": (str, "folder of a folder dataset (one sub-folder of images per class) or of a benchmark"),
+    "data_root": (str, "folder of a folder dataset (one sub-folder of images per class) or of a benchmark; "
+                  "fashion-mnist: where its idx files are (default: found on its own, see docs/datasets.md)"),
+    "unseen_classes": (class_ids, "fashion-mnist only: comma-separated ids of the unseen (test) classes, the others "
+                       "seen (default 5,6,7,8,9: Sandal, Shirt, Sneaker, Bag, Ankle boot)"),
     "val_classes": (float, "seen classes held out for validation/tuning: a count, or a fraction < 1 (default 0). "
                     "They are drawn from the training classes only: the unseen (test) classes are fixed by the "
                     "dataset (folder: the second half of the class folders in sorted name order) and no setting "
@@ -87,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_compare(commands)
     _add_embed(commands)
     add_import(commands)
+    _add_data(commands)
     return parser
 
 
@@ -153,6 +167,18 @@ def _add_embed(commands) -> None:
                                 description="Write arrays embeddings (L2-normalised), labels and indices of a split.")
     _add_run_split_device(embed)
     embed.add_argument("--out", required=True, help="output .npz file")
+
+
+def _add_data(commands) -> None:
+    data = commands.add_parser("data", help="fetch a data set (the one command that uses the network)",
+                               description="Data sets that are downloaded only when asked.")
+    actions = data.add_subparsers(dest="action", required=True, parser_class=Parser, help="fetch")
+    fetch = actions.add_parser("fetch", help="download a data set's files (checksums checked)",
+                               description="Download Fashion-MNIST's four idx files with torchvision's downloader "
+                               "into ROOT/FashionMNIST/raw/, where --dataset fashion-mnist finds them. Without "
+                               "network: apt-get install dataset-fashion-mnist.")
+    fetch.add_argument("dataset", choices=["fashion-mnist"])
+    fetch.add_argument("--root", help="folder to download into (default: $ECAML_DATA_DIR, else ~/.cache/ecaml/data)")
 
 
 # ----------------------------------------------------------------------------- commands
@@ -315,8 +341,16 @@ def command_embed(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_data(args: argparse.Namespace) -> int:
+    from ecaml.data.fashion import fetch
+
+    folder = fetch(args.root)
+    print(f"Fashion-MNIST is in {folder}: train with --dataset fashion-mnist")
+    return 0
+
+
 COMMANDS = {"train": command_train, "evaluate": command_evaluate, "compare": command_compare, "embed": command_embed,
-            "import": command_import}
+            "import": command_import, "data": command_data}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

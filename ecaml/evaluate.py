@@ -55,17 +55,18 @@ def split_settings(config: TrainConfig) -> tuple:
     if config.dataset == IMPORTED_DATASET:  # imported items: the same items, wherever their run lives
         return (config.dataset, items_identity(config.data_root))
     config = config.resolved()
+    unseen = tuple(config.unseen_classes) if config.unseen_classes is not None else None
     return (config.dataset, config.data_root, config.val_classes, config.val_seed, config.seen_test_per_class,
-            config.legacy_unseen_seed)
+            config.legacy_unseen_seed, unseen)
 
 
 def split_for(config: TrainConfig) -> ClassSplit:
     """The class split a run was trained with (same dataset, validation classes, held-out images)."""
     if config.dataset == IMPORTED_DATASET:
         return imported_split(config.data_root)
-    dataset, data_root, val_classes, val_seed, seen_test_per_class, legacy_unseen_seed = split_settings(config)
+    dataset, data_root, val_classes, val_seed, seen_test_per_class, legacy_unseen_seed, unseen = split_settings(config)
     return load_split(dataset, data_root, val_classes, val_seed, seen_test_per_class,
-                      legacy_unseen_seed=legacy_unseen_seed)
+                      legacy_unseen_seed=legacy_unseen_seed, unseen_classes=None if unseen is None else list(unseen))
 
 
 def embed_indices(

@@ -14,7 +14,11 @@ from dataclasses import dataclass
 # benchmarks read from their official layouts (ecaml.data.benchmarks.LAYOUTS).
 BUILTIN_DATASETS = ("digits", "glyphs")
 BENCHMARKS = ("cub", "cars", "sop", "inshop")
-DATASETS = (*BUILTIN_DATASETS, "folder", *BENCHMARKS)
+FASHION_MNIST = "fashion-mnist"  # real photos, read from the four idx files (ecaml.data.fashion)
+DATASETS = (*BUILTIN_DATASETS, FASHION_MNIST, "folder", *BENCHMARKS)
+# Datasets whose unseen classes a run may choose (``unseen_classes``); the others' are fixed by their rule.
+CHOSEN_SPLIT_DATASETS = (FASHION_MNIST,)
+FASHION_MNIST_UNSEEN_CLASSES = (5, 6, 7, 8, 9)  # Sandal, Shirt, Sneaker, Bag, Ankle boot (docs/datasets.md)
 # Datasets read from image files on disk, in colour; the built-ins are greyscale arrays.
 COLOUR_DATASETS = ("folder", *BENCHMARKS)
 # The parts of a class split (ecaml.data.base).

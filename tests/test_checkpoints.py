@@ -114,6 +114,10 @@ def test_metrics_reproduce(run_dir: Path):
     """What `python -m ecaml evaluate RUN --json` computes (ecaml.cli.evaluate_run), with the split cached."""
     run = _loaded(run_dir)
     config = run.config
+    if config.dataset == "fashion-mnist":  # its photos are installed apart (CI installs them)
+        from test_fashion import real_files_or_skip
+
+        real_files_or_skip()
     split = _split(config.dataset, config.data_root, config.val_classes, config.split_seed)
     embeddings = embed_part(run.model.cpu(), split, "unseen", config, input_channels(config), torch.device("cpu"))
     metrics = score(embeddings, config.recall_ks)

@@ -176,7 +176,7 @@ def test_every_subcommand_documents_its_flags():
     from ecaml.cli import build_parser
 
     subcommands = next(a for a in build_parser()._actions if a.dest == "command").choices
-    assert set(subcommands) == {"train", "evaluate", "compare", "embed", "import"}
+    assert set(subcommands) == {"train", "evaluate", "compare", "embed", "import", "data"}
     for name, parser in subcommands.items():
         undocumented = [a.dest for a in parser._actions if a.dest != "help" and not a.help]
         assert not undocumented, f"{name}: flags without help: {undocumented}"

@@ -38,6 +38,8 @@ def render() -> None:
         "Train on seen classes, test on unseen ones: does the Energy Confusion term make the embedding "
         "generalise better? Pick runs (by default the shipped pair, EC off and EC on) and compare them."
     )
+    if not run_catalog.photos_available():
+        st.caption(run_catalog.PHOTOS_HINT)
     guided_path.show_guided_path()
     chosen = run_picker.choose_runs("compare")
     if not chosen:

@@ -24,7 +24,7 @@ from ecaml.data.sampling import ImageView, class_balanced_batches
 
 # Built-in sets held as arrays in memory: reading an item is a slice, so worker processes would
 # only add start-up and inter-process copies. Everything else is decoded from files.
-IN_MEMORY_DATASETS = ("digits", "glyphs")
+IN_MEMORY_DATASETS = ("digits", "glyphs", "fashion-mnist")
 MAX_DEFAULT_WORKERS = 8
 # Batches each worker keeps ready; two (torch's default) can leave a GPU waiting after a slow decode.
 PREFETCH_BATCHES = 4

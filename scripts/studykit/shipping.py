@@ -185,14 +185,14 @@ def featured_entry(results: dict[str, Any], dataset: str) -> dict[str, Any]:
 
 
 def write_featured(results: dict[str, Any], path: Path, log) -> None:
-    """featured.json: the digits pair chosen on validation classes; the other filmed datasets' under by_dataset."""
+    """featured.json: the digits pair chosen on validation classes at the top level; each other filmed data set's
+    pair under its name (``"fashion-mnist": {"runs": [...], "why": ...}``, as app.run_catalog reads it)."""
     from ecaml.atomic import atomic_write_bytes
 
     featured = featured_entry(results, FEATURED_DATASET)
     filmed = results["settings"].get("film_frames_for_seed0_finals", {})
     others = {d: featured_entry(results, d) for d in filmed
               if d != FEATURED_DATASET and any(k.split("/")[0] == d for k in results["summary"])}
-    if others:
-        featured["by_dataset"] = others
+    featured.update(others)
     atomic_write_bytes(path, (json.dumps(featured, indent=2, ensure_ascii=False) + "\n").encode())
     log(f"featured pair: {', '.join(featured['runs'])}")

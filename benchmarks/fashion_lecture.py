@@ -1,0 +1,86 @@
+"""The Fashion-MNIST lecture pair: EC off and EC on trained and evaluated at the data set's defaults, both at once.
+
+As the app's lesson runs them: two ``python -m ecaml train`` processes started together (one CPU thread each,
+smallcnn's default), triplet loss, seed 0, λ 0 and ``--ec-weight``, a training film every ``--film-every`` steps.
+Prints each run's wall time and CPU time (user + sys, from the kernel's accounting of each child), the pair's
+wall time, the load average before and after (a shared machine stretches wall time, not CPU time), and the
+metrics with EC's difference. ``--validation`` holds 2 of the 5 seen classes out and reports their metrics
+instead of the unseen ones': how the defaults were chosen without looking at the test classes.
+
+    python benchmarks/fashion_lecture.py --out /tmp/lecture [--validation] [--json benchmarks/fashion_lecture.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+METRICS = ("recall@1", "map@r", "nmi")
+
+
+def start(out: Path, ec_weight: float, film_every: int, validation: bool, extra: list[str]) -> subprocess.Popen:
+    command = [sys.executable, "-m", "ecaml", "train", "--dataset", "fashion-mnist", "--loss", "triplet",
+               f"--ec-weight={ec_weight:g}", "--seed", "0", "--device", "cpu", f"--film-every={film_every}",
+               "--quiet", "--out", str(out), *extra]
+    if validation:
+        command += ["--val-classes", "2", "--eval-splits", "none"]
+    environment = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    return subprocess.Popen(command, cwd=ROOT, env=environment)
+
+
+def final_metrics(run_dir: Path, part: str) -> dict[str, float]:
+    records = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines() if line.strip()]
+    return [r for r in records if r.get("kind") == "eval" and r.get("split") == part][-1]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True, help="folder for the two run directories (must not hold them yet)")
+    parser.add_argument("--ec-weight", type=float, default=1.0, help="λ of the EC-on run (default 1)")
+    parser.add_argument("--film-every", type=int, default=70, help="steps between film frames (default 70)")
+    parser.add_argument("--validation", action="store_true", help="2 seen classes held out, their metrics reported")
+    parser.add_argument("--json", help="also write the figures to this JSON file")
+    parser.add_argument("extra", nargs="*", help="further train flags (after --), e.g. -- --images-per-class 20")
+    args = parser.parse_args()
+    out = Path(args.out)
+    names = {weight: f"fashion-mnist-triplet-ec{weight:g}-seed0" for weight in (0.0, args.ec_weight)}
+    load_before, started = os.getloadavg(), time.perf_counter()
+    processes = {start(out / name, weight, args.film_every, args.validation, args.extra).pid: name
+                 for weight, name in names.items()}
+    timings = {}
+    while processes:
+        pid, status, usage = os.wait4(-1, 0)
+        name = processes.pop(pid)
+        if os.waitstatus_to_exitcode(status) != 0:
+            print(f"{name} failed (exit {os.waitstatus_to_exitcode(status)})", file=sys.stderr)
+            return 1
+        timings[name] = {"wall_s": round(time.perf_counter() - started, 1), "user_s": round(usage.ru_utime, 1),
+                         "sys_s": round(usage.ru_stime, 1)}
+    part = "val" if args.validation else "unseen"
+    report = {"pair_wall_s": round(time.perf_counter() - started, 1), "load_before": [round(x, 2) for x in load_before],
+              "load_after": [round(x, 2) for x in os.getloadavg()], "cpus": len(os.sched_getaffinity(0)),
+              "part": part, "runs": {}}
+    for name in names.values():
+        metrics = final_metrics(out / name, part)
+        report["runs"][name] = {**timings[name], **{key: round(metrics[key], 4) for key in METRICS}}
+    off, on = (report["runs"][name] for name in names.values())
+    report["ec_difference"] = {key: round(on[key] - off[key], 4) for key in METRICS}
+    for name, row in report["runs"].items():
+        print(f"{name}: wall {row['wall_s']} s, CPU {row['user_s'] + row['sys_s']:.1f} s (user {row['user_s']}, "
+              f"sys {row['sys_s']}); {part} " + ", ".join(f"{key} {row[key]:.4f}" for key in METRICS))
+    print(f"pair: wall {report['pair_wall_s']} s on {report['cpus']} CPUs, load average {report['load_before'][0]} "
+          f"before, {report['load_after'][0]} after; EC - off: "
+          + ", ".join(f"{key} {value:+.4f}" for key, value in report["ec_difference"].items()))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
