@@ -46,7 +46,8 @@ def prepared_upload(image: Image.Image, content: bytes, run, split) -> Image.Ima
     key = invert_key(content)
     chosen = inverted(image) if st.session_state.get(key) else image
     query = converted_upload(chosen, config)  # made like the data set's pictures where it has a rule (Fashion-MNIST)
-    if query is chosen and statistics is not None:  # else framed as the data set's images are (crop, centre, pad)
+    photo_converted = query is not chosen
+    if not photo_converted and statistics is not None:  # else framed as the data set's images are (crop, centre, pad)
         query = as_data_set_image(chosen, statistics)
     view = model_view(query, config)
     # One image element holding both pictures, side by side.
@@ -55,7 +56,7 @@ def prepared_upload(image: Image.Image, content: bytes, run, split) -> Image.Ima
         caption=[
             "your upload",
             f"what the model sees: {view.size[0]}×{view.size[1]}" + (", inverted" if chosen is not image else "")
-            + (", converted" if query is not chosen else ""),
+            + (", converted" if photo_converted else ""),
         ],
     )
     findings = check_input(view, statistics) if statistics is not None else []

@@ -105,6 +105,8 @@ def config_flags(config: TrainConfig) -> list[str]:
         flags.append("--pretrained")
     if values["ec_gather"]:
         flags.append("--ec-gather")
+    if values["keep_checkpoints"]:
+        flags.append("--keep-checkpoints")
     if values["preset"]:  # a record of where the settings came from; every value it set is passed explicitly too
         flags.append(f"--preset={values['preset']}")
         if not values["pretrained"]:
@@ -114,7 +116,8 @@ def config_flags(config: TrainConfig) -> list[str]:
     flags.append("--recall-ks=" + ",".join(str(k) for k in values["recall_ks"]))
     if values["legacy_unseen_seed"] is not None:  # only old folder runs carry it; jobs start new runs
         raise JobError("cannot start a job from the config of a folder run made before the fixed split")
-    covered = set(TRAIN_FLAGS) | {"pretrained", "loss_params", "recall_ks", "legacy_unseen_seed", "ec_gather", "preset"}
+    covered = set(TRAIN_FLAGS) | {"pretrained", "loss_params", "recall_ks", "legacy_unseen_seed", "ec_gather", "preset",
+                                   "keep_checkpoints"}
     missing = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in covered]
     if missing:  # a new config field without a flag would be silently dropped
         raise JobError(f"cannot pass config key(s) {', '.join(missing)} to the training command")
