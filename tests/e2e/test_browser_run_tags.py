@@ -7,17 +7,13 @@ five rows), which this test only reads; its cache and runs/ are folders of its o
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 
 PlaywrightTimeout = pytest.importorskip(
     "playwright.sync_api", reason="the playwright Python package is not installed"
 ).TimeoutError
 
-from conftest import REPO_ROOT, SCREENSHOTS, VIEWPORT, Server, free_port, stop_process_group, wait_healthy  # noqa: E402
+from conftest import REPO_ROOT, SCREENSHOTS, VIEWPORT, Server, serving  # noqa: E402
 from test_browser import MAIN, settle  # noqa: E402
 
 pytestmark = pytest.mark.e2e
@@ -28,24 +24,8 @@ PICKER = f'{MAIN} .st-key-runs_compare [data-testid="stMultiSelect"]'
 
 @pytest.fixture(scope="module")
 def shipped_server(tmp_path_factory, chromium_path) -> Server:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    folders = tmp_path_factory.mktemp("tags-app")
-    log_path = folders / "streamlit.log"
-    checkpoints = REPO_ROOT / "checkpoints"
-    env = dict(os.environ, ECAML_CHECKPOINTS_DIR=str(checkpoints), ECAML_RUNS_DIR=str(folders / "runs"),
-               ECAML_CACHE_DIR=str(folders / "cache"), ECAML_WARM_CACHE="0", PYTHONUNBUFFERED="1",
-               STREAMLIT_BROWSER_GATHER_USAGE_STATS="false")
-    command = [sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.headless", "true",
-               "--server.port", str(port), "--server.address", "127.0.0.1"]
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, start_new_session=True)
-    try:
-        wait_healthy(url, process, 60)
-        yield Server(url, process, log_path, folders / "runs", checkpoints)
-    finally:
-        stop_process_group(process)
+    with serving(REPO_ROOT / "checkpoints", tmp_path_factory.mktemp("tags-app")) as server:
+        yield server
 
 
 def choose_runs(page, count: int) -> None:
