@@ -437,7 +437,7 @@ def disagreement_queries(
     return [int(common[i]) for i in order[:limit]]
 
 
-def telling_query(indexes: list[RunIndex], candidates: np.ndarray, batch: int = 256, limit: int = 4096) -> int | None:
+def telling_query(indexes: list[RunIndex], candidates: np.ndarray, batch: int = 256, limit: int = 1024) -> int | None:
     """The first of ``candidates`` (dataset indices, in the order given) whose nearest neighbour is of its class in
     one run and not in another; failing that, the first every run gets right; failing that, the first candidate.
 
