@@ -1,8 +1,8 @@
 """The run picker with many runs chosen, in headless Chromium: every run's tag stays in view, none cut off.
 
 Streamlit caps a multiselect at four and a half rows of tags and scrolls the box to its end, which cut the top row
-of run tags in half on Compare. The app is served here on the shipped runs in checkpoints/ (twelve, so the tags take
-five rows), which this test only reads; its cache and runs/ are folders of its own.
+of run tags in half on Compare. The app is served here on the shipped runs in checkpoints/ (ten or more, so the tags take
+five rows or more), which this test only reads; its cache and runs/ are folders of its own.
 """
 
 from __future__ import annotations
