@@ -9,6 +9,12 @@ from app.run_catalog import RunEntry, default_selection, same_data, scan_all_run
 
 
 SELECTION_KEY = "selected_run_paths"  # the runs chosen on one page, offered again on the others
+# Streamlit caps a multiselect at four and a half rows of tags and scrolls the rest, so with many runs the top row
+# is cut in half (the box scrolls to its end, where the typing cursor is). Every chosen run stays in view instead.
+ALL_TAGS_SHOWN = (
+    '<style>.st-key-{key} [role="group"]:has(> [data-testid="stMultiSelectTagsContainer"])'
+    " {{max-height: none;}}</style>"
+)
 
 
 def _remember_selection(widget_key: str) -> None:
@@ -20,6 +26,7 @@ def pick_runs(entries: list[RunEntry], page: str, help_text: str | None = None) 
     choices = {e.key: e for e in usable(entries)}
     remembered = [key for key in st.session_state.get(SELECTION_KEY, []) if key in choices]
     widget_key = f"runs_{page}"
+    st.html(ALL_TAGS_SHOWN.format(key=widget_key))
     chosen = st.multiselect(
         "Runs",
         options=list(choices),

@@ -437,6 +437,38 @@ def disagreement_queries(
     return [int(common[i]) for i in order[:limit]]
 
 
+def telling_query(indexes: list[RunIndex], candidates: np.ndarray, batch: int = 256, limit: int = 1024) -> int | None:
+    """The first of ``candidates`` (dataset indices, in the order given) whose nearest neighbour is of its class in
+    one run and not in another; failing that, the first every run gets right; failing that, the first candidate.
+
+    A page opening on it shows the runs differing (or, where they never do, a success) rather than an image every
+    run gets wrong. Only the first ``limit`` candidates present in every index are looked at, a batch at a time.
+    """
+    candidates = np.asarray(candidates, dtype=np.int64)
+    for index in indexes:
+        candidates = candidates[np.isin(candidates, index.embeddings.indices)]
+    candidates = candidates[:limit]
+    if len(candidates) == 0:
+        return None
+    first_all_right = None
+    for start in range(0, len(candidates), batch):
+        chunk = candidates[start : start + batch]
+        verdicts = np.stack([_nearest_is_right(index, chunk) for index in indexes])
+        split = verdicts.any(axis=0) & ~verdicts.all(axis=0)
+        if split.any():
+            return int(chunk[np.argmax(split)])
+        if first_all_right is None and verdicts.all(axis=0).any():
+            first_all_right = int(chunk[np.argmax(verdicts.all(axis=0))])
+    return first_all_right if first_all_right is not None else int(candidates[0])
+
+
+def _nearest_is_right(index: RunIndex, dataset_indices: np.ndarray) -> np.ndarray:
+    """Per image: whether its nearest other image in ``index`` is of its class (recall@1 of each query)."""
+    rows = index.rows_of(dataset_indices)
+    _, neighbours = _search_excluding_self(index.index, index.query_vectors(rows), rows, _checked_k(1, len(index) - 1))
+    return index.embeddings.labels[neighbours[:, 0]] == index.embeddings.labels[rows]
+
+
 _threads_lock = threading.Lock()
 
 

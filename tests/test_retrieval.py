@@ -11,7 +11,14 @@ from PIL import Image
 
 from ecaml import retrieval
 from ecaml.evaluate import Embeddings, split_for
-from ecaml.retrieval import RunIndex, build_index, cached_embeddings, disagreement_queries, weights_digest
+from ecaml.retrieval import (
+    RunIndex,
+    build_index,
+    cached_embeddings,
+    disagreement_queries,
+    telling_query,
+    weights_digest,
+)
 from ecaml.runs import load_run
 from tests.conftest import tiny_run_pair
 
@@ -212,17 +219,24 @@ def clustered_vectors(labels: np.ndarray, seed: int, spread: float) -> np.ndarra
     return centres[labels] + spread * rng.normal(size=(len(labels), 16))
 
 
-def test_disagreement_queries_put_the_images_one_run_misplaces_first(runs):
-    run = runs[0]
-    split = split_for(run.config)
+def misplacing_vectors(split, moved: list[int], seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(dataset indices, good, bad): vectors of 200 unseen images, ``bad`` putting each ``moved`` row among another
+    class (next to a different image of it each)."""
     dataset_indices = split.indices("unseen")[:200]
     labels = split.dataset.labels[dataset_indices]
-    good = clustered_vectors(labels, seed=0, spread=0.3)
+    good = clustered_vectors(labels, seed=seed, spread=0.3)
     bad = good.copy()
-    moved = [17, 120, 42]  # rows that the second run puts among another class
     for number, row in enumerate(moved):
         host = int(np.flatnonzero(labels != labels[row])[10 * number])  # an image of another class, one per moved row
         bad[row] = good[host] + 0.01
+    return dataset_indices, good, bad
+
+
+def test_disagreement_queries_put_the_images_one_run_misplaces_first(runs):
+    run = runs[0]
+    split = split_for(run.config)
+    moved = [17, 120, 42]  # rows that the second run puts among another class
+    dataset_indices, good, bad = misplacing_vectors(split, moved, seed=0)
     indexes = [constructed_index(run, split, dataset_indices, good), constructed_index(run, split, dataset_indices, bad)]
     ranked = disagreement_queries(indexes, k=4, limit=50)
     assert sorted(ranked[:3]) == sorted(int(dataset_indices[r]) for r in moved)
@@ -232,6 +246,26 @@ def test_disagreement_queries_put_the_images_one_run_misplaces_first(runs):
     assert disagreement_queries([indexes[0], indexes[0]]) == []
     assert disagreement_queries(indexes[:1]) == []
     assert disagreement_queries(indexes, limit=2) == ranked[:2]
+
+
+def test_telling_query_opens_on_an_image_one_run_gets_right_and_the_other_wrong(runs):
+    run = runs[0]
+    split = split_for(run.config)
+    both_wrong, one_wrong = 3, 150  # rows: misplaced by both runs, misplaced only by the second
+    dataset_indices, good, bad = misplacing_vectors(split, [both_wrong, one_wrong], seed=1)
+    good[both_wrong] = bad[both_wrong]
+    indexes = [constructed_index(run, split, dataset_indices, good), constructed_index(run, split, dataset_indices, bad)]
+    # Asked one at a time, as the page does: the first image the runs split on, skipping the one both get wrong.
+    nearest_right = [[index.query_by_index(int(i), 1).neighbours[0].correct for i in dataset_indices] for index in indexes]
+    split_on = [int(i) for i, a, b in zip(dataset_indices, *nearest_right) if a != b]
+    assert int(dataset_indices[one_wrong]) in split_on
+    assert telling_query(indexes, dataset_indices, batch=16) == split_on[0]
+    # Runs that never split open on the first image they all get right, not on one they all get wrong.
+    assert not nearest_right[0][both_wrong]
+    order = np.r_[dataset_indices[both_wrong], np.delete(dataset_indices, both_wrong)]
+    first_right = next(int(i) for i in order if indexes[0].query_by_index(int(i), 1).neighbours[0].correct)
+    assert telling_query([indexes[0], indexes[0]], order) == first_right
+    assert telling_query(indexes, dataset_indices[:0]) is None
 
 
 def test_disagreement_ranking_matches_brute_force_and_uses_only_shared_images(runs):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 import streamlit as st
 
 from app import (background_jobs, deployment, embedding_jobs, errors, layout, locations, pictures, run_catalog,
@@ -104,9 +105,9 @@ def load_indexes(chosen: list[run_catalog.RunEntry]) -> list[tuple[run_catalog.R
 def choose_query(source: str, loaded: list, split):
     """A dataset index (int) or an uploaded PIL image, or None when there is nothing to ask yet."""
     if source == "browse":
-        return browse_query(loaded[0][1], split)
+        return browse_query(loaded, split)
     if source == "number":
-        return numbered_query(loaded[0][1], split)
+        return numbered_query(loaded, split)
     if source == "random":
         return random_query(split)
     if source == "disagree":
@@ -114,7 +115,26 @@ def choose_query(source: str, loaded: list, split):
     return uploaded_query(split, loaded[0][0].run)
 
 
-def browse_query(index, split) -> int | None:
+@st.cache_resource(max_entries=64, show_spinner=False)
+def _opening_query(runs: tuple, label: int | None, _loaded: list) -> int | None:
+    """Where a query box opens: an image of class ``label`` (None: any unseen one) that tells the runs apart.
+
+    ``runs`` (each run's folder and weights digest) and ``label`` key the cache; the answer is the same every rerun,
+    so the box's default does not move under the user.
+    """
+    from ecaml.retrieval import telling_query
+
+    indexes = [index for _, index, _ in _loaded]
+    candidates = np.sort(indexes[0].embeddings.indices) if label is None else indexes[0].class_members(label)
+    return telling_query(indexes, candidates)  # in dataset order: the image numbers a person would try first
+
+
+def opening_query(loaded: list, label: int | None) -> int | None:
+    runs = tuple((entry.key, digest) for entry, _, digest in loaded)
+    return errors.attempt("find an image the runs differ on", _opening_query, runs, label, loaded)
+
+
+def browse_query(loaded: list, split) -> int | None:
     """Type part of a class name; pick among the matches (at most MAX_CLASS_OPTIONS listed); then an image of it."""
     names = split.dataset.class_names
     classes = split.classes("unseen")
@@ -129,22 +149,35 @@ def browse_query(index, split) -> int | None:
     if len(matches) > MAX_CLASS_OPTIONS:
         st.caption(f"{len(matches):,} classes match; the first {MAX_CLASS_OPTIONS} are listed. Type more to narrow.")
     label = st.selectbox("Class", matches[:MAX_CLASS_OPTIONS], format_func=lambda c: names[c], key="query_class")
-    members = index.class_members(label)
-    number = st.number_input(f"Image number (1–{len(members)})", 1, len(members), 1, key=f"query_number_{label}")
+    members = list(loaded[0][1].class_members(label))
+    opening = opening_query(loaded, label)
+    first = members.index(opening) + 1 if opening in members else 1
+    number = st.number_input(f"Image number (1–{len(members)})", 1, len(members), first, key=f"query_number_{label}")
     return int(members[int(number) - 1])
 
 
-def numbered_query(index, split) -> int | None:
-    """Any unseen image by its dataset number (the number the map's hover and the captions show)."""
-    unseen = index.embeddings.indices
-    lowest, highest = int(unseen.min()), int(unseen.max())
-    number = st.number_input(f"Dataset image number ({lowest}–{highest})", lowest, highest, lowest, key="query_image")
+def numbered_query(loaded: list, split) -> int | None:
+    """Any unseen image by its dataset number (the number the map's hover and the captions show).
+
+    The box accepts every number of the data set, not just the lowest to highest unseen one: the browser snaps a
+    number outside the box's range to its nearest end without a word, so a seen image's number is kept as typed
+    and the caption says why it is no query.
+    """
+    index = loaded[0][1]
+    highest = len(split.dataset) - 1
+    opening = opening_query(loaded, None)
+    first = opening if opening is not None else int(index.embeddings.indices.min())
+    number = int(st.number_input(f"Dataset image number (0–{highest}, unseen classes only)", 0, highest, first,
+                                 key="query_image"))
     try:
-        index.row_of(int(number))
+        index.row_of(number)
     except ValueError:
-        st.caption(f"Image {int(number)} is not of an unseen class; choose another number.")
+        st.caption(
+            f"Image {number} is not of an unseen class (it is of class {split.dataset.class_name(number)}, which "
+            "the runs trained on); choose another number."
+        )
         return None
-    return int(number)
+    return number
 
 
 def random_query(split) -> int:

@@ -84,7 +84,6 @@ def test_a_query_by_image_number(shipped_runs):
     split = load_split("digits")
     unseen = split.indices("unseen")
     box = app.number_input(key="query_image")
-    assert box.value == int(unseen.min())
     chosen = int(unseen[123])
     box.set_value(chosen).run()
     assert_clean(app)
@@ -95,6 +94,67 @@ def test_a_query_by_image_number(shipped_runs):
         app.number_input(key="query_image").set_value(seen).run()
         assert not app.exception and not neighbour_captions(app)
         assert any(f"Image {seen} is not of an unseen class" in caption.value for caption in app.caption)
+
+
+def nearest_is_right(index, image: int) -> bool:
+    """Whether the run's nearest neighbour of ``image`` is of its class, asked one query at a time as the page does."""
+    return index.query_by_index(image, 1).neighbours[0].correct
+
+
+def telling_image(indexes, candidates) -> int:
+    """The first candidate one run gets right and another wrong; failing that the first both get right."""
+    verdicts = {int(i): [nearest_is_right(index, int(i)) for index in indexes] for i in candidates}
+    split = [i for i, v in verdicts.items() if any(v) and not all(v)]
+    right = [i for i, v in verdicts.items() if all(v)]
+    return (split or right)[0]
+
+
+def shipped_indexes(shipped_runs, cache) -> list:
+    return [build_index(load_run(shipped_runs / name), "unseen", cache) for name in ("digits-ec-off", "digits-ec-on")]
+
+
+def shown_query(app) -> int:
+    caption = next(c.value for c in app.caption if c.value.startswith("Dataset image "))
+    return int(caption.split()[2].rstrip("."))
+
+
+def test_find_a_class_opens_on_an_image_that_tells_the_runs_apart(shipped_runs, session_cache):
+    indexes = shipped_indexes(shipped_runs, session_cache)
+    split = load_split("digits")
+    app = open_retrieval({"query_source": "browse"})
+    assert_clean(app)
+    for name in ("5", "8"):
+        app.text_input(key="query_class_search").set_value(name).run()
+        assert_clean(app)
+        label = split.dataset.class_names.index(name)
+        members = indexes[0].class_members(label)
+        expected = telling_image(indexes, members)
+        assert shown_query(app) == expected
+        assert app.number_input(key=f"query_number_{label}").value == list(members).index(expected) + 1
+        assert any(nearest_is_right(index, expected) for index in indexes)
+
+
+def test_by_image_number_opens_on_an_image_that_tells_the_runs_apart(shipped_runs, session_cache):
+    indexes = shipped_indexes(shipped_runs, session_cache)
+    app = open_retrieval({"query_source": "number"})
+    assert_clean(app)
+    expected = telling_image(indexes, load_split("digits").indices("unseen"))
+    assert app.number_input(key="query_image").value == expected == shown_query(app)
+    assert any(nearest_is_right(index, expected) for index in indexes)  # not an image every run gets wrong
+
+
+def test_the_image_number_box_keeps_what_was_typed_and_says_why_it_is_no_query():
+    split = load_split("digits")
+    seen = int(split.indices("train").min())
+    assert seen < int(split.indices("unseen").min())  # below the first unseen number: the box used to snap up to it
+    app = open_retrieval({"query_source": "number"})
+    box = app.number_input(key="query_image")
+    assert box.proto.min == 0 and box.proto.max == len(split.dataset) - 1  # the browser clamps to these
+    box.set_value(seen).run()
+    assert not app.exception and not neighbour_captions(app)
+    assert app.number_input(key="query_image").value == seen
+    why = [c.value for c in app.caption if c.value.startswith(f"Image {seen} is not of an unseen class")]
+    assert len(why) == 1 and f"class {split.dataset.class_name(seen)}" in why[0] and "\n" not in why[0]
 
 
 def test_random_queries():

@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -138,6 +139,27 @@ def stop_training_job(runs_dir: Path) -> None:
             time.sleep(0.25)
     except Exception as error:  # noqa: BLE001 - teardown must go on
         print(f"could not stop the training job in {runs_dir}: {error}", file=sys.stderr)
+
+
+@contextmanager
+def serving(checkpoints: Path, folders: Path, health_timeout_s: float = HEALTH_TIMEOUT_S):
+    """A Streamlit server of the app on ``checkpoints``, with runs/ and cache/ (and its log) under ``folders``."""
+    port = free_port()
+    log_path = folders / "streamlit.log"
+    env = dict(os.environ, ECAML_CHECKPOINTS_DIR=str(checkpoints), ECAML_RUNS_DIR=str(folders / "runs"),
+               ECAML_CACHE_DIR=str(folders / "cache"), ECAML_WARM_CACHE="0", PYTHONUNBUFFERED="1",
+               STREAMLIT_BROWSER_GATHER_USAGE_STATS="false")
+    command = [sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.headless", "true",
+               "--server.port", str(port), "--server.address", "127.0.0.1"]
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, process, health_timeout_s)
+        yield Server(url, process, log_path, folders / "runs", checkpoints)
+    finally:
+        stop_process_group(process)
 
 
 @pytest.fixture(scope="session")

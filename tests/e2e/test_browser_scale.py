@@ -10,8 +10,6 @@ below, the training film plays, and Retrieval finds a class by typing. Screensho
 from __future__ import annotations
 
 import io
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,9 +25,7 @@ from conftest import (  # noqa: E402
     SCREENSHOTS,
     VIEWPORT,
     Server,
-    free_port,
-    stop_process_group,
-    wait_healthy,
+    serving,
 )
 from test_browser import Errors, assert_no_error_boxes, main_text, settle  # noqa: E402
 
@@ -52,24 +48,8 @@ def large_runs(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def scale_server(large_runs, tmp_path_factory, chromium_path) -> Server:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    folders = tmp_path_factory.mktemp("scale-app")
-    log_path = folders / "streamlit.log"
-    env = dict(os.environ, ECAML_CHECKPOINTS_DIR=str(large_runs / "checkpoints"), ECAML_RUNS_DIR=str(folders / "runs"),
-               ECAML_CACHE_DIR=str(folders / "cache"), ECAML_WARM_CACHE="0", PYTHONUNBUFFERED="1",
-               STREAMLIT_BROWSER_GATHER_USAGE_STATS="false")
-    command = [sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.headless", "true",
-               "--server.port", str(port), "--server.address", "127.0.0.1"]
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, start_new_session=True)
-    server = Server(url, process, log_path, folders / "runs", large_runs / "checkpoints")
-    try:
-        wait_healthy(url, process, 60)
+    with serving(large_runs / "checkpoints", tmp_path_factory.mktemp("scale-app"), health_timeout_s=60) as server:
         yield server
-    finally:
-        stop_process_group(process)
 
 
 @pytest.fixture(scope="module")
