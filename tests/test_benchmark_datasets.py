@@ -21,7 +21,7 @@ from ecaml.config import TrainConfig
 from ecaml.data import DatasetError, load_split
 from ecaml.evaluate import embed_indices, split_for
 from ecaml.metrics import query_gallery_metrics
-from ecaml.runs import input_channels, load_run
+from ecaml.runs import DROPPED_KS_KEY, input_channels, load_run
 
 
 @pytest.fixture(autouse=True)
@@ -164,11 +164,13 @@ def test_training_runs_end_to_end_and_evaluate_reproduces_metrics(name, tmp_path
     assert finals == ["seen_test", "unseen"], "the end of training scores seen_test and unseen"
     assert not run.eval_records("train"), "with a hold-out, seen classes are measured on held-out images"
     metrics = json.loads((out / "metrics.json").read_text())
+    dropped = metrics.pop(DROPPED_KS_KEY, [])  # Recall@K the tiny split cannot measure, recorded beside the metrics
     assert ("nmi" in metrics) == (name != "inshop"), "In-Shop is scored query vs gallery (no clustering)"
     capsys.readouterr()
     assert main(["evaluate", str(out), "--json", "--device", "cpu"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert set(printed) == set(metrics)
+    assert set(dropped) <= set(run.config.recall_ks) and not any(f"recall@{k}" in printed for k in dropped)
     assert all(math.isclose(printed[k], metrics[k], abs_tol=1e-6) for k in metrics)
 
 
@@ -186,6 +188,8 @@ def test_inshop_scoring_is_the_query_gallery_metric_of_its_two_sets(tmp_path, ca
     pool = embed_indices(run.model, split, gallery, run.config, 3, device)
     expected = query_gallery_metrics(query.vectors, query.labels, pool.vectors, pool.labels, recall_ks=(1, 10))
     stored = json.loads((out / "metrics.json").read_text())
+    dropped = stored.pop(DROPPED_KS_KEY, [])  # In-Shop's deeper Recall@K: this gallery is too small to measure them
+    assert dropped == [k for k in run.config.recall_ks if f"recall@{k}" not in expected]
     assert stored.keys() == expected.keys()
     assert all(math.isclose(stored[k], expected[k], abs_tol=1e-6) for k in expected)
 
