@@ -9,6 +9,7 @@ with equal batches and with uneven ones (the processes' batches differ in size).
 from __future__ import annotations
 
 import json
+import sys
 import types
 
 import pytest
@@ -85,7 +86,11 @@ def _worker(rank: int, store: str, out: str) -> None:
 @pytest.fixture(scope="module")
 def reports(tmp_path_factory):
     root = tmp_path_factory.mktemp("ddp-gradients")
-    mp.start_processes(_worker, args=(str(root / "store"), str(root / "report")), nprocs=2, start_method="spawn")
+    # A spawned child re-runs the parent's __main__ file; after an AppTest in this session that is app/main.py, a
+    # Streamlit script that cannot run bare. The workers need nothing from __main__, so the children skip it.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delattr(sys.modules["__main__"], "__file__", raising=False)
+        mp.start_processes(_worker, args=(str(root / "store"), str(root / "report")), nprocs=2, start_method="spawn")
     return [json.loads((root / f"report.{rank}").read_text()) for rank in (0, 1)]
 
 

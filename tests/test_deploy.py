@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import shutil
 import urllib.request
 
@@ -24,13 +25,20 @@ def test_two_replicas_behind_nginx_serve_a_page_over_the_proxied_websocket(tmp_p
         with urllib.request.urlopen(f"{deployment.url}/_stcore/health", timeout=10) as response:
             assert response.read().decode().strip() == "ok"
         # What a browser sends to open the About page, through nginx's websocket upgrade.
-        outcome = asyncio.run(visit(deployment.url, "about", timeout=240))
+        outcome = run_alone(visit(deployment.url, "about", timeout=240))
         assert outcome["status"] == "FINISHED_SUCCESSFULLY", outcome
         assert outcome["exceptions"] == 0
         # Sticky: a second session from this address reaches the same replica (and finishes too).
-        assert asyncio.run(visit(deployment.url, "about", timeout=240))["status"] == "FINISHED_SUCCESSFULLY"
+        assert run_alone(visit(deployment.url, "about", timeout=240))["status"] == "FINISHED_SUCCESSFULLY"
         processes = list(deployment.processes)
     assert all(process.poll() is not None for process in processes), "stopping left a server running"
+
+
+def run_alone(coroutine):
+    """``asyncio.run`` in a thread of its own: the browser tests' Playwright keeps an event loop running in this
+    session's main thread, where asyncio.run refuses to start."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
 
 
 def free_port_pair() -> int:
