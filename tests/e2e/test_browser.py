@@ -26,7 +26,8 @@ SCREENSHOTS = Path(__file__).resolve().parent / "screenshots"  # git-ignored
 RUN_OFF, RUN_ON = "digits-binomial-ec0-seed0", "digits-binomial-ec0.13-seed0"  # the fixture runs (conftest.py)
 NEW_RUN = "e2e-tiny"
 
-PAGES = {"Compare": "", "Embeddings": "embeddings", "Retrieval": "retrieval", "Train": "train", "About": "about"}
+PAGES = {"Compare": "", "Embeddings": "embeddings", "Retrieval": "retrieval", "Train": "train", "Import": "imports",
+         "About": "about"}
 MAIN = '[data-testid="stMain"]'
 PLOTS = f'{MAIN} [data-testid="stPlotlyChart"] .js-plotly-plot'  # every chart and map is Plotly
 CHARTS = f'{MAIN} [data-testid="stPlotlyChart"]'
@@ -227,8 +228,12 @@ def test_compare(page, app_server, errors):
     chosen = page.locator(f'{MAIN} [data-testid="stMultiSelect"]').inner_text()
     assert RUN_OFF in chosen and RUN_ON in chosen, f"the default selection is not the EC off/on pair: {chosen!r}"
 
+    # The fixture runs share the study's run names, so the study's spread over seeds is a third table, last.
     frames = page.locator(f'{MAIN} [data-testid="stDataFrame"]')
-    assert frames.count() == 2, "expected the metrics table and the settings table"
+    assert frames.count() == 3, "expected the metrics table, the settings table and the study's seed spread"
+    frames.nth(2).locator('[role="gridcell"]').first.wait_for(state="attached")
+    headers, _ = dataframe_cells(frames.nth(2))
+    assert headers[1:] and all(header.endswith(" seeds") for header in headers[1:]), headers
     frames.nth(0).locator('[role="gridcell"]').first.wait_for(state="attached")  # the grid's chunk loads lazily
     headers, cells = dataframe_cells(frames.nth(0))
     assert headers[1:] == [RUN_OFF, RUN_ON, "Δ"], headers  # each Δ column right of its run, headed "Δ"
