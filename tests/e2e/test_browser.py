@@ -86,7 +86,9 @@ def open_page(page, server, title: str, timeout: float = PAGE_TIMEOUT_S, wait: b
         page.goto(server.url + "/")
         settle(page, timeout)
     page.locator('[data-testid="stSidebarNav"]').get_by_role("link", name=title, exact=False).click()
-    page.wait_for_url(f"{server.url}/{PAGES[title]}", timeout=timeout * 1000)
+    # The app keeps its query (?owner=..., whose runs this tab started) across pages: match the path alone.
+    target = f"{server.url}/{PAGES[title]}"
+    page.wait_for_url(lambda url: url.split("?")[0] == target, timeout=timeout * 1000)
     if wait:
         settle(page, timeout)
 
