@@ -80,15 +80,19 @@ def wait_for_text(page, text: str, timeout: float = PAGE_TIMEOUT_S) -> None:
     page.locator(MAIN).get_by_text(text, exact=False).first.wait_for(state="visible", timeout=timeout * 1000)
 
 
+def wait_for_path(page, target: str, timeout: float = PAGE_TIMEOUT_S) -> None:
+    """Wait for the tab to reach ``target``; the app keeps its query (?owner=..., whose runs this tab started)
+    across pages, so the path alone is matched."""
+    page.wait_for_url(lambda url: url.split("?")[0] == target, timeout=timeout * 1000)
+
+
 def open_page(page, server, title: str, timeout: float = PAGE_TIMEOUT_S, wait: bool = True) -> None:
     """Click the page's link in the sidebar (opening the app first when this tab is elsewhere), and wait for it."""
     if not page.url.startswith(server.url):
         page.goto(server.url + "/")
         settle(page, timeout)
     page.locator('[data-testid="stSidebarNav"]').get_by_role("link", name=title, exact=False).click()
-    # The app keeps its query (?owner=..., whose runs this tab started) across pages: match the path alone.
-    target = f"{server.url}/{PAGES[title]}"
-    page.wait_for_url(lambda url: url.split("?")[0] == target, timeout=timeout * 1000)
+    wait_for_path(page, f"{server.url}/{PAGES[title]}", timeout)
     if wait:
         settle(page, timeout)
 
@@ -466,7 +470,7 @@ def test_trained_run_finishes_and_shows_in_compare(page, app_server, errors):
 
     # The finished run, compared with the shipped pair.
     page.locator(MAIN).get_by_role("button", name="Compare it with the shipped runs").click()
-    page.wait_for_url(f"{app_server.url}/", timeout=PAGE_TIMEOUT_S * 1000)
+    wait_for_path(page, f"{app_server.url}/")
     settle(page)
     wait_for_text(page, "Compare runs")
     chosen = page.locator(f'{MAIN} [data-testid="stMultiSelect"]').inner_text()
