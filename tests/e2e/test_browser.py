@@ -26,7 +26,8 @@ SCREENSHOTS = Path(__file__).resolve().parent / "screenshots"  # git-ignored
 RUN_OFF, RUN_ON = "digits-binomial-ec0-seed0", "digits-binomial-ec0.13-seed0"  # the fixture runs (conftest.py)
 NEW_RUN = "e2e-tiny"
 
-PAGES = {"Compare": "", "Embeddings": "embeddings", "Retrieval": "retrieval", "Train": "train", "About": "about"}
+PAGES = {"Compare": "", "Embeddings": "embeddings", "Retrieval": "retrieval", "Train": "train", "Import": "imports",
+         "About": "about"}
 MAIN = '[data-testid="stMain"]'
 PLOTS = f'{MAIN} [data-testid="stPlotlyChart"] .js-plotly-plot'  # every chart and map is Plotly
 CHARTS = f'{MAIN} [data-testid="stPlotlyChart"]'
@@ -79,13 +80,19 @@ def wait_for_text(page, text: str, timeout: float = PAGE_TIMEOUT_S) -> None:
     page.locator(MAIN).get_by_text(text, exact=False).first.wait_for(state="visible", timeout=timeout * 1000)
 
 
+def wait_for_path(page, target: str, timeout: float = PAGE_TIMEOUT_S) -> None:
+    """Wait for the tab to reach ``target``; the app keeps its query (?owner=..., whose runs this tab started)
+    across pages, so the path alone is matched."""
+    page.wait_for_url(lambda url: url.split("?")[0] == target, timeout=timeout * 1000)
+
+
 def open_page(page, server, title: str, timeout: float = PAGE_TIMEOUT_S, wait: bool = True) -> None:
     """Click the page's link in the sidebar (opening the app first when this tab is elsewhere), and wait for it."""
     if not page.url.startswith(server.url):
         page.goto(server.url + "/")
         settle(page, timeout)
     page.locator('[data-testid="stSidebarNav"]').get_by_role("link", name=title, exact=False).click()
-    page.wait_for_url(f"{server.url}/{PAGES[title]}", timeout=timeout * 1000)
+    wait_for_path(page, f"{server.url}/{PAGES[title]}", timeout)
     if wait:
         settle(page, timeout)
 
@@ -227,8 +234,12 @@ def test_compare(page, app_server, errors):
     chosen = page.locator(f'{MAIN} [data-testid="stMultiSelect"]').inner_text()
     assert RUN_OFF in chosen and RUN_ON in chosen, f"the default selection is not the EC off/on pair: {chosen!r}"
 
+    # The fixture runs share the study's run names, so the study's spread over seeds is a third table, last.
     frames = page.locator(f'{MAIN} [data-testid="stDataFrame"]')
-    assert frames.count() == 2, "expected the metrics table and the settings table"
+    assert frames.count() == 3, "expected the metrics table, the settings table and the study's seed spread"
+    frames.nth(2).locator('[role="gridcell"]').first.wait_for(state="attached")
+    headers, _ = dataframe_cells(frames.nth(2))
+    assert headers[1:] and all(header.endswith(" seeds") for header in headers[1:]), headers
     frames.nth(0).locator('[role="gridcell"]').first.wait_for(state="attached")  # the grid's chunk loads lazily
     headers, cells = dataframe_cells(frames.nth(0))
     assert headers[1:] == [RUN_OFF, RUN_ON, "Δ"], headers  # each Δ column right of its run, headed "Δ"
@@ -459,7 +470,7 @@ def test_trained_run_finishes_and_shows_in_compare(page, app_server, errors):
 
     # The finished run, compared with the shipped pair.
     page.locator(MAIN).get_by_role("button", name="Compare it with the shipped runs").click()
-    page.wait_for_url(f"{app_server.url}/", timeout=PAGE_TIMEOUT_S * 1000)
+    wait_for_path(page, f"{app_server.url}/")
     settle(page)
     wait_for_text(page, "Compare runs")
     chosen = page.locator(f'{MAIN} [data-testid="stMultiSelect"]').inner_text()

@@ -22,13 +22,13 @@ from process_table import child_states
 from test_browser import (
     CHARTS,
     MAIN,
-    PAGE_TIMEOUT_S,
     Errors,
     assert_no_error_boxes,
     main_text,
     open_page,
     screenshot,
     settle,
+    wait_for_path,
     wait_for_text,
 )
 
@@ -113,14 +113,14 @@ def screenshot_path(name: str):
 
 def test_the_guide_links_to_the_map_and_to_retrieval(page, app_server, errors):
     guide_link(page, "Open the map").click()
-    page.wait_for_url(f"{app_server.url}/embeddings", timeout=PAGE_TIMEOUT_S * 1000)
+    wait_for_path(page, f"{app_server.url}/embeddings")
     settle(page)
     assert_no_error_boxes(page, "Embeddings from the guide")
     screenshot(page, "lesson-3-map")
 
     open_page(page, app_server, "Compare")
     guide_link(page, "Open retrieval").click()
-    page.wait_for_url(f"{app_server.url}/retrieval", timeout=PAGE_TIMEOUT_S * 1000)
+    wait_for_path(page, f"{app_server.url}/retrieval")
     settle(page)
     wait_for_text(page, "Nearest neighbours")
     assert_no_error_boxes(page, "Retrieval from the guide")
