@@ -19,6 +19,9 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw
 from process_table import child_states
+
+from app.lesson import LECTURE_EPOCHS
+from app.views.train import EVALUATE_EVERY_EPOCHS
 from test_browser import (
     CHARTS,
     MAIN,
@@ -39,7 +42,7 @@ pytestmark = pytest.mark.e2e
 RUN_OFF, RUN_ON = "digits-binomial-ec0-seed0", "digits-binomial-ec0.13-seed0"  # the fixture runs (conftest.py)
 GUIDE = f'{MAIN} .st-key-guided_path'
 LESSON_RUN = "lesson-run"
-TRAIN_TIMEOUT_S = 120
+TRAIN_TIMEOUT_S = 300  # the featured setting at the lecture length: 448 steps
 
 
 def measured_setting() -> dict:
@@ -174,7 +177,8 @@ def test_the_guide_hides_for_the_session_and_the_train_form_starts_from_the_feat
     assert form.get_by_label("Base metric loss", exact=True).input_value() == "binomial"
     measured = measured_setting()
     assert form.get_by_label("Energy Confusion weight λ", exact=True).input_value() == f"{measured['ec_weight']:.2f}"
-    assert form.get_by_label("Epochs", exact=True).input_value() == str(measured["epochs"])
+    # The featured setting trained for the lecture's length, so a room can watch it (issue 22 item 3).
+    assert form.get_by_label("Epochs", exact=True).input_value() == str(LECTURE_EPOCHS)
     assert page.locator(MAIN).get_by_role("button", name="Train its").count() >= 1  # the twin of any run
     time.sleep(0.2)
     assert_no_error_boxes(page, "Train from the featured setting")
@@ -238,5 +242,5 @@ def test_a_run_from_the_featured_form_moves_live_replays_and_leaves_no_defunct_p
     config = json.loads((app_server.runs_dir / LESSON_RUN / "config.json").read_text())
     measured = measured_setting()
     assert (config["loss"], config["ec_weight"], config["epochs"], config["eval_every"]) == \
-        ("binomial", measured["ec_weight"], measured["epochs"], 1)
+        ("binomial", measured["ec_weight"], LECTURE_EPOCHS, EVALUATE_EVERY_EPOCHS)
     errors.check()
