@@ -65,7 +65,10 @@ def test_resize_then_crop_is_the_references_256_227(tmp_path):
 def test_worker_defaults(monkeypatch):
     assert resolve_num_workers(None, "digits") == 0 and resolve_num_workers(3, "digits") == 3
     monkeypatch.setattr("ecaml.data.loading.available_cpus", lambda: 16)
-    assert default_num_workers() == 8 and resolve_num_workers(None, "folder") == 8
+    assert default_num_workers() == 15 and resolve_num_workers(None, "folder") == 15
+    monkeypatch.setattr("ecaml.data.loading.available_cpus", lambda: 64)
+    assert default_num_workers() == 16, "a cap: past it, workers' memory grows faster than one GPU can use them"
+    monkeypatch.setattr("ecaml.data.loading.available_cpus", lambda: 16)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
     assert default_num_workers() == 3, "16 CPUs shared by 4 processes: 4 each, one for the trainer"
     monkeypatch.setattr("ecaml.data.loading.available_cpus", lambda: 2)
