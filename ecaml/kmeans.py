@@ -5,14 +5,16 @@ comparable when the same clustering produced them. Earlier, a compute budget swi
 faiss (5 restarts x 20 iterations) to torch (1 x 10) on large sets; now every set gets the
 same seeded Lloyd k-means, ``KMEANS_SETTINGS``, whatever its size.
 
-What keeps it affordable on large sets is pruning, not fewer iterations: Hamerly's bounds
-(G. Hamerly, "Making k-means even faster", SDM 2010). Each point keeps an upper bound on
-the distance to its own centroid and a lower bound on the distance to any other; after a
-centroid update the bounds move by how far the centroids moved, and a point whose upper
-bound stays below its lower bound cannot change cluster, so its distances are not
-computed. Only the remaining points go through the blocked matrix product. The result is
-Lloyd's: the bounds are widened by the float32 rounding of a squared distance, so a point
-is skipped only when no rounding could change its assignment.
+What keeps it affordable on large sets is pruning, not fewer iterations. Each point keeps
+its ``_CANDIDATES`` nearest centroids with their squared distances, and a floor: a lower
+bound on its distance to every other centroid. After the first iterations only a few
+clusters still change (at 1,400 clusters in 512 dimensions, 4-140 of them), so when at
+most an eighth of the centroids moved, one product with the moved ones updates every
+point's candidate distances and floor, and a point whose nearest candidate stays below its
+floor keeps it without a full pass. (Hamerly's single bound, used before, fell by the
+largest drift of any centroid and pruned almost nothing there.) The result is Lloyd's:
+bounds are widened by the float32 rounding of a squared distance, so a point is settled
+only when no rounding could change its assignment; the others go through the full product.
 
 ``"pml"`` mode stays available to compare like for like with pytorch-metric-learning:
 faiss k-means with ``AccuracyCalculator``'s default settings.
