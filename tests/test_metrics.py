@@ -603,23 +603,27 @@ def test_pair_distance_sampling_is_uniform_over_pairs_not_classes():
     assert 2 <= np.count_nonzero(positives > 1.0) <= 20
 
 
-def test_pruned_lloyd_kmeans_gives_plain_lloyds_clusters_while_skipping_settled_points(monkeypatch):
-    # Hamerly's bounds skip the distances of points that cannot change cluster; the result
-    # must stay plain Lloyd's (float64 numpy reference), and the skipping must really happen.
+@pytest.mark.parametrize("count, dim, clusters", [(2400, 16, 160), (3000, 8, 240)])
+def test_pruned_lloyd_kmeans_gives_plain_lloyds_clusters_while_skipping_settled_points(monkeypatch, count, dim,
+                                                                                        clusters):
+    # Points keep their nearest candidates' distances and a floor on the rest, and only the centroids
+    # that moved are measured again; the result must stay plain Lloyd's (float64 numpy reference), and
+    # the skipping must really happen: fewer rows through the full product than 12 iterations' worth.
     import ecaml.kmeans
 
     rows_searched = []
-    two_nearest = ecaml.kmeans._two_nearest
-    monkeypatch.setattr(ecaml.kmeans, "_two_nearest",
-                        lambda points, centroids: rows_searched.append(len(points)) or two_nearest(points, centroids))
+    nearest_candidates = ecaml.kmeans._nearest_candidates
+    monkeypatch.setattr(ecaml.kmeans, "_nearest_candidates",
+                        lambda points, centroids: rows_searched.append(len(points)) or nearest_candidates(points,
+                                                                                                         centroids))
     for seed in range(3):
-        embeddings, _ = _clustered_data(1500, 8, 30, seed=seed, spread=0.5)
+        embeddings, _ = _clustered_data(count, dim, clusters, seed=seed, spread=0.5)
         unit = l2_normalise(embeddings)
-        initial = unit[torch.randperm(1500, generator=torch.Generator().manual_seed(seed))[:30].numpy()]
+        initial = unit[torch.randperm(count, generator=torch.Generator().manual_seed(seed))[:clusters].numpy()]
         rows_searched.clear()
-        ids = lloyd_kmeans(unit, 30, niter=12, nredo=1, seed=seed)
+        ids = lloyd_kmeans(unit, clusters, niter=12, nredo=1, seed=seed)
         np.testing.assert_array_equal(ids, _lloyd_reference(unit.astype(np.float64), initial, 12))
-        assert sum(rows_searched) < 0.8 * 1500 * len(rows_searched)
+        assert sum(rows_searched) < 0.8 * count * 13
 
 
 def test_lloyd_kmeans_puts_duplicate_points_together_and_ties_go_to_the_lower_centroid():
