@@ -28,7 +28,7 @@ def add_import(commands) -> None:
         description="Write a run of --arch with the file's weights (a linear embedding layer under head., embedder. "
                     "or fc. of --head-dim outputs; without --head-dim the pooled features are the embedding), "
                     "scored on the data set's unseen classes. .pt/.pth files are refused: we never unpickle.")
-    model.add_argument("--arch", required=True, help="torchvision architecture (resnet18, resnet50, googlenet)")
+    model.add_argument("--arch", required=True, help="torchvision architecture (resnet18, resnet50, googlenet, efficientnet_b0, convnext_tiny, vit_b_16)")
     model.add_argument("--weights", required=True, help=".safetensors state dict")
     model.add_argument("--head-dim", type=int, help="outputs of the file's linear embedding layer")
     model.add_argument("--dataset", required=True, help="the data set to embed (as for train)")
