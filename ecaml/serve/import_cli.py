@@ -22,6 +22,9 @@ def add_import(commands) -> None:
     embeddings.add_argument("file", help=".npz or .parquet file")
     embeddings.add_argument("--out", required=True, help="the new run directory (must not exist)")
     embeddings.add_argument("--image-root", help="folder the 'paths' are relative to (thumbnails)")
+    embeddings.add_argument("--same-items-as", metavar="RUN",
+                            help="a trained run whose unseen images the rows are (matched by path, else by order and "
+                                 "labels, as `ecaml embed RUN --split unseen` writes them): pages align the two")
     embeddings.add_argument("--recall-ks", default="1,2,4,8", help="Recall@K list (default 1,2,4,8; SOP: 1,10,100,1000)")
     model = kinds.add_parser(
         "model", help="a torchvision architecture's state dict (.safetensors) with an optional linear head",
@@ -49,7 +52,7 @@ def command_import(args: argparse.Namespace) -> int:
         print(f"imported {args.arch} weights from {args.weights} into {out}")
         return 0
     ks = _recall_ks(args.recall_ks)
-    out = import_embeddings(args.file, args.out, image_root=args.image_root, recall_ks=ks)
+    out = import_embeddings(args.file, args.out, image_root=args.image_root, recall_ks=ks, same_items_as=args.same_items_as)
     print(summary(out))
     return 0
 

@@ -101,3 +101,31 @@ def test_the_import_form_is_off_in_read_only_mode(monkeypatch):
     app = open_page("imports")
     assert_clean(app)
     assert not app.button and any("Importing is off" in info.value for info in app.info)
+
+
+def test_an_import_of_a_trained_runs_own_images_opens_aligned_with_it(app_environment, shipped_runs, tmp_path, capsys):
+    from ecaml.cli import main
+
+    trained = shipped_runs / "digits-ec-on"
+    assert main(["embed", str(trained), "--split", "unseen", "--out", str(tmp_path / "ours.npz")]) == 0
+    with np.load(tmp_path / "ours.npz") as archive:
+        ours, labels = archive["embeddings"], archive["labels"]
+    generator = np.random.default_rng(0)  # another pipeline's vectors of the same images: rotated, with noise
+    rotation, _ = np.linalg.qr(generator.normal(size=(ours.shape[1],) * 2))
+    np.savez(tmp_path / "theirs.npz", embeddings=(ours @ rotation + 0.3 * generator.normal(size=ours.shape)).astype("f4"),
+             labels=labels)
+    app_environment.mkdir(exist_ok=True)
+    assert main(["import", "embeddings", str(tmp_path / "theirs.npz"), "--out", str(app_environment / "theirs"),
+                 "--same-items-as", str(trained)]) == 0, capsys.readouterr().err
+
+    chosen = [str(trained), str(app_environment / "theirs")]
+    app = open_ready(open_page, "embeddings", {**PCA, "selected_run_paths": chosen})
+    assert_clean(app)
+    assert not [w.value for w in app.warning if "Left out" in w.value]  # aligned, not left out
+    (shown,) = maps(app)
+    assert len(shown.titles) == 2 and shown.titles[1].startswith("theirs (yours)")
+    assert len(shown.ints("labels")) == len(labels)  # every unseen image, once, in both panels
+    change = neighbourhood_change(cached_embeddings(load_run(trained)), cached_embeddings(load_run(app_environment / "theirs")))
+    assert 0 < np.nanmean(change.jaccard) < 1
+    assert any(h.value == "Neighbourhood change: digits-ec-on → theirs (yours)" for h in app.subheader)
+    assert any(f"mean {np.nanmean(change.jaccard):.2f}" in c.value for c in app.caption)
