@@ -75,7 +75,7 @@ def _matched_by_path(paths: np.ndarray, dataset, unseen: np.ndarray, image_root,
     outside = np.flatnonzero(~np.isin(indices, unseen))
     if len(outside):
         row = int(outside[0])
-        raise ImportInputError(f"{source_name}: row {row} ({paths[row][:80]!r}) is not an image of {run_name}'s unseen "
+        raise ImportInputError(f"{source_name}: row {row} ({str(paths[row])[:80]!r}) is not an image of {run_name}'s unseen "
                                f"part ({len(outside):,} rows are not)")
     if len(np.unique(indices)) != len(indices) or len(indices) != len(unseen):
         raise ImportInputError(f"{source_name}: its paths name {len(np.unique(indices)):,} distinct images of "
@@ -91,6 +91,6 @@ def _check_labels(imported, dataset, indices: np.ndarray, run_name: str, source_
     differs = np.flatnonzero((ours != names) & (ours != theirs.astype(str)))
     if len(differs):
         row = int(differs[0])
-        raise ImportInputError(f"{source_name}: row {row} is labelled {ours[row]!r}, but image {int(indices[row])} of "
-                               f"{run_name} is a {names[row]!r} (class {int(theirs[row])}): not the same items "
+        raise ImportInputError(f"{source_name}: row {row} is labelled {str(ours[row])!r}, but image {int(indices[row])} of "
+                               f"{run_name} is a {str(names[row])!r} (class {int(theirs[row])}): not the same items "
                                f"({len(differs):,} rows differ)")
