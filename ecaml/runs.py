@@ -430,7 +430,7 @@ def kept_steps(run_dir: str | Path) -> list[int]:
 def load_imported_run(run_dir: Path) -> Run:
     """An imported run: its vectors stand in for a model (none), its items for a dataset (``ecaml.data.imported``)."""
     from ecaml.data import DatasetError
-    from ecaml.data.imported import IMPORTED_DATASET, read_manifest
+    from ecaml.data.imported import IMPORTED_DATASET, SAME_ITEMS_KEY, read_manifest
 
     try:
         manifest = read_manifest(run_dir)
@@ -441,7 +441,7 @@ def load_imported_run(run_dir: Path) -> Run:
     dim = manifest.get("dim")
     own = {"loss": IMPORTED_DATASET, "ec_weight": 0.0, "embedding_dim": dim if isinstance(dim, int) else None,
            "recall_ks": manifest.get("recall_ks") or [1, 2, 4, 8]}
-    aligned = manifest.get("same_items_as")  # the unseen images of a trained run: its data set, folder and split
+    aligned = manifest.get(SAME_ITEMS_KEY)  # the unseen images of a trained run: its data set, folder and split
     if isinstance(aligned, dict) and isinstance(aligned.get("config"), dict):
         try:
             config = replace(TrainConfig.from_saved(aligned["config"]), **own, pretrained=False)

@@ -19,10 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ecaml.data.imported import DATASET_INDICES, SAME_ITEMS_KEY, read_manifest
 from ecaml.serve.imports import ImportInputError  # imports.py imports this module only when it is asked for
-
-SAME_ITEMS_KEY = "same_items_as"  # in the imported run's manifest: {"run": name, "config": the trained run's config}
-DATASET_INDICES = "dataset_indices"  # in its items.npz: each row's index in the trained run's data set
 
 
 @dataclass
@@ -31,10 +29,15 @@ class Alignment:
     config: dict  # the trained run's config.json: which data set, folder and split the rows belong to
     dataset_indices: np.ndarray  # int64 [N]: row i is image dataset_indices[i] of that data set
 
+    def manifest_entry(self) -> dict:
+        return {SAME_ITEMS_KEY: {"run": self.run_name, "config": self.config}}
+
+    def items_entry(self) -> dict:
+        return {DATASET_INDICES: self.dataset_indices}
+
 
 def align_with_run(imported, run_dir: str | Path, source_name: str, image_root) -> Alignment:
     """The dataset index of every row of ``imported`` (an ``ImportedSet``) in ``run_dir``'s unseen part, or a refusal."""
-    from ecaml.data.imported import read_manifest
     from ecaml.evaluate import split_for
     from ecaml.runs import RunError, load_run
 

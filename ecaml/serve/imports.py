@@ -282,9 +282,7 @@ def import_embeddings(
 ) -> Path:
     """Read, check, score and write ``source`` as the imported run directory ``out``; returns its path.
 
-    ``same_items_as``: a trained run whose unseen images the rows are (``ecaml.serve.import_alignment``).
-
-    ``timings``, when given, receives the seconds of each stage (read, check, score, write): benchmarks/import_scale.py.
+    ``same_items_as``: a trained run whose unseen images the rows are (``ecaml.serve.import_alignment``). ``timings``, when given, receives the seconds of each stage (read, check, score, write): benchmarks/import_scale.py.
     """
     source, out = Path(source), Path(out)
     clock = _StageClock(timings)
@@ -348,10 +346,7 @@ def write_run_atomically(out: Path, write) -> None:
 
 
 def _manifest(source: Path, imported: ImportedSet, image_root, recall_ks, alignment) -> dict:
-    from ecaml.serve.import_alignment import SAME_ITEMS_KEY
-
-    aligned = {SAME_ITEMS_KEY: {"run": alignment.run_name, "config": alignment.config}} if alignment else {}
-    return {**aligned,
+    return {**(alignment.manifest_entry() if alignment else {}),
         "kind": IMPORTED_DATASET, "format": IMPORT_FORMAT, "ecaml_version": __version__, "imported": time.time(),
         "source": source.name, "count": int(len(imported.labels)), "dim": int(imported.vectors.shape[1]),
         "classes": len(imported.class_names), "has_split": imported.split is not None,
@@ -371,8 +366,6 @@ def _items_digest(imported: ImportedSet, image_root) -> str:
 
 
 def _write_files(folder: Path, imported: ImportedSet, manifest: dict, metrics: dict, alignment) -> None:
-    from ecaml.serve.import_alignment import DATASET_INDICES
-
     vectors = io.BytesIO()
     np.save(vectors, np.ascontiguousarray(imported.vectors, np.float32), allow_pickle=False)
     atomic_write_bytes(folder / VECTORS_FILE, vectors.getvalue())
@@ -381,8 +374,7 @@ def _write_files(folder: Path, imported: ImportedSet, manifest: dict, metrics: d
         items["split"] = imported.split
     if imported.paths is not None:
         items["paths"] = imported.paths
-    if alignment is not None:
-        items[DATASET_INDICES] = alignment.dataset_indices
+    items.update(alignment.items_entry() if alignment else {})
     buffer = io.BytesIO()
     np.savez(buffer, **items)
     atomic_write_bytes(folder / ITEMS_FILE, buffer.getvalue())
