@@ -176,6 +176,19 @@ class TrainConfig:
              f"resize_size must be between image_size and {MAX_IMAGE_SIZE}"),
             (self.log_every is None or self.log_every >= 1, "log_every must be at least 1"),
             (self.preset is None or self.preset in PRESETS, f"preset must be one of {', '.join(PRESETS)}"),
+            *self._backbone_checks(),
+        ]
+
+    def _backbone_checks(self) -> list[tuple[bool, str]]:
+        spec = BACKBONES.get(self.backbone)
+        if spec is None:
+            return []  # named by validate()
+        return [
+            (not self.pretrained or spec.pretrained_capable,
+             f"{self.backbone} has no ImageNet weights here; drop --pretrained (import a state dict with ecaml import model)"),
+            (not spec.fixed_size or self.image_size in (None, spec.default_size),
+             f"{self.backbone} takes {spec.default_size}-pixel images only (its position embeddings fix the size), "
+             f"not {self.image_size}"),
         ]
 
     def to_dict(self) -> dict[str, Any]:

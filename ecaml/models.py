@@ -70,9 +70,9 @@ def build_model(
     if embedding_dim < 2:
         raise ValueError("embedding_dim must be at least 2")
     spec = BACKBONES[backbone]
+    if pretrained and not spec.pretrained_capable:
+        raise ValueError(f"{backbone} has no pretrained weights here; drop --pretrained")
     if backbone == "smallcnn":
-        if pretrained:
-            raise ValueError("smallcnn has no pretrained weights; drop --pretrained")
         return EmbeddingNet(SmallCNN(in_channels), spec.feature_dim, embedding_dim)
     network = _torchvision_backbone(backbone)
     if pretrained:
@@ -94,7 +94,8 @@ def _torchvision_backbone(name: str) -> nn.Module:
         network.dropout = nn.Identity()
     else:
         network = getattr(models, name)(weights=None)
-    network.fc = nn.Identity()
+    parent, _, slot = BACKBONES[name].classifier.rpartition(".")
+    setattr(network.get_submodule(parent) if parent else network, slot, nn.Identity())
     return network
 
 

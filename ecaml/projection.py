@@ -301,14 +301,21 @@ def _same_points(runs: list[Run]) -> bool:
 
 
 def _pca(vectors: np.ndarray) -> np.ndarray:
-    """2-D PCA with each axis's sign fixed (its largest-magnitude loading positive), so the result is deterministic."""
-    from sklearn.decomposition import PCA
+    """2-D PCA with each axis's sign fixed (its largest-magnitude loading positive), so the result is deterministic.
 
-    pca = PCA(n_components=2, svd_solver="full")
-    coords = pca.fit_transform(vectors.astype(np.float64))
-    for axis, component in enumerate(pca.components_):
-        if component[np.argmax(np.abs(component))] < 0:
-            coords[:, axis] = -coords[:, axis]
+    From the D x D scatter matrix's eigenvectors when D <= N: at SOP's size (60,502 x 512) a few seconds, against
+    about 6x that for the full SVD of the N x D matrix (benchmarks/import_scale.py measures both).
+    """
+    centred = vectors.astype(np.float64) - vectors.mean(axis=0, dtype=np.float64)
+    if centred.shape[1] <= centred.shape[0]:
+        _, eigenvectors = np.linalg.eigh(centred.T @ centred)  # ascending eigenvalues: the last two lead
+        components = eigenvectors[:, ::-1][:, :2].T
+    else:
+        components = np.linalg.svd(centred, full_matrices=False)[2][:2]
+    signs = np.sign(components[np.arange(len(components)), np.argmax(np.abs(components), axis=1)])
+    coords = centred @ (components * signs[:, None]).T
+    if coords.shape[1] < 2:  # one-dimensional vectors: a flat second axis, so the map still has two
+        coords = np.pad(coords, ((0, 0), (0, 2 - coords.shape[1])))
     return coords.astype(np.float32)
 
 

@@ -39,12 +39,25 @@ class BackboneSpec:
     pretrained_capable: bool
     imagenet_input: bool  # 3-channel ImageNet-normalised input at ``default_size``
     default_size: int
+    # torchvision's classifier module, replaced by the identity so the backbone ends in its pooled feature, and the
+    # key prefix of the linear layer in it (where a fine-tune puts its embedding layer: ecaml.serve.import_model).
+    classifier: str = "fc"
+    classifier_linear: str = "fc."
+    fixed_size: bool = False  # only ``default_size`` fits (ViT's position embeddings)
 
 
-# Backbones (ecaml.models.build_model): smallcnn is ecaml's own, the others torchvision's.
+# Backbones (ecaml.models.build_model): smallcnn is ecaml's own, the others torchvision's. The last three have no
+# ImageNet weights here: they come in through ``ecaml import model`` (a state dict of the user's).
 BACKBONES: dict[str, BackboneSpec] = {
     "smallcnn": BackboneSpec(128, pretrained_capable=False, imagenet_input=False, default_size=32),
     "googlenet": BackboneSpec(1024, pretrained_capable=True, imagenet_input=True, default_size=224),
     "resnet18": BackboneSpec(512, pretrained_capable=True, imagenet_input=True, default_size=224),
     "resnet50": BackboneSpec(2048, pretrained_capable=True, imagenet_input=True, default_size=224),
+    "efficientnet_b0": BackboneSpec(1280, pretrained_capable=False, imagenet_input=True, default_size=224,
+                                    classifier="classifier", classifier_linear="classifier.1."),
+    # ConvNeXt's classifier starts with the LayerNorm of the pooled feature: it stays, only the linear layer goes.
+    "convnext_tiny": BackboneSpec(768, pretrained_capable=False, imagenet_input=True, default_size=224,
+                                  classifier="classifier.2", classifier_linear="classifier.2."),
+    "vit_b_16": BackboneSpec(768, pretrained_capable=False, imagenet_input=True, default_size=224,
+                             classifier="heads", classifier_linear="heads.head.", fixed_size=True),
 }

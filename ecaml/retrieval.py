@@ -35,7 +35,7 @@ from PIL import Image
 from ecaml import __version__
 from ecaml.data import ClassSplit, SPLIT_PARTS
 from ecaml.data.images import _convert as convert_image_mode
-from ecaml.data.imported import IMPORTED_DATASET, read_vectors
+from ecaml.data.imported import IMPORTED_DATASET, read_items, read_vectors
 from ecaml.evaluate import Embeddings, embed_indices, eval_transform, split_for
 from ecaml.metrics import l2_normalise
 from ecaml.atomic import write_cache_file
@@ -164,10 +164,26 @@ def imported_embeddings(run: Run, part: str, split: ClassSplit | None = None) ->
     if len(rows) == 0:
         raise ValueError(f"the {part!r} part of {run.name} is empty")
     vectors = read_vectors(run.path)
-    if len(vectors) != len(split.dataset):
-        raise RunError(f"{run.name}: {run.weights_file} holds {len(vectors)} rows, its items {len(split.dataset)}")
-    chosen = vectors if len(rows) == len(vectors) else np.ascontiguousarray(vectors[rows])
+    positions = _imported_rows(run, rows, len(split.dataset), len(vectors), part)
+    chosen = vectors if np.array_equal(positions, np.arange(len(vectors))) else np.ascontiguousarray(vectors[positions])
     return Embeddings(chosen, split.dataset.labels[rows], rows.astype(np.int64))
+
+
+def _imported_rows(run: Run, wanted: np.ndarray, items: int, stored: int, part: str) -> np.ndarray:
+    """The rows of an imported run's vectors that hold dataset images ``wanted``: the same numbers for an import of
+    its own items, looked up by each row's dataset index for one over a trained run's images (--same-items-as)."""
+    if run.config.dataset == IMPORTED_DATASET:
+        if stored != items:
+            raise RunError(f"{run.name}: {run.weights_file} holds {stored} rows, its items {items}")
+        return wanted
+    indices = read_items(run.path).dataset_indices
+    if indices is None or len(indices) != stored:
+        raise RunError(f"{run.name}: {run.weights_file} holds {stored} rows without their dataset indices")
+    order = np.argsort(indices, kind="stable")
+    found = np.searchsorted(indices[order], wanted).clip(max=len(order) - 1)
+    if not np.array_equal(indices[order][found], wanted):
+        raise ValueError(f"the {part!r} part of {run.name} was not imported (it holds {run.config.dataset}'s unseen images)")
+    return order[found]
 
 
 def _embed_in_chunks(run: Run, part: str, progress, device, split: ClassSplit) -> Embeddings:

@@ -27,7 +27,7 @@ import stat
 import struct
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -430,7 +430,7 @@ def kept_steps(run_dir: str | Path) -> list[int]:
 def load_imported_run(run_dir: Path) -> Run:
     """An imported run: its vectors stand in for a model (none), its items for a dataset (``ecaml.data.imported``)."""
     from ecaml.data import DatasetError
-    from ecaml.data.imported import IMPORTED_DATASET, read_manifest
+    from ecaml.data.imported import IMPORTED_DATASET, SAME_ITEMS_KEY, read_manifest
 
     try:
         manifest = read_manifest(run_dir)
@@ -439,10 +439,16 @@ def load_imported_run(run_dir: Path) -> Run:
     if not (run_dir / IMPORTED_VECTORS).is_file():
         raise RunError(f"{run_dir.name}: missing {IMPORTED_VECTORS}")
     dim = manifest.get("dim")
-    # Not resolved(): the config only names the items (dataset "imported", data_root the run) for the readers.
-    config = TrainConfig(dataset=IMPORTED_DATASET, data_root=str(run_dir.resolve()), loss=IMPORTED_DATASET,
-                         ec_weight=0.0, embedding_dim=dim if isinstance(dim, int) else None,
-                         recall_ks=manifest.get("recall_ks") or [1, 2, 4, 8], image_size=8, epochs=1)
+    own = {"loss": IMPORTED_DATASET, "ec_weight": 0.0, "embedding_dim": dim if isinstance(dim, int) else None,
+           "recall_ks": manifest.get("recall_ks") or [1, 2, 4, 8]}
+    aligned = manifest.get(SAME_ITEMS_KEY)  # the unseen images of a trained run: its data set, folder and split
+    if isinstance(aligned, dict) and isinstance(aligned.get("config"), dict):
+        try:
+            config = replace(TrainConfig.from_saved(aligned["config"]), **own, pretrained=False)
+        except (TypeError, ValueError) as error:
+            raise RunError(f"{run_dir.name}: {IMPORTED_MANIFEST} names a run config that cannot be read ({error})") from None
+    else:  # Not resolved(): the config only names the items (dataset "imported", data_root the run) for the readers.
+        config = TrainConfig(dataset=IMPORTED_DATASET, data_root=str(run_dir.resolve()), image_size=8, epochs=1, **own)
     return Run(run_dir, config, None, 0, [], read_metrics(run_dir), read_status(run_dir), kind=IMPORTED_DATASET,
                weights_file=IMPORTED_VECTORS)
 

@@ -332,3 +332,18 @@ def test_landmarks_bound_what_umap_lays_out_and_the_panels_stay_aligned(runs, tm
     assert (gaps.argmin(axis=1) == np.arange(len(classes))).all()
     assert normalised_gap(with_landmarks) < 0.75 * normalised_gap(
         project_runs(runs, cache_dir=tmp_path, landmarks=200, **{**settings, "aligned": False}))
+
+
+@pytest.mark.parametrize("rows", [1797, 30])  # D = 64 <= N (the scatter matrix's route), and D > N (the SVD's)
+def test_pca_draws_what_scikit_learns_pca_draws_on_real_images(rows):
+    from sklearn.datasets import load_digits
+    from sklearn.decomposition import PCA
+
+    pixels = load_digits().data[:rows].astype(np.float32)
+    reference = PCA(n_components=2, svd_solver="full").fit(pixels.astype(np.float64))
+    expected = reference.transform(pixels.astype(np.float64))
+    for axis, component in enumerate(reference.components_):  # the sign rule: largest-magnitude loading positive
+        expected[:, axis] *= np.sign(component[np.argmax(np.abs(component))])
+    coords = projection._pca(pixels)
+    assert coords.shape == (rows, 2) and coords.dtype == np.float32
+    assert np.allclose(coords, expected, atol=1e-3 * np.abs(expected).max())

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from app import background_jobs, data_roots, deployment, errors, locations
+from app import background_jobs, data_roots, deployment, errors, locations, run_catalog
 
 UPLOAD_LIMIT_BYTES = 20 * 1024 * 1024  # an upload sits in memory; bigger files go on the server and are named here
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
@@ -39,15 +39,30 @@ def render() -> None:
         upload = None
     else:
         path, upload = None, st.file_uploader(".npz file (kept until imported)", type=["npz"], key="import_upload")
+    same_items = choose_same_items()
     if st.button("Import", type="primary", key="import_start", disabled=not name or not (path or upload)):
-        start_import(name, path, upload)
+        start_import(name, path, upload, same_items)
     show_job()
 
 
 JOB_KEY = ("import",)
 
 
-def start_import(name: str, path: str | None, upload) -> None:
+def choose_same_items() -> Path | None:
+    """Optionally, the trained run whose unseen images the rows are: Embeddings then aligns the two."""
+    trained = {str(e.path): e for e in run_catalog.usable(run_catalog.scan_all_runs())
+               if e.step is None and e.run.model is not None}
+    chosen = st.selectbox(
+        "The same images as (optional)", [None, *trained], key="import_same_items",
+        format_func=lambda key: "— other images —" if key is None else trained[key].name,
+        help="A run whose unseen images the rows are: in its order, as `python -m ecaml embed RUN --split unseen` "
+             "writes them, with each row's class. Embeddings then puts the two side by side, image for image, "
+             "with their neighbourhood change.",
+    )
+    return None if chosen is None else Path(chosen)
+
+
+def start_import(name: str, path: str | None, upload, same_items: Path | None = None) -> None:
     from ecaml.paths import PathError, confine
 
     if not RUN_NAME.match(name):
@@ -68,17 +83,17 @@ def start_import(name: str, path: str | None, upload) -> None:
             return
     locations.runs_dir().mkdir(parents=True, exist_ok=True)
     background_jobs.forget(JOB_KEY)
-    background_jobs.start(JOB_KEY, f"importing {name}", lambda job: _import(job, source, data, out))
+    background_jobs.start(JOB_KEY, f"importing {name}", lambda job: _import(job, source, data, out, same_items))
 
 
-def _import(job, source: Path | None, data: bytes | None, out: Path) -> None:
+def _import(job, source: Path | None, data: bytes | None, out: Path, same_items: Path | None) -> None:
     from ecaml.serve.imports import import_embeddings, summary
 
     with tempfile.TemporaryDirectory() as folder:
         if data is not None:  # an upload: a private temporary file, gone when the import ends
             source = Path(folder) / "upload.npz"
             source.write_bytes(data)
-        import_embeddings(source, out)
+        import_embeddings(source, out, same_items_as=same_items)
     job.result = summary(out)
 
 

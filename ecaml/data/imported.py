@@ -30,6 +30,9 @@ ITEMS_FILE = "items.npz"
 IMPORT_FORMAT = 1
 SPLIT_NAMES = ("seen", "val", "unseen")
 MAX_MANIFEST_BYTES = 1024 * 1024
+# An import of a trained run's unseen images (``ecaml.serve.import_alignment``): the manifest names the run and its
+# config ({"run": name, "config": config.json}); items.npz holds each row's index in that run's data set.
+SAME_ITEMS_KEY, DATASET_INDICES = "same_items_as", "dataset_indices"
 
 
 @dataclass
@@ -39,6 +42,8 @@ class ImportedItems:
     split: np.ndarray | None  # str per row: seen / val / unseen
     paths: np.ndarray | None  # str per row, relative to image_root
     image_root: str | None
+    # Row i's index in a trained run's data set, for an import of that run's items (``--same-items-as``), else None.
+    dataset_indices: np.ndarray | None = None
 
 
 def is_imported_run(folder: str | Path) -> bool:
@@ -73,8 +78,11 @@ def read_items(folder: str | Path) -> ImportedItems:
         raise DatasetError(f"{folder.name}: {ITEMS_FILE} has no valid labels")
     if len(labels) and (labels.min() < 0 or labels.max() >= len(names)):
         raise DatasetError(f"{folder.name}: {ITEMS_FILE} has labels outside its class names")
+    indices = arrays.get(DATASET_INDICES)
+    if indices is not None and (indices.shape != labels.shape or not np.issubdtype(indices.dtype, np.integer)):
+        raise DatasetError(f"{folder.name}: {ITEMS_FILE} has dataset indices that do not match its rows")
     return ImportedItems(labels.astype(np.int64), [str(n) for n in names], arrays.get("split"), arrays.get("paths"),
-                         manifest.get("image_root"))
+                         manifest.get("image_root"), None if indices is None else indices.astype(np.int64))
 
 
 def read_vectors(folder: str | Path) -> np.ndarray:

@@ -22,13 +22,16 @@ def add_import(commands) -> None:
     embeddings.add_argument("file", help=".npz or .parquet file")
     embeddings.add_argument("--out", required=True, help="the new run directory (must not exist)")
     embeddings.add_argument("--image-root", help="folder the 'paths' are relative to (thumbnails)")
+    embeddings.add_argument("--same-items-as", metavar="RUN",
+                            help="a trained run whose unseen images the rows are (matched by path, else by order and "
+                                 "labels, as `ecaml embed RUN --split unseen` writes them): pages align the two")
     embeddings.add_argument("--recall-ks", default="1,2,4,8", help="Recall@K list (default 1,2,4,8; SOP: 1,10,100,1000)")
     model = kinds.add_parser(
         "model", help="a torchvision architecture's state dict (.safetensors) with an optional linear head",
         description="Write a run of --arch with the file's weights (a linear embedding layer under head., embedder. "
                     "or fc. of --head-dim outputs; without --head-dim the pooled features are the embedding), "
                     "scored on the data set's unseen classes. .pt/.pth files are refused: we never unpickle.")
-    model.add_argument("--arch", required=True, help="torchvision architecture (resnet18, resnet50, googlenet)")
+    model.add_argument("--arch", required=True, help="torchvision architecture (resnet18, resnet50, googlenet, efficientnet_b0, convnext_tiny, vit_b_16)")
     model.add_argument("--weights", required=True, help=".safetensors state dict")
     model.add_argument("--head-dim", type=int, help="outputs of the file's linear embedding layer")
     model.add_argument("--dataset", required=True, help="the data set to embed (as for train)")
@@ -49,7 +52,7 @@ def command_import(args: argparse.Namespace) -> int:
         print(f"imported {args.arch} weights from {args.weights} into {out}")
         return 0
     ks = _recall_ks(args.recall_ks)
-    out = import_embeddings(args.file, args.out, image_root=args.image_root, recall_ks=ks)
+    out = import_embeddings(args.file, args.out, image_root=args.image_root, recall_ks=ks, same_items_as=args.same_items_as)
     print(summary(out))
     return 0
 

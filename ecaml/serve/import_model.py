@@ -25,9 +25,11 @@ from ecaml.runs import (
 )
 from ecaml.serve.imports import ImportInputError, _check_target, write_run_atomically
 
-# Where the linear embedding layer sits in the files people bring (torchvision fine-tunes replace ``fc``;
-# pytorch-metric-learning's trunk + embedder save the embedder apart, often under ``embedder.``).
-HEAD_PREFIXES = ("head.", "embedder.", "fc.")
+# Where the linear embedding layer sits in the files people bring, beside the architecture's own classifier slot
+# (torchvision fine-tunes replace it: ``fc``, ``classifier.1``, ``heads.head``...; pytorch-metric-learning's
+# trunk + embedder save the embedder apart, often under ``embedder.``).
+HEAD_PREFIXES = ("head.", "embedder.")
+AUXILIARY_PREFIXES = ("aux1.", "aux2.")  # GoogLeNet's auxiliary classifiers: not part of the embedding
 # Wrappers' prefixes on every key (DataParallel, pml's trunk, Lightning modules).
 WRAPPER_PREFIXES = ("module.", "trunk.", "model.", "backbone.")
 IMPORTED_LOSS = "imported"  # what the run's config says of the loss: none of ours trained it
@@ -58,23 +60,24 @@ def read_state(weights: str | Path) -> dict[str, torch.Tensor]:
 def mapped_state(state: dict[str, torch.Tensor], arch: str, head_dim: int | None) -> tuple[dict, int]:
     """The file's tensors under our model's names, and the embedding size (the head's, else the features')."""
     state = {_without_wrapper(key): value for key, value in state.items()}
-    feature_dim = BACKBONES[arch].feature_dim
-    head = {}
-    for prefix in HEAD_PREFIXES:
+    spec = BACKBONES[arch]
+    dropped = (spec.classifier_linear, *AUXILIARY_PREFIXES)
+    head, head_prefix = {}, None
+    for prefix in (*HEAD_PREFIXES, spec.classifier_linear):
         found = {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
         if found.get("weight") is not None and (head_dim is None or found["weight"].shape[0] == head_dim):
             head, head_prefix = found, prefix
             break
     if head_dim is None or not head:
         if head_dim is not None:
-            raise ImportInputError(f"--head-dim {head_dim}: no linear layer of {head_dim} outputs under "
-                                   f"{', '.join(p.rstrip('.') for p in HEAD_PREFIXES)} in the file")
+            slots = ", ".join(p.rstrip(".") for p in (*HEAD_PREFIXES, spec.classifier_linear))
+            raise ImportInputError(f"--head-dim {head_dim}: no linear layer of {head_dim} outputs under {slots} in the file")
         # No head: the embedding is the pooled feature itself (an identity head), and a classifier is dropped.
-        backbone = {key: value for key, value in state.items() if not key.startswith(("fc.", "aux1.", "aux2."))}
-        identity = {"head.weight": torch.eye(feature_dim), "head.bias": torch.zeros(feature_dim)}
-        return {**{f"backbone.{k}": v for k, v in backbone.items()}, **identity}, feature_dim
-    backbone = {key: value for key, value in state.items() if not key.startswith(head_prefix)}
-    mapped = {f"backbone.{k}": v for k, v in backbone.items() if not k.startswith(("fc.", "aux1.", "aux2."))}
+        backbone = {key: value for key, value in state.items() if not key.startswith(dropped)}
+        identity = {"head.weight": torch.eye(spec.feature_dim), "head.bias": torch.zeros(spec.feature_dim)}
+        return {**{f"backbone.{k}": v for k, v in backbone.items()}, **identity}, spec.feature_dim
+    backbone = {key: value for key, value in state.items() if not key.startswith((head_prefix, *dropped))}
+    mapped = {f"backbone.{k}": v for k, v in backbone.items()}
     mapped["head.weight"] = head["weight"]
     mapped["head.bias"] = head.get("bias", torch.zeros(head["weight"].shape[0]))
     return mapped, int(head["weight"].shape[0])
@@ -102,26 +105,37 @@ def check_layout(mapped: dict[str, torch.Tensor], config: TrainConfig, source: s
         raise ImportInputError(f"{source} does not fit {config.backbone}: {len(wrong)} tensors of another shape: {shown}")
 
 
-def import_model(arch: str, weights: str | Path, dataset: str, out: str | Path, head_dim: int | None = None,
-                 data_root: str | None = None, image_size: int | None = None, device: str = "auto") -> Path:
-    """Write ``out``: a run of ``arch`` with the file's weights, scored on ``dataset``'s unseen classes."""
-    from ecaml.evaluate import pick_device, score_part, split_for
+def model_from_file(arch: str, weights: str | Path, dataset: str, head_dim: int | None = None,
+                    data_root: str | None = None, image_size: int | None = None):
+    """(``arch`` with the file's weights, the run's config): every name, shape and value checked before loading."""
     from ecaml.models import build_model
 
-    out = Path(out)
     if arch not in BACKBONES or arch == "smallcnn":
         torchvision_archs = ", ".join(name for name in BACKBONES if name != "smallcnn")
         raise ImportInputError(f"--arch {arch!r} is not one ecaml can rebuild; choose one of {torchvision_archs}")
-    _check_target(out)
     mapped, embedding_dim = mapped_state(read_state(weights), arch, head_dim)
-    config = TrainConfig(dataset=dataset, data_root=data_root, backbone=arch, embedding_dim=embedding_dim,
-                         image_size=image_size, loss=IMPORTED_LOSS, ec_weight=0.0, epochs=1, eval_every=0).resolved()
+    try:
+        config = TrainConfig(dataset=dataset, data_root=data_root, backbone=arch, embedding_dim=embedding_dim,
+                             image_size=image_size, loss=IMPORTED_LOSS, ec_weight=0.0, epochs=1, eval_every=0).resolved()
+    except ValueError as error:
+        raise ImportInputError(f"{Path(weights).name}: {error}") from None
     check_layout(mapped, config, Path(weights).name)
     for name, tensor in mapped.items():
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise ImportInputError(f"{Path(weights).name}: {name} holds NaN or infinite values")
     model = build_model(arch, embedding_dim, in_channels=input_channels(config))
     model.load_state_dict(mapped)
+    return model, config
+
+
+def import_model(arch: str, weights: str | Path, dataset: str, out: str | Path, head_dim: int | None = None,
+                 data_root: str | None = None, image_size: int | None = None, device: str = "auto") -> Path:
+    """Write ``out``: a run of ``arch`` with the file's weights, scored on ``dataset``'s unseen classes."""
+    from ecaml.evaluate import pick_device, score_part, split_for
+
+    out = Path(out)
+    _check_target(out)
+    model, config = model_from_file(arch, weights, dataset, head_dim, data_root, image_size)
     target = pick_device(device)
     model.to(target).eval()
     metrics = score_part(model, split_for(config), "unseen", config, input_channels(config), target)

@@ -278,10 +278,11 @@ def import_embeddings(
     recall_ks: tuple[int, ...] = DEFAULT_RECALL_KS,
     memory_budget: int | None = None,
     timings: dict[str, float] | None = None,
+    same_items_as: str | Path | None = None,
 ) -> Path:
     """Read, check, score and write ``source`` as the imported run directory ``out``; returns its path.
 
-    ``timings``, when given, receives the seconds of each stage (read, check, score, write): benchmarks/import_scale.py.
+    ``same_items_as``: a trained run whose unseen images the rows are (``ecaml.serve.import_alignment``). ``timings``, when given, receives the seconds of each stage (read, check, score, write): benchmarks/import_scale.py.
     """
     source, out = Path(source), Path(out)
     clock = _StageClock(timings)
@@ -292,9 +293,15 @@ def import_embeddings(
     imported = clock.stage("check", validated, columns, source.name)
     if imported.paths is not None and image_root is None:
         raise ImportInputError(f"{source.name}: has 'paths'; give --image-root, the folder they are relative to")
+    alignment = None
+    if same_items_as is not None:
+        from ecaml.serve.import_alignment import align_with_run
+
+        alignment = clock.stage("align", align_with_run, imported, same_items_as, source.name, image_root)
     metrics = clock.stage("score", score_imported, imported, recall_ks)
-    manifest = _manifest(source, imported, image_root, recall_ks)
-    clock.stage("write", write_run_atomically, out, lambda folder: _write_files(folder, imported, manifest, metrics))
+    manifest = _manifest(source, imported, image_root, recall_ks, alignment)
+    clock.stage("write", write_run_atomically, out,
+                lambda folder: _write_files(folder, imported, manifest, metrics, alignment))
     return out
 
 
@@ -338,8 +345,8 @@ def write_run_atomically(out: Path, write) -> None:
         raise
 
 
-def _manifest(source: Path, imported: ImportedSet, image_root, recall_ks) -> dict:
-    return {
+def _manifest(source: Path, imported: ImportedSet, image_root, recall_ks, alignment) -> dict:
+    return {**(alignment.manifest_entry() if alignment else {}),
         "kind": IMPORTED_DATASET, "format": IMPORT_FORMAT, "ecaml_version": __version__, "imported": time.time(),
         "source": source.name, "count": int(len(imported.labels)), "dim": int(imported.vectors.shape[1]),
         "classes": len(imported.class_names), "has_split": imported.split is not None,
@@ -358,7 +365,7 @@ def _items_digest(imported: ImportedSet, image_root) -> str:
     return digest.hexdigest()
 
 
-def _write_files(folder: Path, imported: ImportedSet, manifest: dict, metrics: dict) -> None:
+def _write_files(folder: Path, imported: ImportedSet, manifest: dict, metrics: dict, alignment) -> None:
     vectors = io.BytesIO()
     np.save(vectors, np.ascontiguousarray(imported.vectors, np.float32), allow_pickle=False)
     atomic_write_bytes(folder / VECTORS_FILE, vectors.getvalue())
@@ -367,6 +374,7 @@ def _write_files(folder: Path, imported: ImportedSet, manifest: dict, metrics: d
         items["split"] = imported.split
     if imported.paths is not None:
         items["paths"] = imported.paths
+    items.update(alignment.items_entry() if alignment else {})
     buffer = io.BytesIO()
     np.savez(buffer, **items)
     atomic_write_bytes(folder / ITEMS_FILE, buffer.getvalue())

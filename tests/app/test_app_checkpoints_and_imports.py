@@ -101,3 +101,70 @@ def test_the_import_form_is_off_in_read_only_mode(monkeypatch):
     app = open_page("imports")
     assert_clean(app)
     assert not app.button and any("Importing is off" in info.value for info in app.info)
+
+
+def other_pipelines_vectors(trained, folder):
+    """(vectors, labels) of ``trained``'s unseen images from another pipeline: ours exported with ``ecaml embed``,
+    rotated, with noise; in the order of its unseen part."""
+    from ecaml.cli import main
+
+    assert main(["embed", str(trained), "--split", "unseen", "--out", str(folder / "ours.npz")]) == 0
+    with np.load(folder / "ours.npz") as archive:
+        ours, labels = archive["embeddings"], archive["labels"]
+    generator = np.random.default_rng(0)
+    rotation, _ = np.linalg.qr(generator.normal(size=(ours.shape[1],) * 2))
+    return (ours @ rotation + 0.3 * generator.normal(size=ours.shape)).astype("f4"), labels
+
+
+def test_an_import_of_a_trained_runs_own_images_opens_aligned_with_it(app_environment, shipped_runs, tmp_path, capsys):
+    from ecaml.cli import main
+
+    trained = shipped_runs / "digits-ec-on"
+    vectors, labels = other_pipelines_vectors(trained, tmp_path)
+    np.savez(tmp_path / "theirs.npz", embeddings=vectors, labels=labels)
+    app_environment.mkdir(exist_ok=True)
+    assert main(["import", "embeddings", str(tmp_path / "theirs.npz"), "--out", str(app_environment / "theirs"),
+                 "--same-items-as", str(trained)]) == 0, capsys.readouterr().err
+
+    chosen = [str(trained), str(app_environment / "theirs")]
+    app = open_ready(open_page, "embeddings", {**PCA, "selected_run_paths": chosen})
+    assert_clean(app)
+    assert not [w.value for w in app.warning if "Left out" in w.value]  # aligned, not left out
+    (shown,) = maps(app)
+    assert len(shown.titles) == 2 and shown.titles[1].startswith("theirs (yours)")
+    assert len(shown.ints("labels")) == len(labels)  # every unseen image, once, in both panels
+    change = neighbourhood_change(cached_embeddings(load_run(trained)), cached_embeddings(load_run(app_environment / "theirs")))
+    assert 0 < np.nanmean(change.jaccard) < 1
+    assert any(h.value == "Neighbourhood change: digits-ec-on → theirs (yours)" for h in app.subheader)
+    assert any(f"mean {np.nanmean(change.jaccard):.2f}" in c.value for c in app.caption)
+
+
+def test_the_import_form_lines_vectors_up_with_a_trained_run_or_says_why_not(app_environment, shipped_runs, tmp_path,
+                                                                             monkeypatch):
+    from map_support import finish_background_jobs
+
+    data = tmp_path / "data"
+    data.mkdir()
+    monkeypatch.setenv("ECAML_DATA_DIR", str(data))
+    trained = shipped_runs / "digits-ec-on"
+    vectors, labels = other_pipelines_vectors(trained, tmp_path)
+    np.savez(data / "same.npz", embeddings=vectors, labels=labels)
+    np.savez(data / "reversed.npz", embeddings=vectors[::-1], labels=labels[::-1])
+    app = open_page("imports")
+    app.selectbox(key="import_same_items").set_value(str(trained)).run()
+
+    def import_file(name, file):
+        app.text_input(key="import_name").input(name).run()
+        app.text_input(key="import_path").input(file).run()
+        app.button(key="import_start").click().run()
+        finish_background_jobs()
+        app.run()
+
+    import_file("reversed", "reversed.npz")
+    (error,) = [e.value for e in app.error]
+    assert error.startswith("Could not import: reversed.npz: row 0 is labelled") and "not the same items" in error
+    assert "\n" not in error and not (app_environment / "reversed").exists()
+    import_file("same", "same.npz")
+    assert_clean(app)
+    assert load_run(app_environment / "same").config.dataset == "digits"
+    assert any(s.value.startswith(f"imported {len(labels)} vectors") for s in app.success)
