@@ -78,7 +78,7 @@ TRAIN_FLAGS = {
                           "--image-size (default: image size + 1/8; the paper: 256 for 227)")),
     "log_every": (int, ("steps per history line, each the mean of those steps' losses; the device is waited for "
                         "only then (default 1 on the CPU, 10 on CUDA)")),
-    "film_every": (int, "steps between training-film snapshots of unseen embeddings (ecaml.film); 0 = none (default)"),
+    "film_every": (int, "steps between training-film snapshots of unseen embeddings (ecaml.serve.film); 0 = none (default)"),
 }
 
 
@@ -185,7 +185,7 @@ def _add_data(commands) -> None:
 
 
 def command_train(args: argparse.Namespace) -> int:
-    from ecaml.train import resume, train
+    from ecaml.train.trainer import resume, train
 
     overrides = _flag_values(args)
     if args.resume:
@@ -247,14 +247,14 @@ def _parse_param(item: str) -> tuple[str, Any]:
 
 
 def evaluate_run(run_dir: str, split: str = "unseen", device: str = "auto") -> dict[str, float]:
-    """The metrics of one part of a run's split, scored as training scores it (ecaml.evaluate.score_part)."""
-    from ecaml.evaluate import pick_device, score_part, split_for
-    from ecaml.runs import input_channels, load_run
+    """The metrics of one part of a run's split, scored as training scores it (ecaml.eval.evaluate.score_part)."""
+    from ecaml.eval.evaluate import pick_device, score_part, split_for
+    from ecaml.store.run_files import input_channels, load_run
 
     run = load_run(run_dir)
     if run.model is None:  # imported vectors: scored as they were stored
-        from ecaml.evaluate import score
-        from ecaml.retrieval import imported_embeddings
+        from ecaml.eval.evaluate import score
+        from ecaml.serve.retrieval import imported_embeddings
 
         return score(imported_embeddings(run, split), run.config.recall_ks)
     torch_device = pick_device(device)
@@ -274,7 +274,7 @@ def command_evaluate(args: argparse.Namespace) -> int:
 
 
 def command_compare(args: argparse.Namespace) -> int:
-    from ecaml.runs import load_run
+    from ecaml.store.run_files import load_run
 
     if len(args.runs) < 2:
         raise UserError("compare: give at least two run directories (the first is the reference)")
@@ -312,8 +312,8 @@ def format_comparison(table: dict[str, dict[str, float]]) -> str:
 def command_embed(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ecaml.evaluate import embed_part, pick_device, split_for
-    from ecaml.runs import atomic_write_bytes, input_channels, load_run
+    from ecaml.eval.evaluate import embed_part, pick_device, split_for
+    from ecaml.store.run_files import atomic_write_bytes, input_channels, load_run
 
     out = Path(args.out)
     if out.suffix != ".npz":
@@ -365,8 +365,8 @@ def run_command(args: argparse.Namespace) -> int:
     """The parsed command, its failures reported as one line (their types come with torch: imported here, not above)."""
     from ecaml.data import DatasetError, ImageError
     from ecaml.models import WeightsError
-    from ecaml.runs import RunError
-    from ecaml.train import TrainingError
+    from ecaml.store.run_files import RunError
+    from ecaml.train.trainer import TrainingError
 
     try:
         return COMMANDS[args.command](args)

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from ecaml.cli import main
-from ecaml.retrieval import build_index, cached_embeddings
-from ecaml.runs import load_run, scan_runs
+from ecaml.serve.retrieval import build_index, cached_embeddings
+from ecaml.store.run_files import load_run, scan_runs
 from ecaml.serve.imports import import_embeddings
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")

@@ -1,4 +1,4 @@
-"""Tests for ecaml.metrics: brute force, pytorch-metric-learning, hand-worked cases, errors."""
+"""Tests for ecaml.eval.metrics: brute force, pytorch-metric-learning, hand-worked cases, errors."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 from pytorch_metric_learning.utils.inference import FaissKMeans
 
-from ecaml.metrics import (
+from ecaml.eval.metrics import (
     DEFAULT_RECALL_KS,
     kmeans_settings,
     l2_normalise,
@@ -211,7 +211,7 @@ def test_large_k_is_answered_beyond_the_depth_of_r():
 def test_approximate_search_above_the_threshold_is_close_and_reports_its_recall(caplog):
     embeddings, labels = _clustered_data(600, 16, 8, seed=4, spread=1.0)
     exact = retrieval_metrics(embeddings, labels, recall_ks=(1, 10), nmi=False)
-    with caplog.at_level("WARNING", logger="ecaml.metrics"):
+    with caplog.at_level("WARNING", logger="ecaml.eval.metrics"):
         approximate = retrieval_metrics(embeddings, labels, recall_ks=(1, 10), nmi=False, approximate_above=500)
     assert list(approximate) == list(exact)
     for key in exact:
@@ -606,11 +606,11 @@ def test_pair_distance_sampling_is_uniform_over_pairs_not_classes():
 def test_pruned_lloyd_kmeans_gives_plain_lloyds_clusters_while_skipping_settled_points(monkeypatch):
     # Hamerly's bounds skip the distances of points that cannot change cluster; the result
     # must stay plain Lloyd's (float64 numpy reference), and the skipping must really happen.
-    import ecaml.kmeans
+    import ecaml.eval.kmeans
 
     rows_searched = []
-    two_nearest = ecaml.kmeans._two_nearest
-    monkeypatch.setattr(ecaml.kmeans, "_two_nearest",
+    two_nearest = ecaml.eval.kmeans._two_nearest
+    monkeypatch.setattr(ecaml.eval.kmeans, "_two_nearest",
                         lambda points, centroids: rows_searched.append(len(points)) or two_nearest(points, centroids))
     for seed in range(3):
         embeddings, _ = _clustered_data(1500, 8, 30, seed=seed, spread=0.5)

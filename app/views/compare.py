@@ -1,7 +1,7 @@
 """The Compare page (default): final metrics, training curves, evaluations over training, pair-distance histograms.
 
 Everything shown comes from the run folders (metrics.json, history.jsonl) or
-from ``ecaml.retrieval`` / ``ecaml.metrics``; this page only tabulates and plots.
+from ``ecaml.serve.retrieval`` / ``ecaml.eval.metrics``; this page only tabulates and plots.
 The first screen holds the tables and the training curves; the distance
 histograms (which embed every unseen image the first time) are drawn only when
 their expander is opened, so the page paints quickly.
@@ -447,8 +447,8 @@ def distance_samples(path: str, fingerprint: tuple, _run) -> dict:
     """Up to MAX_PAIRS same-class and different-class cosine distances of one run's unseen images."""
     # Imported here, not at the top: its first import (scikit-learn, torchvision) takes seconds, and the page's
     # title, controls and tables should paint before it.
-    from ecaml.metrics import pair_distance_samples
-    from ecaml.retrieval import cached_embeddings
+    from ecaml.eval.metrics import pair_distance_samples
+    from ecaml.serve.retrieval import cached_embeddings
 
     embeddings = cached_embeddings(_run, "unseen", cache_dir=locations.cache_dir())
     positive, negative = pair_distance_samples(embeddings.vectors, embeddings.labels, max_pairs=MAX_PAIRS, seed=0)

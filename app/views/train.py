@@ -1,7 +1,7 @@
 """The Train page: a form that starts a training job in its own process, the job's live progress, a replay of a
 finished run, and one click to train any run's EC-off (or EC-on) twin.
 
-``ecaml.jobs.JobManager`` owns the process; this page only asks it to start or
+``ecaml.serve.jobs.JobManager`` owns the process; this page only asks it to start or
 stop, and polls ``progress`` from a fragment so the rest of the page never waits.
 The form starts from the featured setting (``checkpoints/featured.json``), so a
 new run can be compared with the shipped pair, like with like.
@@ -19,7 +19,7 @@ from app import (
     charts, data_roots, deployment, errors, layout, lesson, locations, run_catalog, run_picker, training_job,
 )
 from ecaml.config import DATASET_DEFAULTS, TrainConfig
-from ecaml.runs import read_metrics
+from ecaml.store.run_files import read_metrics
 
 DATASETS = {
     "digits": "digits: 8×8 handwritten digits, 0–4 seen, 5–9 unseen (a run trains in seconds on a CPU)",

@@ -19,9 +19,19 @@ import torch
 
 from ecaml.config import TrainConfig
 from ecaml.models import BACKBONES
-from ecaml.runs import (
-    HISTORY_FILE, METRICS_FILE, STATUS_FILE, WEIGHTS_FILE, RunError, atomic_write_bytes, atomic_write_json,
-    expected_shapes, input_channels, open_safetensors, save_weights, write_config,
+from ecaml.store.run_files import (
+    HISTORY_FILE,
+    METRICS_FILE,
+    STATUS_FILE,
+    WEIGHTS_FILE,
+    RunError,
+    atomic_write_bytes,
+    atomic_write_json,
+    expected_shapes,
+    input_channels,
+    open_safetensors,
+    save_weights,
+    write_config,
 )
 from ecaml.serve.imports import ImportInputError, _check_target, write_run_atomically
 
@@ -105,7 +115,7 @@ def check_layout(mapped: dict[str, torch.Tensor], config: TrainConfig, source: s
 def import_model(arch: str, weights: str | Path, dataset: str, out: str | Path, head_dim: int | None = None,
                  data_root: str | None = None, image_size: int | None = None, device: str = "auto") -> Path:
     """Write ``out``: a run of ``arch`` with the file's weights, scored on ``dataset``'s unseen classes."""
-    from ecaml.evaluate import pick_device, score_part, split_for
+    from ecaml.eval.evaluate import pick_device, score_part, split_for
     from ecaml.models import build_model
 
     out = Path(out)

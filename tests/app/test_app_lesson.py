@@ -11,7 +11,7 @@ import pytest
 from apptest_support import assert_clean, open_page
 
 from app import guided_path, lesson, training_job
-from ecaml.runs import read_config, read_metrics
+from ecaml.store.run_files import read_config, read_metrics
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from ecaml.runs import (
+from ecaml.store.run_files import (
     HISTORY_FILE,
     RunError,
     append_jsonl,

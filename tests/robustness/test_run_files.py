@@ -18,7 +18,15 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from ecaml.runs import HISTORY_FILE, METRICS_FILE, RunError, load_run, read_history, read_weights, scan_runs
+from ecaml.store.run_files import (
+    HISTORY_FILE,
+    METRICS_FILE,
+    RunError,
+    load_run,
+    read_history,
+    read_weights,
+    scan_runs,
+)
 
 WEIGHTS = "model.safetensors"
 

@@ -11,7 +11,7 @@ model's mode as it was, so a run with a film trains bit for bit as without one.
 
 ``read_film`` reads the snapshots back and ``film_frames`` turns the films of
 several runs into 2-D frames on one aligned projection that keeps neighbourhoods:
-each frame's t-SNE layout (``ecaml.neighbour_layout``), started from the run's
+each frame's t-SNE layout (``ecaml.serve.neighbour_layout``), started from the run's
 previous frame and rotated onto it (orthogonal Procrustes), every run's first frame
 from one seeded start, and each run rotated so its final frame matches the
 first run's, with every frame scaled to unit RMS radius, so what moves between
@@ -29,8 +29,8 @@ import numpy as np
 import torch
 
 from ecaml.data import ClassSplit
-from ecaml.neighbour_layout import layout
-from ecaml.runs import RunError, atomic_write_bytes, atomic_write_json, open_safetensors
+from ecaml.serve.neighbour_layout import layout
+from ecaml.store.run_files import RunError, atomic_write_bytes, atomic_write_json, open_safetensors
 
 FILM_FOLDER = "film"
 FILM_INDEX = "film.json"
@@ -84,7 +84,7 @@ class FilmRecorder:
     def snapshot(self, step: int, model: torch.nn.Module) -> None:
         from safetensors.torch import save as save_safetensors_bytes
 
-        from ecaml.evaluate import embed_indices
+        from ecaml.eval.evaluate import embed_indices
 
         vectors = embed_indices(model, self.split, self.indices, self.config, self.channels, self.device).vectors
         tensors = {"embeddings": torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float16))}
@@ -179,7 +179,7 @@ def film_frames(films: list[Film]) -> tuple[list[int], list[list[np.ndarray]]]:
 def frame_scores(film: Film, steps: list[int]) -> list[dict[str, float]]:
     """Unseen Recall@1 and MAP@R of each of ``steps``' snapshots (its filmed images searched against each other),
     so that a frame's label is measured on the very points it draws."""
-    from ecaml.metrics import retrieval_metrics
+    from ecaml.eval.metrics import retrieval_metrics
 
     by_step = dict(zip(film.steps, film.embeddings))
     scores = []

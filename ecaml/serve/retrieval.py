@@ -10,7 +10,7 @@
   the images on which several runs differ most.
 
 Similarity is cosine: embeddings are L2-normalised and searched exactly with a
-faiss ``IndexFlatIP``, as in ``ecaml.metrics``.
+faiss ``IndexFlatIP``, as in ``ecaml.eval.metrics``.
 """
 
 from __future__ import annotations
@@ -36,10 +36,10 @@ from ecaml import __version__
 from ecaml.data import ClassSplit, SPLIT_PARTS
 from ecaml.data.images import _convert as convert_image_mode
 from ecaml.data.imported import IMPORTED_DATASET, read_vectors
-from ecaml.evaluate import Embeddings, embed_indices, eval_transform, split_for
-from ecaml.metrics import l2_normalise
-from ecaml.atomic import write_cache_file
-from ecaml.runs import Run, RunError, input_channels, open_safetensors
+from ecaml.eval.evaluate import Embeddings, embed_indices, eval_transform, split_for
+from ecaml.eval.metrics import l2_normalise
+from ecaml.store.atomic import write_cache_file
+from ecaml.store.run_files import Run, RunError, input_channels, open_safetensors
 
 # Bumped when the layout of a cached embeddings file changes; old files are then ignored.
 EMBEDDINGS_CACHE_FORMAT = 2  # 2: vectors in a memory-mappable .npy beside a .rows.npz

@@ -36,7 +36,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as save_safetensors_bytes
 
 from ecaml import RUN_FORMAT_VERSION, __version__
-from ecaml.atomic import (  # noqa: F401 - re-exported: run files are written through ecaml.atomic
+from ecaml.store.atomic import (
     TEMP_SUFFIX,
     DiskFullError,
     append_jsonl_records,
@@ -45,7 +45,7 @@ from ecaml.atomic import (  # noqa: F401 - re-exported: run files are written th
     remove_stale_temp_files,
 )
 from ecaml.config import TrainConfig
-from ecaml.locks import is_locked, try_lock
+from ecaml.store.locks import is_locked, try_lock
 
 CONFIG_FILE, WEIGHTS_FILE, HISTORY_FILE = "config.json", "model.safetensors", "history.jsonl"
 METRICS_FILE, STATUS_FILE = "metrics.json", "status.json"
@@ -493,7 +493,7 @@ LOCK_FILE = ".ecaml.lock"
 def hold_run_lock(run_dir: Path):
     """Exclusive right to write ``run_dir`` for one trainer; a second one gets a RunError instead of a corrupted run.
 
-    A kernel lock (``ecaml.locks``): the operating system drops it when its process dies, ``kill -9`` included, so a
+    A kernel lock (``ecaml.store.locks``): the operating system drops it when its process dies, ``kill -9`` included, so a
     crash never leaves a stale lock. Readers ask ``run_is_training``. Where ``fcntl`` does not exist (Windows) runs
     are not locked.
     """

@@ -8,7 +8,7 @@ loading. The protocol follows the paper's evaluation scripts and Musgrave et al.
 
 * Embeddings are L2-normalised here, whatever the caller did; a zero vector
   stays zero (cosine 0 to everything). Similarity is cosine, searched exactly by
-  ``ecaml.search`` (blocked matrix products and partial sorts, on the GPU when
+  ``ecaml.eval.search`` (blocked matrix products and partial sorts, on the GPU when
   there is one); ties rank the lower gallery index first. Galleries larger than
   ``approximate_above`` are searched with an approximate faiss index instead,
   whose recall against the exact search is measured and logged.
@@ -23,7 +23,7 @@ loading. The protocol follows the paper's evaluation scripts and Musgrave et al.
   a class absent from the gallery) are left out of Recall@K, MAP@R and
   R-Precision alike, as pytorch-metric-learning does; they still sit in the
   gallery as distractors for everyone else. NMI clusters every sample.
-* NMI: seeded Lloyd k-means (``ecaml.kmeans``) with k = number of classes, scored
+* NMI: seeded Lloyd k-means (``ecaml.eval.kmeans``) with k = number of classes, scored
   against the labels with scikit-learn's ``normalized_mutual_info_score``: the same
   implementation and settings (one run of at most 20 iterations) for every size of set,
   so NMIs of different splits are comparable; ``nmi_kmeans="pml"`` runs
@@ -40,8 +40,8 @@ import logging
 import numpy as np
 import torch
 
-from ecaml.kmeans import NMI_KMEANS, clustering_nmi, kmeans_settings, lloyd_kmeans  # noqa: F401 (re-exported)
-from ecaml.search import (
+from ecaml.eval.kmeans import NMI_KMEANS, clustering_nmi, kmeans_settings, lloyd_kmeans
+from ecaml.eval.search import (
     BLOCK_ENTRIES,
     DEFAULT_APPROXIMATE_ABOVE,
     build_index,

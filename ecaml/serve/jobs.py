@@ -6,7 +6,7 @@ the page never waits on it. A job may train several runs at once (the lesson's
 pair). The job is found again through the folder alone, so two managers (two
 browser tabs, an app restart, another process) on the same folder see the same job:
 
-* ``runs_root/.train.lock`` is locked with ``flock`` (``ecaml.locks``). The
+* ``runs_root/.train.lock`` is locked with ``flock`` (``ecaml.store.locks``). The
   starter takes the lock, launches the training processes with the locked
   descriptor inherited, and closes its own copy: from then on the training
   processes alone hold it, and the kernel releases it when the last of them
@@ -18,7 +18,7 @@ browser tabs, an app restart, another process) on the same folder see the same j
 * Each run directory (``status.json``, ``history.jsonl``, read through
   ``ecaml.runs``) says how far it got, and its own lock says whether its trainer
   still lives; ``progress`` turns a process that died without writing a final
-  status into "failed". The job's output goes to its log (``ecaml.job_logs``).
+  status into "failed". The job's output goes to its log (``ecaml.serve.job_logs``).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ecaml.config import TrainConfig
-from ecaml.job_command import (  # noqa: F401 - re-exported: the job's command line is part of this API
+from ecaml.serve.job_command import (
     JOB_NICENESS,
     NAME_PATTERN,
     JobError,
@@ -45,7 +45,7 @@ from ecaml.job_command import (  # noqa: F401 - re-exported: the job's command l
     job_thread_budget,
     training_command,
 )
-from ecaml.job_logs import (  # noqa: F401 - re-exported
+from ecaml.serve.job_logs import (
     LOG_NAME,
     STOP_MARKER,
     adopt_log,
@@ -58,8 +58,15 @@ from ecaml.job_logs import (  # noqa: F401 - re-exported
     stop_was_requested,
     stopped_by,
 )
-from ecaml.locks import fcntl, is_locked, try_lock
-from ecaml.runs import METRICS_FILE, RunError, atomic_write_json, read_history, read_status, run_is_training
+from ecaml.store.locks import fcntl, is_locked, try_lock
+from ecaml.store.run_files import (
+    METRICS_FILE,
+    RunError,
+    atomic_write_json,
+    read_history,
+    read_status,
+    run_is_training,
+)
 
 LOCK_NAME = ".train.lock"
 RECORD_NAME = ".train.job.json"

@@ -13,7 +13,7 @@ atomically (trainer state first, then the weights, whose metadata names the
 step), so a kill at any moment leaves a loadable run that ``--resume``
 continues exactly: batches, per-sample augmentation seeds, CPU and CUDA random
 states and optimiser state all come back. Under ``torchrun`` see
-``ecaml.distributed``.
+``ecaml.train.distributed``.
 """
 
 from __future__ import annotations
@@ -32,18 +32,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from ecaml import distributed
+from ecaml.train import distributed
 from ecaml.config import TrainConfig
 from ecaml.confusion import EnergyConfusion
 from ecaml.data import ClassSplit, mirroring_allowed
 from ecaml.data.loading import RunBatchSampler, resolve_num_workers, training_loader
 from ecaml.data.sampling import ImageView
 from ecaml.data.transforms import build_transform
-from ecaml.evaluate import dropped_recall_ks, pick_device, score_part, split_for
-from ecaml.film import FilmRecorder
+from ecaml.eval.evaluate import dropped_recall_ks, pick_device, score_part, split_for
+from ecaml.serve.film import FilmRecorder
 from ecaml.losses import build_loss
 from ecaml.models import BACKBONES, EmbeddingNet, build_model
-from ecaml.runs import (
+from ecaml.store.run_files import (
     DROPPED_KS_KEY,
     KEPT_WEIGHTS_FOLDER,
     HISTORY_FILE,
