@@ -16,8 +16,8 @@ import streamlit as st
 
 from app import errors, locations
 from app.deployment import read_only
-from ecaml.store.atomic import atomic_write_json
 from ecaml.config import TrainConfig
+from ecaml.store.atomic import atomic_write_json
 from ecaml.store.paths import PathError, confine
 
 SETTINGS_NAME = ".allowed_data_roots.json"

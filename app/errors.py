@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 import streamlit as st
 
 from ecaml.data import ImageError
-from ecaml.serve.jobs import JobError
+from ecaml.serve.job_command import JobError
 from ecaml.store.run_files import RunError
 
 

@@ -18,7 +18,8 @@ from app.locations import checkpoints_dir, runs_dir
 from ecaml.config import TrainConfig
 from ecaml.data import fashion
 from ecaml.eval.evaluate import split_settings
-from ecaml.store.run_files import Run, RunError, find_runs, kept_steps, load_run, read_config, read_status
+from ecaml.runs import Run, load_run, read_config
+from ecaml.store.run_files import RunError, find_runs, kept_steps, read_status
 
 
 # The files whose change means a run must be read again (a checkpoint, a finished evaluation...).

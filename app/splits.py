@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from ecaml.eval.evaluate import split_for, split_settings
-from ecaml.store.run_files import Run
+from ecaml.runs import Run
 
 
 @st.cache_resource(max_entries=8, show_spinner=False)

@@ -31,8 +31,9 @@ import torch  # noqa: E402
 from ecaml.config import TrainConfig  # noqa: E402
 from ecaml.eval.evaluate import Embeddings, split_for  # noqa: E402
 from ecaml.eval.metrics import l2_normalise  # noqa: E402
-from ecaml.serve.retrieval import RunIndex, cached_embeddings  # noqa: E402
-from ecaml.store.run_files import load_run  # noqa: E402
+from ecaml.runs import load_run  # noqa: E402
+from ecaml.serve.embeddings_cache import cached_embeddings
+from ecaml.serve.retrieval import RunIndex  # noqa: E402
 
 RUNS = ("glyphs-binomial-ec0-seed0", "glyphs-binomial-ec0.13-seed0")
 
@@ -71,7 +72,7 @@ def umap_warm(cache_dir: Path, max_points: int, n_epochs: int | None, method: st
 
 
 def train_images_per_s(steps: int, scratch: Path) -> dict:
-    from ecaml.train.trainer import train
+    from ecaml.train.launch import train
 
     threads = torch.get_num_threads()
     config = TrainConfig(dataset="glyphs", backbone="smallcnn", max_steps=steps, eval_every=0, seed=0, device="cpu")

@@ -35,19 +35,19 @@ from pathlib import Path
 import common  # noqa: F401 - puts the repository on sys.path and sets OMP_WAIT_POLICY before torch loads
 import numpy as np
 
-from ecaml.serve.landmark_layout import LANDMARKS, landmark_layout
 from ecaml.eval.metrics import l2_normalise
+from ecaml.eval.search import exact_topk
+from ecaml.serve.landmark_layout import LANDMARKS, landmark_layout
 from ecaml.serve.projection import FIRST_LAYOUT_LANDMARKS
 from ecaml.serve.projection_rows import shared_rows
-from ecaml.eval.search import exact_topk
 from ecaml.serve.umap_fit import aligned_layout
 
 K = 10
 
 
 def run_embeddings(paths: list[Path], cache: Path):
-    from ecaml.serve.retrieval import cached_embeddings
-    from ecaml.store.run_files import load_run
+    from ecaml.runs import load_run
+    from ecaml.serve.embeddings_cache import cached_embeddings
 
     embeddings = [cached_embeddings(load_run(path), "unseen", cache) for path in paths]
     rows = shared_rows(embeddings, None, 0)

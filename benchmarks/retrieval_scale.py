@@ -30,9 +30,9 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from ecaml.serve import retrieval  # noqa: E402
 from ecaml.eval.evaluate import Embeddings, split_for  # noqa: E402
-from ecaml.store.run_files import load_run  # noqa: E402
+from ecaml.runs import load_run  # noqa: E402
+from ecaml.serve import retrieval  # noqa: E402
 
 DIMENSIONS = 512
 RUNS = 4

@@ -185,7 +185,7 @@ def _add_data(commands) -> None:
 
 
 def command_train(args: argparse.Namespace) -> int:
-    from ecaml.train.trainer import resume, train
+    from ecaml.train.launch import resume, train
 
     overrides = _flag_values(args)
     if args.resume:
@@ -249,12 +249,12 @@ def _parse_param(item: str) -> tuple[str, Any]:
 def evaluate_run(run_dir: str, split: str = "unseen", device: str = "auto") -> dict[str, float]:
     """The metrics of one part of a run's split, scored as training scores it (ecaml.eval.evaluate.score_part)."""
     from ecaml.eval.evaluate import pick_device, score_part, split_for
-    from ecaml.store.run_files import input_channels, load_run
+    from ecaml.runs import input_channels, load_run
 
     run = load_run(run_dir)
     if run.model is None:  # imported vectors: scored as they were stored
         from ecaml.eval.evaluate import score
-        from ecaml.serve.retrieval import imported_embeddings
+        from ecaml.serve.embeddings_cache import imported_embeddings
 
         return score(imported_embeddings(run, split), run.config.recall_ks)
     torch_device = pick_device(device)
@@ -274,7 +274,7 @@ def command_evaluate(args: argparse.Namespace) -> int:
 
 
 def command_compare(args: argparse.Namespace) -> int:
-    from ecaml.store.run_files import load_run
+    from ecaml.runs import load_run
 
     if len(args.runs) < 2:
         raise UserError("compare: give at least two run directories (the first is the reference)")
@@ -313,7 +313,8 @@ def command_embed(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ecaml.eval.evaluate import embed_part, pick_device, split_for
-    from ecaml.store.run_files import atomic_write_bytes, input_channels, load_run
+    from ecaml.runs import input_channels, load_run
+    from ecaml.store.atomic import atomic_write_bytes
 
     out = Path(args.out)
     if out.suffix != ".npz":
@@ -366,7 +367,7 @@ def run_command(args: argparse.Namespace) -> int:
     from ecaml.data import DatasetError, ImageError
     from ecaml.models import WeightsError
     from ecaml.store.run_files import RunError
-    from ecaml.train.trainer import TrainingError
+    from ecaml.train.stopping import TrainingError
 
     try:
         return COMMANDS[args.command](args)

@@ -37,8 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ecaml.config import TrainConfig, settings
 from ecaml.data import DATASETS
 from ecaml.data.loading import RunBatchSampler, training_loader
-from ecaml.store.run_files import load_run
-from ecaml.train.trainer import Trainer, train
+from ecaml.runs import load_run
+from ecaml.train.launch import train
+from ecaml.train.trainer import Trainer
 
 
 def main() -> int:

@@ -29,9 +29,10 @@ sys.path.insert(0, str(REPO_ROOT))
 import torch  # noqa: E402
 
 from ecaml.config import TrainConfig  # noqa: E402
-from ecaml.serve.film import FILM_FOLDER, FILM_INDEX  # noqa: E402
-from ecaml.store.run_files import CONFIG_FILE, WEIGHTS_FILE, atomic_write_bytes, open_safetensors  # noqa: E402
-from ecaml.train.trainer import train  # noqa: E402
+from ecaml.store.atomic import atomic_write_bytes
+from ecaml.store.run_files import CONFIG_FILE, WEIGHTS_FILE, open_safetensors  # noqa: E402
+from ecaml.train.film_recorder import FILM_FOLDER, FILM_INDEX  # noqa: E402
+from ecaml.train.launch import train  # noqa: E402
 
 RUN_RECORD_KEYS = ("format_version", "ecaml_version")  # written beside the config, not config fields
 

@@ -21,7 +21,8 @@ from ecaml.config import TrainConfig
 from ecaml.data import DatasetError, load_split
 from ecaml.eval.evaluate import embed_indices, split_for
 from ecaml.eval.metrics import query_gallery_metrics
-from ecaml.store.run_files import DROPPED_KS_KEY, input_channels, load_run
+from ecaml.runs import input_channels, load_run
+from ecaml.store.run_files import DROPPED_KS_KEY
 
 
 @pytest.fixture(autouse=True)

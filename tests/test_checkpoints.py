@@ -32,7 +32,7 @@ import torch
 
 from ecaml.data import load_split
 from ecaml.eval.evaluate import embed_part, score
-from ecaml.store.run_files import input_channels, load_run
+from ecaml.runs import input_channels, load_run
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINTS = Path(os.environ.get("ECAML_CHECKPOINTS", ROOT / "checkpoints"))

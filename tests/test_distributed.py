@@ -16,7 +16,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # ddp_probe, the script torchrun runs here
 
 from ecaml.data.loading import RunBatchSampler
-from ecaml.store.run_files import load_run, read_history
+from ecaml.runs import load_run
+from ecaml.store.run_files import read_history
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = ["train", "--dataset", "digits", "--classes-per-batch", "2", "--images-per-class", "4", "--eval-every", "0",

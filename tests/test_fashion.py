@@ -272,7 +272,7 @@ def test_data_fetch_without_network_is_one_line_with_the_offline_way(tmp_path, n
 def test_a_background_job_passes_the_chosen_split_on_exactly():
     from ecaml.cli import _flag_values, build_parser
     from ecaml.config import TrainConfig
-    from ecaml.serve.jobs import config_flags
+    from ecaml.serve.job_command import config_flags
 
     config = TrainConfig(dataset="fashion-mnist", unseen_classes=[0, 2, 4, 6, 8], ec_weight=1.0).resolved()
     flags = config_flags(config)

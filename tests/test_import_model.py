@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 
 from ecaml.cli import main
 from ecaml.eval.evaluate import eval_transform, split_for
-from ecaml.store.run_files import input_channels, load_run
+from ecaml.runs import input_channels, load_run
 
 
 def fine_tuned_resnet18(head_dim=16):

@@ -7,10 +7,10 @@ import pytest
 from PIL import Image, ImageDraw
 from torchvision import transforms as T
 
-from ecaml.serve import inputs
 from ecaml.config import TrainConfig
 from ecaml.eval.evaluate import eval_transform, split_for
-from ecaml.store.run_files import input_channels
+from ecaml.runs import input_channels
+from ecaml.serve import inputs
 
 
 @pytest.fixture(scope="module", params=["digits", "glyphs"])

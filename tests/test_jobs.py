@@ -13,12 +13,13 @@ from pathlib import Path
 import pytest
 from process_table import child_states
 
-from ecaml.serve import jobs
 from ecaml.cli import _flag_values, build_parser
 from ecaml.config import TrainConfig
-from ecaml.serve.jobs import JobError, JobManager, config_flags, default_run_name
+from ecaml.runs import load_run
+from ecaml.serve import jobs
+from ecaml.serve.job_command import JobError, config_flags, default_run_name
+from ecaml.serve.jobs import JobManager
 from ecaml.store.locks import is_locked
-from ecaml.store.run_files import load_run
 
 QUICK = dict(dataset="digits", max_steps=3, eval_every=0)
 LONG = dict(dataset="digits", max_steps=100_000, eval_every=0)  # minutes of work: only ever stopped or killed

@@ -8,11 +8,10 @@ import torch
 from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 from pytorch_metric_learning.utils.inference import FaissKMeans
 
+from ecaml.eval.kmeans import kmeans_settings, lloyd_kmeans
 from ecaml.eval.metrics import (
     DEFAULT_RECALL_KS,
-    kmeans_settings,
     l2_normalise,
-    lloyd_kmeans,
     nearest_neighbours,
     pair_distance_samples,
     query_gallery_metrics,

@@ -12,16 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ecaml.serve import projection, projection_store, umap_fit
 from ecaml.eval.evaluate import split_for
-from ecaml.serve.projection import (
-    Projection,
-    default_cache_dir,
-    is_projection_cached,
-    project_runs,
-    warm_projection_cache,
-)
-from ecaml.store.run_files import load_run
+from ecaml.runs import load_run
+from ecaml.serve import projection, projection_store, umap_fit
+from ecaml.serve.projection import is_projection_cached, project_runs, warm_projection_cache
+from ecaml.serve.projection_store import Projection
+from ecaml.store.paths import default_cache_dir
 from tests.conftest import tiny_run_pair
 
 UMAP_POINTS, UMAP_EPOCHS = 150, 10

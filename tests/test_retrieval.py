@@ -9,17 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ecaml.serve import retrieval
 from ecaml.eval.evaluate import Embeddings, split_for
-from ecaml.serve.retrieval import (
-    RunIndex,
-    build_index,
-    cached_embeddings,
-    disagreement_queries,
-    telling_query,
-    weights_digest,
-)
-from ecaml.store.run_files import load_run
+from ecaml.runs import load_run
+from ecaml.serve import retrieval
+from ecaml.serve.embeddings_cache import cached_embeddings, weights_digest
+from ecaml.serve.retrieval import RunIndex, build_index, disagreement_queries, telling_query
 from tests.conftest import tiny_run_pair
 
 

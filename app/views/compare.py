@@ -448,7 +448,7 @@ def distance_samples(path: str, fingerprint: tuple, _run) -> dict:
     # Imported here, not at the top: its first import (scikit-learn, torchvision) takes seconds, and the page's
     # title, controls and tables should paint before it.
     from ecaml.eval.metrics import pair_distance_samples
-    from ecaml.serve.retrieval import cached_embeddings
+    from ecaml.serve.embeddings_cache import cached_embeddings
 
     embeddings = cached_embeddings(_run, "unseen", cache_dir=locations.cache_dir())
     positive, negative = pair_distance_samples(embeddings.vectors, embeddings.labels, max_pairs=MAX_PAIRS, seed=0)

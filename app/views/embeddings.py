@@ -123,7 +123,7 @@ def find_classes(split, present: np.ndarray) -> list[int]:
 
 def thumbnails_for(entry: run_catalog.RunEntry, split, indices: np.ndarray):
     """(the sprite sheets' folder, each row's slot) while a background job writes any sheet still missing."""
-    from ecaml.serve.retrieval import data_identity
+    from ecaml.serve.embeddings_cache import data_identity
     from ecaml.serve.thumbnails import slots
 
     identity = {key: value for key, value in data_identity(entry.run).items() if key not in ("backbone", "channels")}

@@ -85,7 +85,7 @@ def load_indexes(chosen: list[run_catalog.RunEntry]) -> list[tuple[run_catalog.R
     """(entry, RunIndex, weights digest) of each run that could be indexed; the others get one error line each."""
     # Imported here, not at the top: its first import (scikit-learn, torchvision) takes seconds, and the page's
     # title, controls and tables should paint before it.
-    from ecaml.serve.retrieval import weights_digest
+    from ecaml.serve.embeddings_cache import weights_digest
 
     loaded = []
     with st.spinner("Indexing the unseen images (cached after the first time)…"):

@@ -20,12 +20,12 @@ from torch.utils.data import DataLoader
 
 from ecaml.config import TrainConfig
 from ecaml.data import ClassSplit, load_split
+from ecaml.data.imported import IMPORTED_DATASET, imported_split, items_identity
 from ecaml.data.loading import default_num_workers
 from ecaml.data.sampling import ImageView
-from ecaml.data.imported import IMPORTED_DATASET, imported_split, items_identity
 from ecaml.data.transforms import build_transform
 from ecaml.eval.metrics import query_gallery_metrics, retrieval_metrics
-from ecaml.models import BACKBONES
+from ecaml.registry import BACKBONES
 
 
 @dataclass

@@ -18,22 +18,19 @@ from pathlib import Path
 import torch
 
 from ecaml.config import TrainConfig
-from ecaml.models import BACKBONES
+from ecaml.registry import BACKBONES
+from ecaml.runs import expected_shapes, input_channels, write_config
+from ecaml.serve.imports import ImportInputError, _check_target, write_run_atomically
+from ecaml.store.atomic import atomic_write_bytes, atomic_write_json
 from ecaml.store.run_files import (
     HISTORY_FILE,
     METRICS_FILE,
     STATUS_FILE,
     WEIGHTS_FILE,
     RunError,
-    atomic_write_bytes,
-    atomic_write_json,
-    expected_shapes,
-    input_channels,
     open_safetensors,
     save_weights,
-    write_config,
 )
-from ecaml.serve.imports import ImportInputError, _check_target, write_run_atomically
 
 # Where the linear embedding layer sits in the files people bring (torchvision fine-tunes replace ``fc``;
 # pytorch-metric-learning's trunk + embedder save the embedder apart, often under ``embedder.``).

@@ -34,7 +34,8 @@ from ecaml.data.imported import (
     IMPORT_FORMAT, IMPORTED_DATASET, ITEMS_FILE, MANIFEST_FILE, SPLIT_NAMES, VECTORS_FILE,
 )
 from ecaml.eval.metrics import l2_normalise
-from ecaml.store.run_files import HISTORY_FILE, METRICS_FILE, STATUS_FILE, atomic_write_bytes, atomic_write_json
+from ecaml.store.atomic import atomic_write_bytes, atomic_write_json
+from ecaml.store.run_files import HISTORY_FILE, METRICS_FILE, STATUS_FILE
 
 COLUMNS = ("embeddings", "labels", "split", "paths")
 DEFAULT_RECALL_KS = (1, 2, 4, 8)

@@ -20,7 +20,7 @@ from ecaml.config import TrainConfig
 from ecaml.data.base import ImageSet
 from ecaml.data.images import _convert as convert_image_mode
 from ecaml.eval.evaluate import eval_transform
-from ecaml.store.run_files import input_channels
+from ecaml.runs import input_channels
 
 SAMPLE_IMAGES = 256
 # How far an image's background may sit from the data set's, on the 0-1 scale, before it is called inverted.

@@ -36,18 +36,13 @@ from typing import Any
 
 from ecaml.config import TrainConfig
 from ecaml.serve.job_command import (
-    JOB_NICENESS,
     NAME_PATTERN,
     JobError,
     checked_config,
-    config_flags,
     default_run_name,
-    job_thread_budget,
     training_command,
 )
 from ecaml.serve.job_logs import (
-    LOG_NAME,
-    STOP_MARKER,
     adopt_log,
     last_error_line,
     log_header,
@@ -58,15 +53,9 @@ from ecaml.serve.job_logs import (
     stop_was_requested,
     stopped_by,
 )
+from ecaml.store.atomic import atomic_write_json
 from ecaml.store.locks import fcntl, is_locked, try_lock
-from ecaml.store.run_files import (
-    METRICS_FILE,
-    RunError,
-    atomic_write_json,
-    read_history,
-    read_status,
-    run_is_training,
-)
+from ecaml.store.run_files import METRICS_FILE, RunError, read_history, read_status, run_is_training
 
 LOCK_NAME = ".train.lock"
 RECORD_NAME = ".train.job.json"

@@ -20,8 +20,8 @@ from typing import Callable
 import numpy as np
 
 from ecaml.eval.metrics import l2_normalise
-from ecaml.serve.projection_rows import stratified_rows
 from ecaml.eval.search import exact_topk
+from ecaml.serve.projection_rows import stratified_rows
 
 # Landmark images per panel: the layout of 5,000 keeps the classes' inner structure (measured in
 # benchmarks/map_speed.py) at about a seventh of the points of a 35,000-image split.

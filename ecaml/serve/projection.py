@@ -41,17 +41,12 @@ import numpy as np
 from ecaml import __version__
 from ecaml.data import SPLIT_PARTS
 from ecaml.eval.evaluate import Embeddings
+from ecaml.runs import Run
+from ecaml.serve.embeddings_cache import cached_embeddings, data_identity, embeddings_key, weights_match_file
 from ecaml.serve.landmark_layout import LANDMARKS, landmark_layout
 from ecaml.serve.projection_rows import MIN_POINTS, shared_rows, stratified_rows
 from ecaml.serve.projection_store import Projection, computing, read_projections, write_projections
-from ecaml.serve.retrieval import (
-    cached_embeddings,
-    data_identity,
-    default_cache_dir,
-    embeddings_key,
-    weights_match_file,
-)
-from ecaml.store.run_files import Run
+from ecaml.store.paths import default_cache_dir
 
 __all__ = [
     "FIRST_LAYOUT_LANDMARKS",

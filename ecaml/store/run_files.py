@@ -1,4 +1,4 @@
-"""Run directories: writing them atomically, reading and validating them safely.
+"""The files of a run directory: their names, writing them atomically, reading them safely, the run lock.
 
 A run directory is the unit everything exchanges::
 
@@ -16,6 +16,7 @@ bound what they read (file sizes, safetensors header lengths, model sizes named
 by a config) before reading it, and turn every way a file can be damaged,
 foreign or hostile into a one-line ``RunError``. Writers never leave a partial
 file: a full disk raises ``DiskFullError`` with the previous version intact.
+What needs the core (the config, the model a config names, a whole ``Run``) is ``ecaml.runs``.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ import stat
 import struct
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,16 +35,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as save_safetensors_bytes
 
-from ecaml import RUN_FORMAT_VERSION, __version__
-from ecaml.store.atomic import (
-    TEMP_SUFFIX,
-    DiskFullError,
-    append_jsonl_records,
-    atomic_write_bytes,
-    atomic_write_json,
-    remove_stale_temp_files,
-)
-from ecaml.config import TrainConfig
+from ecaml.store.atomic import append_jsonl_records, atomic_write_bytes, atomic_write_json
 from ecaml.store.locks import is_locked, try_lock
 
 CONFIG_FILE, WEIGHTS_FILE, HISTORY_FILE = "config.json", "model.safetensors", "history.jsonl"
@@ -75,11 +66,6 @@ def append_jsonl(path: Path, record: dict[str, Any]) -> None:
 def save_weights(path: Path, state: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
     tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in state.items()}
     atomic_write_bytes(path, save_safetensors_bytes(tensors, metadata=metadata))
-
-
-def write_config(run_dir: Path, config: TrainConfig) -> None:
-    record = {"format_version": RUN_FORMAT_VERSION, "ecaml_version": __version__, **config.to_dict()}
-    atomic_write_json(run_dir / CONFIG_FILE, record)
 
 
 def write_status(run_dir: Path, state: str, **details: Any) -> None:
@@ -143,25 +129,6 @@ def read_json_file(path: Path, what: str) -> Any:
         raise RunError(f"{path.parent.name}: {path.name} is not valid JSON ({error.__class__.__name__})") from None
 
 
-def read_config(run_dir: Path) -> TrainConfig:
-    record = read_json_file(run_dir / CONFIG_FILE, "config")
-    if not isinstance(record, dict):
-        raise RunError(f"{run_dir.name}: {CONFIG_FILE} is not a JSON object")
-    version = record.pop("format_version", None)
-    record.pop("ecaml_version", None)
-    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise RunError(f"{run_dir.name}: {CONFIG_FILE} has no valid format_version; not an ecaml run")
-    if version > RUN_FORMAT_VERSION:
-        raise RunError(
-            f"{run_dir.name}: run format {version} is newer than this ecaml understands ({RUN_FORMAT_VERSION}); upgrade ecaml"
-        )
-    try:
-        config = TrainConfig.from_saved(record).resolved()
-    except (TypeError, ValueError, AttributeError) as error:  # wrong types in a hand-edited or hostile file
-        raise RunError(f"{run_dir.name}: invalid {CONFIG_FILE}: {error}") from None
-    return config
-
-
 def read_history(run_dir: Path) -> list[dict[str, Any]]:
     """Every complete history line; a partial last line (a killed write) is skipped, other bad lines refused.
 
@@ -211,26 +178,6 @@ def read_status(run_dir: Path) -> dict[str, Any] | None:
     except RunError:
         return None
     return status if isinstance(status, dict) else None
-
-
-def read_weights(run_dir: Path, config: TrainConfig | None = None, weights_file: str = WEIGHTS_FILE
-                 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """(state dict, metadata) of ``model.safetensors``; anything that is not a safetensors file is refused.
-
-    With ``config``, the tensor names and shapes in the file's header are checked
-    against that config's model before a single tensor is read, so a file made
-    for another architecture fails fast and cannot make us allocate its sizes.
-    """
-    run_dir = Path(run_dir)
-    with open_safetensors(run_dir / weights_file) as handle:
-        metadata = handle.metadata() or {}
-        if config is not None:
-            _check_layout(run_dir, config, {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()})
-        state = {key: handle.get_tensor(key) for key in handle.keys()}
-    for name, tensor in state.items():
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            raise RunError(f"{run_dir.name}: weights contain NaN or infinite values ({name})")
-    return state, metadata
 
 
 @contextmanager
@@ -306,40 +253,6 @@ def _first_line(error: BaseException) -> str:
     return text[0][:160] if text else error.__class__.__name__
 
 
-def _check_layout(run_dir: Path, config: TrainConfig, shapes: dict[str, tuple[int, ...]]) -> None:
-    """The file's tensor names and shapes against the config's model, built on the meta device (no memory)."""
-    expected = expected_shapes(config)
-    missing = sorted(set(expected) - set(shapes))
-    unexpected = sorted(set(shapes) - set(expected))
-    if missing or unexpected:
-        sample = (missing or unexpected)[0]
-        raise RunError(
-            f"{run_dir.name}: weights do not fit a {config.backbone}/{config.embedding_dim}-d model "
-            f"({len(missing)} missing, {len(unexpected)} unexpected keys, e.g. {sample!r})"
-        )
-    for name, shape in expected.items():
-        if shapes[name] != shape:
-            raise RunError(
-                f"{run_dir.name}: weights do not fit the config: {name} has shape {shapes[name]}, expected {shape}"
-            )
-
-
-def expected_shapes(config: TrainConfig) -> dict[str, tuple[int, ...]]:
-    """Name -> shape of every tensor in the state dict of ``config``'s model."""
-    with torch.device("meta"):
-        model = _build_model_for(config)
-    return {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
-
-
-def _build_model_for(config: TrainConfig) -> torch.nn.Module:
-    from ecaml.models import build_model  # local: keeps `runs` importable without torchvision at import time
-
-    try:
-        return build_model(config.backbone, config.embedding_dim, in_channels=input_channels(config))
-    except (ImportError, ValueError, RuntimeError) as error:
-        raise RunError(f"cannot build the {config.backbone} model of this run ({_first_line(error)})") from None
-
-
 def checkpoint_step(run_dir: Path, metadata: dict[str, str]) -> int:
     """The step a weights file was saved at (0 when its metadata has none, as in hand-made files)."""
     value = metadata.get("step")
@@ -348,63 +261,6 @@ def checkpoint_step(run_dir: Path, metadata: dict[str, str]) -> int:
     if not (isinstance(value, str) and value.isdigit() and value.isascii()):
         raise RunError(f"{Path(run_dir).name}: {WEIGHTS_FILE} has an invalid step in its metadata ({value[:40]!r})")
     return int(value)
-
-
-@dataclass
-class Run:
-    """A validated run directory, its model ready for inference."""
-
-    path: Path
-    config: TrainConfig
-    model: torch.nn.Module | None  # None for an imported run
-    step: int
-    history: list[dict[str, Any]] = field(default_factory=list)
-    metrics: dict[str, float] | None = None
-    status: dict[str, Any] | None = None
-    kind: str = "trained"  # or "imported": vectors made elsewhere (ecaml.data.imported), no model
-    weights_file: str = WEIGHTS_FILE  # what names this run's embeddings: its weights (or kept step), or its vectors
-
-    @property
-    def name(self) -> str:
-        return self.path.name if self.weights_file in (WEIGHTS_FILE, IMPORTED_VECTORS) else f"{self.path.name}@{self.step}"
-
-    @property
-    def weights_path(self) -> Path:
-        return self.path / self.weights_file
-
-    def step_records(self) -> list[dict[str, Any]]:
-        return [r for r in self.history if r.get("kind") == "step"]
-
-    def eval_records(self, split: str = "unseen") -> list[dict[str, Any]]:
-        return [r for r in self.history if r.get("kind") == "eval" and r.get("split") == split]
-
-
-def load_run(run_dir: str | Path, step: int | None = None) -> Run:
-    """Read and validate every file of a run; the model is rebuilt from the config and its weights checked key by key.
-
-    ``step``: one of the run's kept checkpoints (``kept_steps``) instead of its last weights.
-    Every way a run can be unusable (missing, malformed, truncated, foreign or
-    hostile files, a newer format) is a ``RunError`` with a one-line reason.
-    """
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise RunError(f"{run_dir}: not a run directory (no such folder)")
-    if (run_dir / IMPORTED_MANIFEST).is_file():
-        return load_imported_run(run_dir)
-    config = read_config(run_dir)
-    if not (run_dir / HISTORY_FILE).is_file():
-        raise RunError(f"{run_dir.name}: missing {HISTORY_FILE}")
-    history, metrics = read_history(run_dir), read_metrics(run_dir)
-    weights_file = WEIGHTS_FILE if step is None else kept_weights_file(step)
-    state, metadata = read_weights(run_dir, config, weights_file)
-    step = checkpoint_step(run_dir, metadata)
-    model = _build_model_for(config)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as error:  # names and shapes were checked; only odd dtypes get here
-        raise RunError(f"{run_dir.name}: weights do not load into the model ({_first_line(error)})") from None
-    model.eval()
-    return Run(run_dir, config, model, step, history, metrics, read_status(run_dir), weights_file=weights_file)
 
 
 # Every checkpoint's weights, kept when a run trains with keep_checkpoints (each opens as run@step).
@@ -427,36 +283,6 @@ def kept_steps(run_dir: str | Path) -> list[int]:
     return sorted(steps)
 
 
-def load_imported_run(run_dir: Path) -> Run:
-    """An imported run: its vectors stand in for a model (none), its items for a dataset (``ecaml.data.imported``)."""
-    from ecaml.data import DatasetError
-    from ecaml.data.imported import IMPORTED_DATASET, read_manifest
-
-    try:
-        manifest = read_manifest(run_dir)
-    except DatasetError as error:
-        raise RunError(str(error)) from None
-    if not (run_dir / IMPORTED_VECTORS).is_file():
-        raise RunError(f"{run_dir.name}: missing {IMPORTED_VECTORS}")
-    dim = manifest.get("dim")
-    # Not resolved(): the config only names the items (dataset "imported", data_root the run) for the readers.
-    config = TrainConfig(dataset=IMPORTED_DATASET, data_root=str(run_dir.resolve()), loss=IMPORTED_DATASET,
-                         ec_weight=0.0, embedding_dim=dim if isinstance(dim, int) else None,
-                         recall_ks=manifest.get("recall_ks") or [1, 2, 4, 8], image_size=8, epochs=1)
-    return Run(run_dir, config, None, 0, [], read_metrics(run_dir), read_status(run_dir), kind=IMPORTED_DATASET,
-               weights_file=IMPORTED_VECTORS)
-
-
-def input_channels(config: TrainConfig) -> int:
-    from ecaml.models import BACKBONES
-
-    from ecaml.data import COLOUR_DATASETS
-
-    if BACKBONES[config.backbone].imagenet_input or config.dataset in COLOUR_DATASETS:
-        return 3
-    return 1
-
-
 RUN_MARKERS = (CONFIG_FILE, WEIGHTS_FILE, HISTORY_FILE, STATUS_FILE, IMPORTED_MANIFEST)
 
 
@@ -471,19 +297,6 @@ def find_runs(*roots: str | Path) -> list[Path]:
         if root.is_dir():
             found += sorted(p for p in root.iterdir() if p.is_dir() and any((p / m).exists() for m in RUN_MARKERS))
     return found
-
-
-def scan_runs(*roots: str | Path) -> list[tuple[Path, Run | None, str | None]]:
-    """Every run under ``roots`` as (path, run, None) or, when unusable, (path, None, reason)."""
-    results = []
-    for path in find_runs(*roots):
-        try:
-            results.append((path, load_run(path), None))
-        except RunError as error:
-            results.append((path, None, str(error)))
-        except OSError as error:  # a folder removed or made unreadable while we looked
-            results.append((path, None, f"{path.name}: {error.strerror or error.__class__.__name__}"))
-    return results
 
 
 LOCK_FILE = ".ecaml.lock"
