@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ecaml.config import TrainConfig
+from ecaml.flags import TRAIN_FLAGS
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
@@ -88,8 +89,6 @@ def with_absolute_paths(config: TrainConfig) -> TrainConfig:
 
 def config_flags(config: TrainConfig) -> list[str]:
     """``python -m ecaml train`` flags that rebuild ``config`` exactly (``--flag=value`` form)."""
-    from ecaml.cli import TRAIN_FLAGS
-
     values = config.to_dict()
     flags = []
     for name in TRAIN_FLAGS:
