@@ -25,7 +25,7 @@ def distance_samples(path: str, fingerprint: tuple, _run) -> dict:
     """Up to MAX_PAIRS same-class and different-class cosine distances of one run's unseen images."""
     # Imported here, not at the top: its first import (scikit-learn, torchvision) takes seconds, and the page's
     # title, controls and tables should paint before it.
-    from ecaml.eval.metrics import pair_distance_samples
+    from ecaml.eval.pair_distances import pair_distance_samples
     from ecaml.serve.embeddings_cache import cached_embeddings
 
     embeddings = cached_embeddings(_run, "unseen", cache_dir=locations.cache_dir())

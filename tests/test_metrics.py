@@ -13,10 +13,10 @@ from ecaml.eval.metrics import (
     DEFAULT_RECALL_KS,
     l2_normalise,
     nearest_neighbours,
-    pair_distance_samples,
     query_gallery_metrics,
     retrieval_metrics,
 )
+from ecaml.eval.pair_distances import pair_distance_samples
 
 # Seed 1 of _clustered_data(100, 8, 6) has no two neighbours of any query closer
 # in cosine than 6.6e-6, far above float32 search noise, so rankings are unambiguous.
