@@ -2,7 +2,7 @@
 
 Compare (distance histograms), Embeddings and Retrieval all call ``ensure_embedded``:
 it returns True at once when the library's disk cache holds the embeddings
-(``ecaml.serve.retrieval.cached_embeddings``, keyed by weights digest and data), and
+(``ecaml.serve.embeddings_cache.cached_embeddings``, keyed by weights digest and data), and
 otherwise starts (or re-attaches to) one job per run and split, shows its
 progress, and redraws the page when it ends. No request ever embeds a split.
 """

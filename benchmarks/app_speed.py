@@ -32,7 +32,7 @@ from ecaml.config import TrainConfig  # noqa: E402
 from ecaml.eval.evaluate import Embeddings, split_for  # noqa: E402
 from ecaml.eval.metrics import l2_normalise  # noqa: E402
 from ecaml.runs import load_run  # noqa: E402
-from ecaml.serve.embeddings_cache import cached_embeddings
+from ecaml.serve.embeddings_cache import cached_embeddings  # noqa: E402
 from ecaml.serve.retrieval import RunIndex  # noqa: E402
 
 RUNS = ("glyphs-binomial-ec0-seed0", "glyphs-binomial-ec0.13-seed0")

@@ -27,7 +27,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from ecaml.eval.kmeans import kmeans_settings  # noqa: E402
-from ecaml.eval.metrics import retrieval_metrics
+from ecaml.eval.metrics import retrieval_metrics  # noqa: E402
 from ecaml.eval.search import BLOCK_ENTRIES, default_device, exact_topk  # noqa: E402
 
 MATCHED = (("recall@1", "precision_at_1"), ("map@r", "mean_average_precision_at_r"), ("r_precision", "r_precision"))

@@ -4,7 +4,7 @@
     python benchmarks/map_speed.py --runs RUN_A RUN_B --cache CACHE --out benchmarks/map_speed_fashion.json
     python benchmarks/map_speed.py --synthetic 60000 --classes 1000 --out benchmarks/map_speed_synthetic.json
 
-Takes the two runs' embeddings of their unseen split (``ecaml.serve.retrieval.cached_embeddings``, as the app does;
+Takes the two runs' embeddings of their unseen split (``ecaml.serve.embeddings_cache.cached_embeddings``, as the app does;
 embedded once into CACHE), or, with ``--synthetic N``, two "runs" drawn here: N vectors in ``--classes`` classes
 (each class a blob with sub-clusters, 128-d) and a turned, noisier copy. Then, in this one process and after a
 small warm-up fit that pays numba's first compilation, times side by side (wall and CPU seconds, all threads):

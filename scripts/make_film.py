@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO_ROOT))
 import torch  # noqa: E402
 
 from ecaml.config import TrainConfig  # noqa: E402
-from ecaml.store.atomic import atomic_write_bytes
+from ecaml.store.atomic import atomic_write_bytes  # noqa: E402
 from ecaml.store.run_files import CONFIG_FILE, WEIGHTS_FILE, open_safetensors  # noqa: E402
 from ecaml.train.film_recorder import FILM_FOLDER, FILM_INDEX  # noqa: E402
 from ecaml.train.launch import train  # noqa: E402

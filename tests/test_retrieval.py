@@ -11,7 +11,7 @@ from PIL import Image
 
 from ecaml.eval.evaluate import Embeddings, split_for
 from ecaml.runs import load_run
-from ecaml.serve import retrieval
+from ecaml.serve import embeddings_cache as retrieval  # the cache: embedding, reading back, its folder
 from ecaml.serve.embeddings_cache import cached_embeddings, weights_digest
 from ecaml.serve.retrieval import RunIndex, build_index, disagreement_queries, telling_query
 from tests.conftest import tiny_run_pair

@@ -21,7 +21,7 @@ from app import background_jobs, embedding_map, projection_jobs
 from app.views import embeddings  # the repository root is on sys.path (conftest.py)
 from ecaml.data import load_split
 from ecaml.runs import load_run
-from ecaml.serve import projection, retrieval
+from ecaml.serve import embeddings_cache as retrieval, projection
 from ecaml.serve.thumbnails import PER_SHEET, is_complete
 
 REPO_CHECKPOINTS = Path(__file__).resolve().parents[2] / "checkpoints"
