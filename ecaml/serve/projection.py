@@ -50,10 +50,7 @@ from ecaml.store.paths import default_cache_dir
 
 __all__ = [
     "FIRST_LAYOUT_LANDMARKS",
-    "LANDMARKS",
     "METHODS",
-    "Projection",
-    "default_cache_dir",
     "first_layout",
     "is_projection_cached",
     "project_runs",
