@@ -37,6 +37,7 @@ from typing import Any
 from ecaml.config import TrainConfig
 from ecaml.serve.job_command import (
     NAME_PATTERN,
+    REPOSITORY_ROOT,
     JobError,
     checked_config,
     default_run_name,
@@ -292,7 +293,7 @@ def _launch(config: TrainConfig, run_dir: Path, owner: str | None, lock_descript
         log.write(log_header(command, owner))
         log.flush()
         process = subprocess.Popen(
-            command, cwd=Path(__file__).resolve().parent.parent, env=environment, stdin=subprocess.DEVNULL,
+            command, cwd=REPOSITORY_ROOT, env=environment, stdin=subprocess.DEVNULL,
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True, pass_fds=(lock_descriptor,),
         )
     _watch_child(process)
