@@ -270,7 +270,7 @@ def test_the_lock_is_held_by_the_training_process_not_by_its_starter(root, tmp_p
         f"print(JobManager(sys.argv[1]).start(TrainConfig(dataset='digits', max_steps=100000, eval_every=0)))"
     )
     result = subprocess.run([sys.executable, "-c", starter, str(root)], capture_output=True, text=True, timeout=60,
-                            cwd=Path(jobs.__file__).resolve().parents[1])
+                            cwd=Path(jobs.__file__).resolve().parents[2])
     assert result.returncode == 0, result.stderr
     run_dir = Path(result.stdout.strip())
     manager = JobManager(root)
