@@ -16,9 +16,9 @@ import streamlit as st
 
 from app import errors, locations
 from app.deployment import read_only
-from ecaml.atomic import atomic_write_json
 from ecaml.config import TrainConfig
-from ecaml.paths import PathError, confine
+from ecaml.store.atomic import atomic_write_json
+from ecaml.store.paths import PathError, confine
 
 SETTINGS_NAME = ".allowed_data_roots.json"
 NEW_ROOT_KEY, MESSAGE_KEY = "data_root_new", "data_root_message"

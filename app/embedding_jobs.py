@@ -2,7 +2,7 @@
 
 Compare (distance histograms), Embeddings and Retrieval all call ``ensure_embedded``:
 it returns True at once when the library's disk cache holds the embeddings
-(``ecaml.retrieval.cached_embeddings``, keyed by weights digest and data), and
+(``ecaml.serve.embeddings_cache.cached_embeddings``, keyed by weights digest and data), and
 otherwise starts (or re-attaches to) one job per run and split, shows its
 progress, and redraws the page when it ends. No request ever embeds a split.
 """
@@ -25,7 +25,7 @@ def embed_in_background(entry: RunEntry, part: str) -> BackgroundJob:
     run, cache = entry.run, cache_dir()
 
     def work(job: BackgroundJob) -> None:
-        from ecaml.retrieval import cached_embeddings  # slow first import (torchvision, faiss): off the page
+        from ecaml.serve.embeddings_cache import cached_embeddings  # slow first import (torchvision, faiss): off the page
 
         # The split through the app's per-process cache: a large folder is loaded (every image checked) once,
         # not once per run's job.
@@ -35,7 +35,7 @@ def embed_in_background(entry: RunEntry, part: str) -> BackgroundJob:
 
 
 def is_embedded(entry: RunEntry, part: str) -> bool:
-    from ecaml.retrieval import is_embedded as cached  # slow first import: only once the page has painted
+    from ecaml.serve.embeddings_cache import is_embedded as cached  # slow first import: only once the page has painted
 
     return cached(entry.run, part, cache_dir())
 

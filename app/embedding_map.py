@@ -12,7 +12,7 @@ Why a component of our own rather than Plotly, Bokeh or deck.gl:
 So every panel lives in ONE iframe: hovering or selecting in one panel lights up the
 same images in all the others without a server round trip, and only a finished
 selection comes back to Python. Hover thumbnails are cut from sprite sheets
-(``ecaml.thumbnails``, written by a background job) that the component serves from
+(``ecaml.serve.thumbnails``, written by a background job) that the component serves from
 its own folder: Streamlit serves a v1 component's files from the folder it is
 declared with, so that folder is made under the cache (the frontend files are
 copied in beside the sheets). Nothing is fetched from anywhere but this server.
@@ -34,7 +34,7 @@ from app import background_jobs
 from app.background_jobs import BackgroundJob
 from app.errors import LOG
 from app.locations import cache_dir
-from ecaml.atomic import atomic_write_bytes
+from ecaml.store.atomic import atomic_write_bytes
 
 FRONTEND = Path(__file__).resolve().parent / "map_frontend"
 FRONTEND_FILES = ("index.html", "map.js", "map.css")
@@ -90,7 +90,7 @@ def _component(root: str):
 
 
 def thumbnails_folder_name(identity: dict) -> str:
-    from ecaml.thumbnails import sheets_key
+    from ecaml.serve.thumbnails import sheets_key
 
     return f"{THUMBNAILS_FOLDER}/{sheets_key(identity)}"
 
@@ -101,7 +101,7 @@ def thumbnails_in_background(split, part: str, identity: dict) -> tuple[str, Bac
     folder = component_root() / name
 
     def work(job: BackgroundJob) -> None:
-        from ecaml.thumbnails import write_sheets
+        from ecaml.serve.thumbnails import write_sheets
 
         write_sheets(split, part, folder, progress=job.report)
 
@@ -126,7 +126,7 @@ def embedding_map(
 
     ``palette``: RGB (0-255) per label instead of the categorical one, for labels that are ordered bins.
     """
-    from ecaml.thumbnails import PER_SHEET, SHEET_COLUMNS
+    from ecaml.serve.thumbnails import PER_SHEET, SHEET_COLUMNS
 
     count = len(data.labels)
     arrays = {f"coords_{i}": np.concatenate([np.asarray(f, np.float32).reshape(count, 2) for f in p.frames]).tobytes()

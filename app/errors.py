@@ -9,8 +9,8 @@ from typing import Any, TypeVar
 import streamlit as st
 
 from ecaml.data import ImageError
-from ecaml.jobs import JobError
-from ecaml.runs import RunError
+from ecaml.serve.job_command import JobError
+from ecaml.store.run_files import RunError
 
 
 # Errors the library raises with a one-line, user-facing message.

@@ -15,7 +15,8 @@ from pathlib import Path
 import streamlit as st
 
 from app import locations, run_catalog
-from ecaml.runs import RunError, read_config, read_metrics
+from ecaml.runs import read_config
+from ecaml.store.run_files import RunError, read_metrics
 
 HIDDEN_KEY = "guided_path_hidden"
 STUDY_FILE = locations.REPO_ROOT / "results" / "study.json"

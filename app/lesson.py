@@ -20,8 +20,8 @@ import streamlit as st
 
 from app import errors, run_catalog, run_picker, training_job
 from ecaml.config import TrainConfig
-from ecaml.jobs import FINAL_STATES
-from ecaml.runs import read_status
+from ecaml.serve.jobs import FINAL_STATES
+from ecaml.store.run_files import read_status
 
 # Used when no featured pair can be read: the featured setting of the study in results/ (digits, triplet, λ = 1).
 FALLBACK_SETTING = {"dataset": "digits", "loss": "triplet", "ec_weight": 1.0, "epochs": 2, "seed": 0}

@@ -37,7 +37,7 @@ def colour_by_change(chosen: list[run_catalog.RunEntry]) -> bool:
 
 @st.cache_data(max_entries=8, show_spinner=False)
 def _change(keys: tuple, _first, _second):
-    from ecaml.retrieval import cached_embeddings
+    from ecaml.serve.embeddings_cache import cached_embeddings
     from ecaml.serve.neighbourhood import neighbourhood_change
 
     first = cached_embeddings(_first, "unseen", locations.cache_dir())

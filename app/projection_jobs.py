@@ -43,7 +43,7 @@ def project_in_background(chosen: list[RunEntry], method: str) -> BackgroundJob:
     names = ", ".join(entry.name for entry in chosen)
 
     def work(job: BackgroundJob) -> None:
-        from ecaml.projection import warm_projection_cache  # slow first import (scikit-learn, umap): off the page
+        from ecaml.serve.projection import warm_projection_cache  # slow first import (scikit-learn, umap): off the page
 
         warm_projection_cache(runs, method=method, cache_dir=cache, progress=job.report, **PROJECTION)
 

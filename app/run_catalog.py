@@ -17,8 +17,9 @@ from app.errors import one_sentence
 from app.locations import checkpoints_dir, runs_dir
 from ecaml.config import TrainConfig
 from ecaml.data import fashion
-from ecaml.evaluate import split_settings
-from ecaml.runs import Run, RunError, find_runs, kept_steps, load_run, read_config, read_status
+from ecaml.eval.evaluate import split_settings
+from ecaml.runs import Run, load_run, read_config
+from ecaml.store.run_files import RunError, find_runs, kept_steps, read_status
 
 
 # The files whose change means a run must be read again (a checkpoint, a finished evaluation...).

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from ecaml.evaluate import split_for, split_settings
+from ecaml.eval.evaluate import split_for, split_settings
 from ecaml.runs import Run
 
 
@@ -16,5 +16,5 @@ def _split(settings: tuple, _run: Run):
 
 
 def split_of(run: Run):
-    """The run's class split, exactly as it was trained with (ecaml.evaluate.split_for)."""
+    """The run's class split, exactly as it was trained with (ecaml.eval.evaluate.split_for)."""
     return _split(split_settings(run.config), run)

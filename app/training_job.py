@@ -17,7 +17,8 @@ from app.deployment import READ_ONLY_TRAINING_MESSAGE, read_only
 from app.errors import LOG, USER_ERRORS
 from app.locations import runs_dir
 from app.run_catalog import LIVE_STATES
-from ecaml.jobs import OWNER_PATTERN, JobError, JobManager
+from ecaml.serve.job_command import JobError
+from ecaml.serve.jobs import OWNER_PATTERN, JobManager
 
 OWN_JOB_KEY = "own_training_job"  # the run directory of the last job this session started
 OWNER_KEY = "job_owner_token"  # this browser session's owner token ...

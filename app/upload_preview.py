@@ -1,6 +1,6 @@
 """An uploaded query as the model sees it: the original next to the converted input (framed as the data set's
 images are), enlarged, and a warning (with an offer to invert that upload) when it looks unlike the data set. The
-measuring and framing are ``ecaml.inputs``; this module only shows.
+measuring and framing are ``ecaml.serve.inputs``; this module only shows.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import streamlit as st
 from PIL import Image
 
 from app import errors, pictures
-from ecaml.evaluate import split_settings
+from ecaml.eval.evaluate import split_settings
 
 PREVIEW_PIXELS = 160
 INVERT_KEY = "upload_inverted"  # + the upload's content hash
@@ -20,7 +20,7 @@ INVERT_KEY = "upload_inverted"  # + the upload's content hash
 @st.cache_resource(max_entries=8, show_spinner=False)
 def _data_statistics(data_identity: tuple, _split, _config):
     """How the data set looks to the model (a seeded sample of its unseen images), once per data set and input size."""
-    from ecaml.inputs import input_statistics
+    from ecaml.serve.inputs import input_statistics
 
     return input_statistics(_split.dataset, _split.indices("unseen"), _config)
 
@@ -37,7 +37,7 @@ def invert_key(content: bytes) -> str:
 def prepared_upload(image: Image.Image, content: bytes, run, split) -> Image.Image:
     """Show ``image`` beside the model's view of it (inverted if the user chose so for this upload, then framed as
     the data set's images are), warn when that view looks unlike the data; the image to query with."""
-    from ecaml.inputs import as_data_set_image, check_input, converted_upload, inverted, model_view
+    from ecaml.serve.inputs import as_data_set_image, check_input, converted_upload, inverted, model_view
 
     config = run.config
     statistics = errors.attempt(

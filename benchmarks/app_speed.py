@@ -3,11 +3,11 @@
 
     python benchmarks/app_speed.py [--quick]
 
-* ``retrieval``: p50 / p95 latency of ``ecaml.retrieval.RunIndex.query_by_index`` (the
+* ``retrieval``: p50 / p95 latency of ``ecaml.serve.retrieval.RunIndex.query_by_index`` (the
   Retrieval page's "neighbours of this image", k = 8) over a 10,000-image gallery of a
   shipped glyphs run (its unseen embeddings, tiled with small noise up to 10,000 rows),
   and of ``query_by_image`` (embedding an image with the run's model, then the search).
-* ``umap_warm``: ``ecaml.projection.warm_projection_cache`` of two shipped glyphs runs
+* ``umap_warm``: ``ecaml.serve.projection.warm_projection_cache`` of two shipped glyphs runs
   (aligned UMAP, the app's defaults) into an empty cache, in a fresh process, so the
   umap/numba import and compilation are counted as the app's first start pays them.
 * ``train``: images per second of ``ecaml.train.train`` (smallcnn on glyphs, 16 x 4
@@ -29,10 +29,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from ecaml.config import TrainConfig  # noqa: E402
-from ecaml.evaluate import Embeddings, split_for  # noqa: E402
-from ecaml.metrics import l2_normalise  # noqa: E402
-from ecaml.retrieval import RunIndex, cached_embeddings  # noqa: E402
+from ecaml.eval.evaluate import Embeddings, split_for  # noqa: E402
+from ecaml.eval.metrics import l2_normalise  # noqa: E402
 from ecaml.runs import load_run  # noqa: E402
+from ecaml.serve.embeddings_cache import cached_embeddings  # noqa: E402
+from ecaml.serve.retrieval import RunIndex  # noqa: E402
 
 RUNS = ("glyphs-binomial-ec0-seed0", "glyphs-binomial-ec0.13-seed0")
 
@@ -61,7 +62,7 @@ def umap_warm(cache_dir: Path, max_points: int, n_epochs: int | None, method: st
     """Seconds of a fresh process warming the projection cache (umap import and JIT included)."""
     code = (
         "import sys, time; sys.path.insert(0, {root!r}); started = time.perf_counter();"
-        "from ecaml.projection import warm_projection_cache; from ecaml.runs import load_run;"
+        "from ecaml.serve.projection import warm_projection_cache; from ecaml.runs import load_run;"
         "runs = [load_run({root!r} + '/checkpoints/' + name) for name in {runs!r}];"
         "warm_projection_cache(runs, method={method!r}, cache_dir={cache!r}, max_points={points}, n_epochs={epochs});"
         "print(time.perf_counter() - started)"
@@ -71,7 +72,7 @@ def umap_warm(cache_dir: Path, max_points: int, n_epochs: int | None, method: st
 
 
 def train_images_per_s(steps: int, scratch: Path) -> dict:
-    from ecaml.train import train
+    from ecaml.train.launch import train
 
     threads = torch.get_num_threads()
     config = TrainConfig(dataset="glyphs", backbone="smallcnn", max_steps=steps, eval_every=0, seed=0, device="cpu")

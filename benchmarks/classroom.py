@@ -178,13 +178,13 @@ async def _sessions(chromium: str, url: str, count: int, first_id: int) -> tuple
 def start_training_job(runs: Path) -> Path:
     """A job long enough to outlast the sessions: glyphs, small CNN, evaluated only at the end."""
     from ecaml.config import TrainConfig
-    from ecaml.jobs import JobManager
+    from ecaml.serve.jobs import JobManager
 
     return JobManager(runs).start(TrainConfig(dataset="glyphs", epochs=200, eval_every=0), name="classroom-job")
 
 
 def stop_training_job(runs: Path) -> None:
-    from ecaml.jobs import JobManager
+    from ecaml.serve.jobs import JobManager
 
     manager = JobManager(runs)
     if manager.current() is not None:
@@ -207,7 +207,7 @@ def chromium_executable() -> str:
 
 
 def wait_until_training(runs: Path, run_dir: Path, timeout: float = 120.0) -> None:
-    from ecaml.jobs import JobManager
+    from ecaml.serve.jobs import JobManager
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

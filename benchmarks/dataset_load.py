@@ -40,7 +40,7 @@ CATEGORIES = ("bicycle", "cabinet", "chair", "coffee_maker", "fan", "kettle", "l
               "table", "toaster")
 # The library is imported before the clock starts: a process that loads a dataset (training,
 # a DDP rank, the app) has torch and ecaml imported anyway, and import time is not the dataset's.
-LOAD = ("import sys, time; sys.path.insert(0, {root!r}); import ecaml.retrieval; "
+LOAD = ("import sys, time; sys.path.insert(0, {root!r}); import ecaml.serve.retrieval; "
         "from ecaml.data import load_split; started = time.perf_counter(); split = load_split('sop', {data!r}); "
         "print(time.perf_counter() - started, len(split.dataset), len(split.unseen_classes))")
 

@@ -27,7 +27,7 @@ import torch  # noqa: E402
 
 from ecaml.config import TrainConfig  # noqa: E402
 from ecaml.data.sampling import ImageView  # noqa: E402
-from ecaml.evaluate import embed_indices, embed_part, eval_transform, score, split_for  # noqa: E402
+from ecaml.eval.evaluate import embed_indices, embed_part, eval_transform, score, split_for  # noqa: E402
 from ecaml.models import build_model  # noqa: E402
 
 FINAL_PARTS = ("seen_test", "unseen")  # Trainer.final_parts for a folder run without validation classes

@@ -47,8 +47,8 @@ import torch  # noqa: E402
 
 from ecaml.config import TrainConfig  # noqa: E402
 from ecaml.data.sampling import class_balanced_batches  # noqa: E402
-from ecaml.evaluate import split_for  # noqa: E402
-from ecaml.train import Trainer  # noqa: E402
+from ecaml.eval.evaluate import split_for  # noqa: E402
+from ecaml.train.trainer import Trainer  # noqa: E402
 
 VARIANTS = {
     "off": {"ec_weight": 0.0},

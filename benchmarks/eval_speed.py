@@ -12,7 +12,7 @@ On one array of clustered unit vectors, in one process:
   given the same unit vectors (so it ranks by cosine too);
 * the floor: the exact search's N^2 d multiply-adds over the GEMM rate measured here on
   the same block shape the search uses;
-* faiss ``IndexFlatIP`` against ``ecaml.search.exact_topk`` on a sample of queries at
+* faiss ``IndexFlatIP`` against ``ecaml.eval.search.exact_topk`` on a sample of queries at
   k = 10 and k = 1000 (why the exact search does not use faiss).
 """
 
@@ -26,8 +26,9 @@ import faiss  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from ecaml.metrics import kmeans_settings, retrieval_metrics  # noqa: E402
-from ecaml.search import BLOCK_ENTRIES, default_device, exact_topk  # noqa: E402
+from ecaml.eval.kmeans import kmeans_settings  # noqa: E402
+from ecaml.eval.metrics import retrieval_metrics  # noqa: E402
+from ecaml.eval.search import BLOCK_ENTRIES, default_device, exact_topk  # noqa: E402
 
 MATCHED = (("recall@1", "precision_at_1"), ("map@r", "mean_average_precision_at_r"), ("r_precision", "r_precision"))
 TOLERANCE = 1e-6

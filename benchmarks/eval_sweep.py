@@ -30,8 +30,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from drawn_data import drawn_embeddings, fashion_mnist  # noqa: E402
-from ecaml.metrics import retrieval_metrics  # noqa: E402
-from ecaml.search import BLOCK_ENTRIES  # noqa: E402
+from ecaml.eval.metrics import retrieval_metrics  # noqa: E402
+from ecaml.eval.search import BLOCK_ENTRIES  # noqa: E402
 
 # name: (count, dim, classes, difficulty); difficulty "fashion" is Fashion-MNIST itself.
 POINTS = {

@@ -21,11 +21,11 @@ from common import bench_dir, clustered_unit_embeddings, pick, run_alone, second
 
 import numpy as np  # noqa: E402
 
-from ecaml.projection import project_runs  # noqa: E402
-from ecaml.retrieval import cached_embeddings  # noqa: E402
 from ecaml.runs import load_run  # noqa: E402
+from ecaml.serve.embeddings_cache import cached_embeddings  # noqa: E402
 from ecaml.serve.imports import import_embeddings  # noqa: E402
 from ecaml.serve.neighbourhood import neighbourhood_change  # noqa: E402
+from ecaml.serve.projection import project_runs  # noqa: E402
 
 RECALL_KS = (1, 10, 100, 1000)
 

@@ -30,7 +30,7 @@ import torch  # noqa: E402
 from ecaml.config import TrainConfig  # noqa: E402
 from ecaml.data.loading import RunBatchSampler, available_cpus, training_loader  # noqa: E402
 from ecaml.data.sampling import class_balanced_batches  # noqa: E402
-from ecaml.train import Trainer  # noqa: E402
+from ecaml.train.trainer import Trainer  # noqa: E402
 
 
 def pipeline_images_per_s(trainer: Trainer, workers: int, batches: int) -> float:

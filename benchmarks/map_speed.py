@@ -4,7 +4,7 @@
     python benchmarks/map_speed.py --runs RUN_A RUN_B --cache CACHE --out benchmarks/map_speed_fashion.json
     python benchmarks/map_speed.py --synthetic 60000 --classes 1000 --out benchmarks/map_speed_synthetic.json
 
-Takes the two runs' embeddings of their unseen split (``ecaml.retrieval.cached_embeddings``, as the app does;
+Takes the two runs' embeddings of their unseen split (``ecaml.serve.embeddings_cache.cached_embeddings``, as the app does;
 embedded once into CACHE), or, with ``--synthetic N``, two "runs" drawn here: N vectors in ``--classes`` classes
 (each class a blob with sub-clusters, 128-d) and a turned, noisier copy. Then, in this one process and after a
 small warm-up fit that pays numba's first compilation, times side by side (wall and CPU seconds, all threads):
@@ -35,19 +35,19 @@ from pathlib import Path
 import common  # noqa: F401 - puts the repository on sys.path and sets OMP_WAIT_POLICY before torch loads
 import numpy as np
 
-from ecaml.landmark_layout import LANDMARKS, landmark_layout
-from ecaml.metrics import l2_normalise
-from ecaml.projection import FIRST_LAYOUT_LANDMARKS
-from ecaml.projection_rows import shared_rows
-from ecaml.search import exact_topk
-from ecaml.umap_fit import aligned_layout
+from ecaml.eval.metrics import l2_normalise
+from ecaml.eval.search import exact_topk
+from ecaml.serve.landmark_layout import LANDMARKS, landmark_layout
+from ecaml.serve.projection import FIRST_LAYOUT_LANDMARKS
+from ecaml.serve.projection_rows import shared_rows
+from ecaml.serve.umap_fit import aligned_layout
 
 K = 10
 
 
 def run_embeddings(paths: list[Path], cache: Path):
-    from ecaml.retrieval import cached_embeddings
     from ecaml.runs import load_run
+    from ecaml.serve.embeddings_cache import cached_embeddings
 
     embeddings = [cached_embeddings(load_run(path), "unseen", cache) for path in paths]
     rows = shared_rows(embeddings, None, 0)
@@ -68,7 +68,7 @@ def synthetic_runs(count: int, classes: int, seed: int = 0, dim: int = 128):
 
 def old_aligned_umap(vectors: list[np.ndarray]) -> list[np.ndarray]:
     """What the map computed before landmarks: umap-learn's AlignedUMAP on every point (main's ``_aligned_umap``)."""
-    from ecaml.umap_fit import import_umap, quiet_umap
+    from ecaml.serve.umap_fit import import_umap, quiet_umap
 
     umap = import_umap()
     with quiet_umap():

@@ -30,9 +30,9 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from ecaml import retrieval  # noqa: E402
-from ecaml.evaluate import Embeddings, split_for  # noqa: E402
+from ecaml.eval.evaluate import Embeddings, split_for  # noqa: E402
 from ecaml.runs import load_run  # noqa: E402
+from ecaml.serve import embeddings_cache, retrieval  # noqa: E402
 
 DIMENSIONS = 512
 RUNS = 4
@@ -68,9 +68,9 @@ def main() -> None:
         vectors = rng.normal(size=(len(unseen), DIMENSIONS)).astype(np.float32)
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
         path = cache / f"run{number}.npy"
-        retrieval._write_embeddings(path, Embeddings(vectors, labels.astype(np.int64), unseen.astype(np.int64)))
+        embeddings_cache._write_embeddings(path, Embeddings(vectors, labels.astype(np.int64), unseen.astype(np.int64)))
         del vectors
-        loaded = retrieval._read_embeddings(path)  # what cached_embeddings returns: a read-only memory map
+        loaded = embeddings_cache._read_embeddings(path)  # what cached_embeddings returns: a read-only memory map
         assert isinstance(loaded.vectors, np.memmap)
         indexes.append(retrieval.RunIndex(run, loaded, split))
     results["memory_after_mb"] = memory_mb()

@@ -3,7 +3,7 @@
 import os
 import sys
 
-NICE_ENV = "ECAML_NICE"  # set by ecaml.jobs for jobs that share the machine with the app's viewers
+NICE_ENV = "ECAML_NICE"  # set by ecaml.serve.jobs for jobs that share the machine with the app's viewers
 
 
 def _lower_priority_if_asked() -> None:

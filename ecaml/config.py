@@ -112,7 +112,7 @@ class TrainConfig:
     log_every: int | None = None  # steps per history line (the mean of those steps); None: 1 on the CPU, 10 on CUDA
     ec_gather: bool = False  # under torchrun: EC over the embeddings of every process's batch, not just this one's
     preset: str | None = None  # the preset these settings started from (a record; the values are what counts)
-    # the training film (ecaml.film): snapshots of unseen-class embeddings every this many steps (0: none)
+    # the training film (ecaml.train.film_recorder): snapshots of unseen-class embeddings every this many steps (0: none)
     film_every: int = 0
 
     def resolved(self) -> "TrainConfig":

@@ -38,7 +38,8 @@ from ecaml.config import TrainConfig, settings
 from ecaml.data import DATASETS
 from ecaml.data.loading import RunBatchSampler, training_loader
 from ecaml.runs import load_run
-from ecaml.train import Trainer, train
+from ecaml.train.launch import train
+from ecaml.train.trainer import Trainer
 
 
 def main() -> int:

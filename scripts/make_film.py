@@ -7,7 +7,7 @@
 For each run it re-trains the run's own config.json (same seed, same data, same
 length) with ``film_every`` set, into a temporary folder, on the CPU. Taking a
 film snapshot draws from no random generator and leaves the model's mode as it
-was (ecaml.film), so the re-trained weights must be bit-identical to the shipped
+was (ecaml.serve.film), so the re-trained weights must be bit-identical to the shipped
 ``model.safetensors``. Only when every tensor is identical is the ``film/``
 folder copied into the shipped run directory (atomically, file by file, the
 index last); otherwise the script says which tensors differ and ships nothing.
@@ -29,9 +29,10 @@ sys.path.insert(0, str(REPO_ROOT))
 import torch  # noqa: E402
 
 from ecaml.config import TrainConfig  # noqa: E402
-from ecaml.film import FILM_FOLDER, FILM_INDEX  # noqa: E402
-from ecaml.runs import CONFIG_FILE, WEIGHTS_FILE, atomic_write_bytes, open_safetensors  # noqa: E402
-from ecaml.train import train  # noqa: E402
+from ecaml.store.atomic import atomic_write_bytes  # noqa: E402
+from ecaml.store.run_files import CONFIG_FILE, WEIGHTS_FILE, open_safetensors  # noqa: E402
+from ecaml.train.film_recorder import FILM_FOLDER, FILM_INDEX  # noqa: E402
+from ecaml.train.launch import train  # noqa: E402
 
 RUN_RECORD_KEYS = ("format_version", "ecaml_version")  # written beside the config, not config fields
 

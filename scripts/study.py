@@ -35,7 +35,7 @@ triplet, npair):
    digits 10 and glyphs 4 an image class), so the seen/unseen gap compares new
    images of known classes with images of new classes, not memorisation.
    The seed-0 runs of the datasets in ``film_frames`` (digits) also record a
-   training film of about that many frames (ecaml.film; it changes no weight).
+   training film of about that many frames (ecaml.serve.film; it changes no weight).
    Summaries: mean +- std (ddof 1) and the paired difference (EC on - off, same
    seed) with a 95% t confidence interval and a paired t-test p-value, raw and
    adjusted by Holm's method over every p-value the study tests (R@1 and MAP@R
@@ -122,7 +122,7 @@ def _timings_since(work: Path, started: float) -> int:
 
 
 def _write_text(path: Path, text: str) -> None:
-    from ecaml.atomic import atomic_write_bytes
+    from ecaml.store.atomic import atomic_write_bytes
 
     atomic_write_bytes(path, text.encode())
 

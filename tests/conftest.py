@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from ecaml.config import TrainConfig
-from ecaml.train import train
+from ecaml.train.launch import train
 
 
 def train_tiny(run_dir, **overrides):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ecaml.cli import main
 from ecaml.data import loading
-from ecaml.train import Trainer
+from ecaml.train.trainer import Trainer
 
 batches: list[list[int]] = []
 digest: dict[str, str] = {}

@@ -19,9 +19,10 @@ from benchmark_trees import MAKERS, make_cars, make_cub, make_inshop, make_sop
 from ecaml.cli import main
 from ecaml.config import TrainConfig
 from ecaml.data import DatasetError, load_split
-from ecaml.evaluate import embed_indices, split_for
-from ecaml.metrics import query_gallery_metrics
-from ecaml.runs import DROPPED_KS_KEY, input_channels, load_run
+from ecaml.eval.evaluate import embed_indices, split_for
+from ecaml.eval.metrics import query_gallery_metrics
+from ecaml.runs import input_channels, load_run
+from ecaml.store.run_files import DROPPED_KS_KEY
 
 
 @pytest.fixture(autouse=True)

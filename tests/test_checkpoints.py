@@ -31,7 +31,7 @@ import pytest
 import torch
 
 from ecaml.data import load_split
-from ecaml.evaluate import embed_part, score
+from ecaml.eval.evaluate import embed_part, score
 from ecaml.runs import input_channels, load_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,7 +56,7 @@ def _loaded(run_dir: Path):
 
 @functools.lru_cache(maxsize=None)
 def _split(dataset: str, data_root, val_classes: float, split_seed: int):
-    """The class split of a run (ecaml.evaluate.split_for), built once per dataset for all the runs."""
+    """The class split of a run (ecaml.eval.evaluate.split_for), built once per dataset for all the runs."""
     return load_split(dataset, data_root, val_classes, split_seed)
 
 

@@ -13,7 +13,8 @@ import torch
 from safetensors.torch import load_file
 
 from ecaml.cli import main
-from ecaml.runs import load_run, read_history
+from ecaml.runs import load_run
+from ecaml.store.run_files import read_history
 
 REPO = Path(__file__).resolve().parents[1]
 

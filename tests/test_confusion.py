@@ -8,7 +8,7 @@ import torch
 
 from ecaml.config import TrainConfig
 from ecaml.confusion import EnergyConfusion, inter_class_pairs, pair_energy, row_norm_penalty
-from ecaml.train import Trainer
+from ecaml.train.trainer import Trainer
 
 
 def numpy_energy(z: np.ndarray, labels: np.ndarray) -> float:

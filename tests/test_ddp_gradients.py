@@ -34,7 +34,7 @@ def _tiny_trainer(route: str, gather: bool, group):
     from ecaml.confusion import EnergyConfusion
     from ecaml.losses import BinomialDevianceLoss
     from ecaml.models import EmbeddingNet
-    from ecaml.train import Trainer
+    from ecaml.train.trainer import Trainer
 
     torch.manual_seed(0)
     trainer = Trainer.__new__(Trainer)  # the real compute_losses, without data or a run directory
@@ -63,7 +63,7 @@ def _expected_gradients(route: str, gather: bool, batches) -> dict[str, torch.Te
 def _worker(rank: int, store: str, out: str) -> None:
     import torch.distributed as dist
 
-    from ecaml import distributed
+    from ecaml.train import distributed
 
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
     group = distributed.ProcessGroup(rank, 2, rank, torch.device("cpu"))

@@ -16,7 +16,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # ddp_probe, the script torchrun runs here
 
 from ecaml.data.loading import RunBatchSampler
-from ecaml.runs import load_run, read_history
+from ecaml.runs import load_run
+from ecaml.store.run_files import read_history
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = ["train", "--dataset", "digits", "--classes-per-batch", "2", "--images-per-class", "4", "--eval-every", "0",
@@ -66,7 +67,7 @@ def test_two_processes_train_evaluate_and_write_one_loadable_run(two_process_run
 
 def test_the_processes_took_different_batches_of_one_epoch_list(two_process_run):
     run_dir, _, first, second = two_process_run
-    from ecaml.evaluate import split_for
+    from ecaml.eval.evaluate import split_for
 
     split = split_for(load_run(run_dir).config)
     train_labels = split.dataset.labels[split.indices("train")]
@@ -93,7 +94,7 @@ def test_gathered_features_carry_no_gradient_under_head_routing(tmp_path):
     """ec_gather with the reference routing: what EC sees of the batch is detached from every backbone."""
     import torch.distributed as dist
 
-    from ecaml.distributed import gather_batch
+    from ecaml.train.distributed import gather_batch
 
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     try:

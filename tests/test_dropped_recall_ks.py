@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from ecaml.evaluate import Embeddings, score
-from ecaml.runs import read_metrics
+from ecaml.eval.evaluate import Embeddings, score
+from ecaml.store.run_files import read_metrics
 from tests.conftest import train_tiny
 
 

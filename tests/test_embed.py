@@ -1,4 +1,4 @@
-"""Tests for ecaml.evaluate.embed_indices: loader workers and batch size change the speed, never the vectors."""
+"""Tests for ecaml.eval.evaluate.embed_indices: loader workers and batch size change the speed, never the vectors."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from PIL import Image
 
 from ecaml.config import TrainConfig
 from ecaml.data import load_split
-from ecaml.evaluate import embed_indices
+from ecaml.eval.evaluate import embed_indices
 from ecaml.models import build_model
 
 

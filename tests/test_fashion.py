@@ -272,7 +272,7 @@ def test_data_fetch_without_network_is_one_line_with_the_offline_way(tmp_path, n
 def test_a_background_job_passes_the_chosen_split_on_exactly():
     from ecaml.cli import _flag_values, build_parser
     from ecaml.config import TrainConfig
-    from ecaml.jobs import config_flags
+    from ecaml.serve.job_command import config_flags
 
     config = TrainConfig(dataset="fashion-mnist", unseen_classes=[0, 2, 4, 6, 8], ec_weight=1.0).resolved()
     flags = config_flags(config)
@@ -318,7 +318,7 @@ def correlation(a, b) -> float:
 
 def test_a_phone_photo_is_converted_like_the_training_images():
     from ecaml.config import TrainConfig
-    from ecaml.inputs import converted_upload, model_view
+    from ecaml.serve.inputs import converted_upload, model_view
 
     garment = boot_silhouette()
     photo = phone_photo(garment)
@@ -337,7 +337,7 @@ def test_a_phone_photo_is_converted_like_the_training_images():
 def test_photos_of_real_shoes_and_bags_come_back_as_their_fashion_mnist_images():
     real_files_or_skip()
     from ecaml.config import TrainConfig
-    from ecaml.inputs import converted_upload, model_view
+    from ecaml.serve.inputs import converted_upload, model_view
 
     dataset = load_split("fashion-mnist").dataset
     config = TrainConfig(dataset="fashion-mnist").resolved()

@@ -11,10 +11,10 @@ import torch
 
 from ecaml.config import TrainConfig
 from ecaml.data import load_split
-from ecaml.film import (FILM_FOLDER, FILM_INDEX, Film, film_frames, film_subset, frame_scores, read_film,
-                        snapshot_name)
-from ecaml.runs import RunError, open_safetensors
-from ecaml.train import train
+from ecaml.serve.film import Film, film_frames, frame_scores, read_film
+from ecaml.store.run_files import RunError, open_safetensors
+from ecaml.train.film_recorder import FILM_FOLDER, FILM_INDEX, film_subset, snapshot_name
+from ecaml.train.launch import train
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from ecaml.cli import main
-from ecaml.evaluate import split_for
-from ecaml.retrieval import cached_embeddings
+from ecaml.eval.evaluate import split_for
+from ecaml.serve.embeddings_cache import cached_embeddings
 from ecaml.runs import load_run
 from ecaml.serve.neighbourhood import neighbourhood_change
 from tests.conftest import train_tiny

@@ -9,7 +9,7 @@ import torchvision
 from safetensors.torch import save_file
 
 from ecaml.cli import main
-from ecaml.evaluate import eval_transform, split_for
+from ecaml.eval.evaluate import eval_transform, split_for
 from ecaml.runs import input_channels, load_run
 
 

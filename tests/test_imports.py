@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from ecaml.cli import main
-from ecaml.retrieval import build_index, cached_embeddings
 from ecaml.runs import load_run, scan_runs
+from ecaml.serve.embeddings_cache import cached_embeddings
 from ecaml.serve.imports import import_embeddings
+from ecaml.serve.retrieval import build_index
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 

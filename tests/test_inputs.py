@@ -1,4 +1,4 @@
-"""Tests for ecaml.inputs: the model's view of an image, and the check of an upload against the data set's look."""
+"""Tests for ecaml.serve.inputs: the model's view of an image, and the check of an upload against the data set's look."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import pytest
 from PIL import Image, ImageDraw
 from torchvision import transforms as T
 
-from ecaml import inputs
 from ecaml.config import TrainConfig
-from ecaml.evaluate import eval_transform, split_for
+from ecaml.eval.evaluate import eval_transform, split_for
 from ecaml.runs import input_channels
+from ecaml.serve import inputs
 
 
 @pytest.fixture(scope="module", params=["digits", "glyphs"])

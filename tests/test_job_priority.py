@@ -7,8 +7,9 @@ import time
 from pathlib import Path
 
 from ecaml.config import TrainConfig
-from ecaml.jobs import JOB_NICENESS, JobManager, config_flags, job_thread_budget
-from ecaml.job_command import _sharing_cores  # the rule itself; the process test below checks it is applied
+from ecaml.serve.job_command import JOB_NICENESS, config_flags, job_thread_budget
+from ecaml.serve.job_command import _sharing_cores  # the rule itself; the process test below checks it is applied
+from ecaml.serve.jobs import JobManager
 
 DEADLINE_S = 60
 

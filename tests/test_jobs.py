@@ -1,4 +1,4 @@
-"""Tests for ecaml.jobs: real background training jobs, the kernel lock, stop, crashes and forced interleavings."""
+"""Tests for ecaml.serve.jobs: real background training jobs, the kernel lock, stop, crashes and forced interleavings."""
 
 from __future__ import annotations
 
@@ -13,12 +13,13 @@ from pathlib import Path
 import pytest
 from process_table import child_states
 
-from ecaml import jobs
 from ecaml.cli import _flag_values, build_parser
 from ecaml.config import TrainConfig
-from ecaml.jobs import JobError, JobManager, config_flags, default_run_name
-from ecaml.locks import is_locked
 from ecaml.runs import load_run
+from ecaml.serve import jobs
+from ecaml.serve.job_command import JobError, config_flags, default_run_name
+from ecaml.serve.jobs import JobManager
+from ecaml.store.locks import is_locked
 
 QUICK = dict(dataset="digits", max_steps=3, eval_every=0)
 LONG = dict(dataset="digits", max_steps=100_000, eval_every=0)  # minutes of work: only ever stopped or killed
@@ -28,7 +29,7 @@ def train_keeps_the_stop_flag() -> bool:
     """Whether the training loop watches the StopFlag it is given (the one the SIGTERM handler sets)."""
     import inspect
 
-    from ecaml import train
+    from ecaml.train import trainer as train
 
     return "stop or StopFlag()" not in inspect.getsource(train)
 
@@ -177,7 +178,7 @@ def test_invalid_configs_and_names_are_refused_without_writing(root):
 
 
 class Sleepers:
-    """``subprocess.Popen`` for ecaml.jobs that launches a sleeper in place of training (same kwargs, inherited
+    """``subprocess.Popen`` for ecaml.serve.jobs that launches a sleeper in place of training (same kwargs, inherited
     descriptors included), so a job "runs" for ``seconds`` without any training; each is killed afterwards."""
 
     def __init__(self, seconds: float):
@@ -245,7 +246,7 @@ def test_forced_interleavings_of_starters_never_run_two_jobs(root, monkeypatch):
                 outcomes.append(error)
 
         interleaving = InterleavingOs(os, start_from_another_tab, times=3)
-        for module in {jobs, sys.modules.get("ecaml.locks")} - {None}:
+        for module in {jobs, sys.modules.get("ecaml.store.locks")} - {None}:
             monkeypatch.setattr(module, "os", interleaving)
         start_from_another_tab()
         monkeypatch.undo()
@@ -265,11 +266,11 @@ def test_the_lock_is_held_by_the_training_process_not_by_its_starter(root, tmp_p
     """A server that started a job and then exited leaves the folder locked while the job trains; once the job is
     killed (kill -9: no chance to clean anything) the kernel has released the lock and a new job starts at once."""
     starter = (
-        "import sys; from ecaml.jobs import JobManager; from ecaml.config import TrainConfig;"
+        "import sys; from ecaml.serve.jobs import JobManager; from ecaml.config import TrainConfig;"
         f"print(JobManager(sys.argv[1]).start(TrainConfig(dataset='digits', max_steps=100000, eval_every=0)))"
     )
     result = subprocess.run([sys.executable, "-c", starter, str(root)], capture_output=True, text=True, timeout=60,
-                            cwd=Path(jobs.__file__).resolve().parents[1])
+                            cwd=Path(jobs.__file__).resolve().parents[2])
     assert result.returncode == 0, result.stderr
     run_dir = Path(result.stdout.strip())
     manager = JobManager(root)

@@ -1,4 +1,4 @@
-"""The fast large map (ecaml.landmark_layout): landmarks laid out, every other image placed by its nearest landmarks.
+"""The fast large map (ecaml.serve.landmark_layout): landmarks laid out, every other image placed by its nearest landmarks.
 
 Checked on data drawn here, several seeds each: placing by landmarks keeps the
 neighbourhoods of a known 2-D map; with umap's aligned layout of the landmarks,
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from sklearn.manifold import trustworthiness
 
-from ecaml.landmark_layout import landmark_layout, place_by_landmarks
-from ecaml.projection_rows import stratified_rows
+from ecaml.serve.landmark_layout import landmark_layout, place_by_landmarks
+from ecaml.serve.projection_rows import stratified_rows
 
 SEEDS = (0, 1, 2)
 
@@ -95,7 +95,7 @@ def unit_rms(coords: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize("seed", SEEDS)
 def test_landmark_aligned_umap_keeps_classes_in_place_across_panels_and_keeps_neighbourhoods(seed):
-    from ecaml.umap_fit import aligned_layout
+    from ecaml.serve.umap_fit import aligned_layout
 
     labels, runs = two_runs(seed)
     layout = lambda panels: aligned_layout(panels, 15, 0.1, seed, 100)  # noqa: E731

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from ecaml.losses import BinomialDevianceLoss, NPairLoss, TripletLoss, build_loss
-from ecaml.runs import load_run, read_history
+from ecaml.runs import load_run
+from ecaml.store.run_files import read_history
 from tests.conftest import train_tiny
 from tests.npair_reference import reference_loss_and_gradient
 

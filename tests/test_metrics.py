@@ -1,4 +1,4 @@
-"""Tests for ecaml.metrics: brute force, pytorch-metric-learning, hand-worked cases, errors."""
+"""Tests for ecaml.eval.metrics: brute force, pytorch-metric-learning, hand-worked cases, errors."""
 
 from __future__ import annotations
 
@@ -8,16 +8,15 @@ import torch
 from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 from pytorch_metric_learning.utils.inference import FaissKMeans
 
-from ecaml.metrics import (
+from ecaml.eval.kmeans import kmeans_settings, lloyd_kmeans
+from ecaml.eval.metrics import (
     DEFAULT_RECALL_KS,
-    kmeans_settings,
     l2_normalise,
-    lloyd_kmeans,
     nearest_neighbours,
-    pair_distance_samples,
     query_gallery_metrics,
     retrieval_metrics,
 )
+from ecaml.eval.pair_distances import pair_distance_samples
 
 # Seed 1 of _clustered_data(100, 8, 6) has no two neighbours of any query closer
 # in cosine than 6.6e-6, far above float32 search noise, so rankings are unambiguous.
@@ -211,7 +210,7 @@ def test_large_k_is_answered_beyond_the_depth_of_r():
 def test_approximate_search_above_the_threshold_is_close_and_reports_its_recall(caplog):
     embeddings, labels = _clustered_data(600, 16, 8, seed=4, spread=1.0)
     exact = retrieval_metrics(embeddings, labels, recall_ks=(1, 10), nmi=False)
-    with caplog.at_level("WARNING", logger="ecaml.metrics"):
+    with caplog.at_level("WARNING", logger="ecaml.eval.metrics"):
         approximate = retrieval_metrics(embeddings, labels, recall_ks=(1, 10), nmi=False, approximate_above=500)
     assert list(approximate) == list(exact)
     for key in exact:
@@ -609,11 +608,11 @@ def test_pruned_lloyd_kmeans_gives_plain_lloyds_clusters_while_skipping_settled_
     # Points keep their nearest candidates' distances and a floor on the rest, and only the centroids
     # that moved are measured again; the result must stay plain Lloyd's (float64 numpy reference), and
     # the skipping must really happen: fewer rows through the full product than 12 iterations' worth.
-    import ecaml.kmeans
+    import ecaml.eval.kmeans
 
     rows_searched = []
-    nearest_candidates = ecaml.kmeans._nearest_candidates
-    monkeypatch.setattr(ecaml.kmeans, "_nearest_candidates",
+    nearest_candidates = ecaml.eval.kmeans._nearest_candidates
+    monkeypatch.setattr(ecaml.eval.kmeans, "_nearest_candidates",
                         lambda points, centroids: rows_searched.append(len(points)) or nearest_candidates(points,
                                                                                                          centroids))
     for seed in range(3):

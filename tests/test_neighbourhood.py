@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ecaml.evaluate import Embeddings
+from ecaml.eval.evaluate import Embeddings
 from ecaml.serve.neighbourhood import neighbourhood_change, where_second_does_better
 
 

@@ -12,8 +12,11 @@ from ecaml.data import load_split
 from ecaml.data.loading import RunBatchSampler, default_num_workers, resolve_num_workers, training_loader
 from ecaml.data.sampling import ImageView
 from ecaml.data.transforms import build_transform
-from ecaml.runs import load_run, read_history, read_status
-from ecaml.train import Trainer, TrainingError, resume, train
+from ecaml.runs import load_run
+from ecaml.store.run_files import read_history, read_status
+from ecaml.train.launch import resume, train
+from ecaml.train.stopping import TrainingError
+from ecaml.train.trainer import Trainer
 
 
 def digits_view(flip: bool = True) -> tuple[ImageView, np.ndarray]:

@@ -75,7 +75,7 @@ def test_no_pretrained_flag_overrides_a_preset(tmp_path):
 def test_a_preset_run_started_from_the_app_rebuilds_the_same_config():
     """The app's jobs pass a config as flags; with a preset named (and overridden), the same config comes back."""
     from ecaml.cli import _flag_values, build_parser
-    from ecaml.jobs import config_flags
+    from ecaml.serve.job_command import config_flags
 
     overrides = {"dataset": "folder", "data_root": "/data/cars", "pretrained": False, "max_steps": 50, "ec_gather": True}
     values = settings({}, {"preset": "paper-cars", **overrides})
@@ -87,7 +87,7 @@ def test_a_preset_run_started_from_the_app_rebuilds_the_same_config():
 def _settings_by_parameter(config: TrainConfig) -> dict[str, tuple[float, float]]:
     """(learning rate, weight decay) of every named parameter, as the optimiser's groups give them."""
     from ecaml.models import build_model
-    from ecaml.train import build_optimizer
+    from ecaml.train.trainer import build_optimizer
 
     model = build_model("smallcnn", 8, in_channels=1)
     groups = build_optimizer(model, torch.nn.Identity(), config).param_groups

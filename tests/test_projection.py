@@ -1,4 +1,4 @@
-"""Tests for ecaml.projection: shapes, shared rows, determinism, alignment and the disk cache.
+"""Tests for ecaml.serve.projection: shapes, shared rows, determinism, alignment and the disk cache.
 
 UMAP's first fit in a process compiles numba code (~10-20 s on two cores), so
 the UMAP tests share one small aligned fit (150 points, 10 epochs); everything
@@ -12,10 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ecaml import projection, projection_store, umap_fit
-from ecaml.evaluate import split_for
-from ecaml.projection import Projection, default_cache_dir, is_projection_cached, project_runs, warm_projection_cache
+from ecaml.eval.evaluate import split_for
 from ecaml.runs import load_run
+from ecaml.serve import projection, projection_store, umap_fit
+from ecaml.serve.projection import is_projection_cached, project_runs, warm_projection_cache
+from ecaml.serve.projection_store import Projection
+from ecaml.store.paths import default_cache_dir
 from tests.conftest import tiny_run_pair
 
 UMAP_POINTS, UMAP_EPOCHS = 150, 10
@@ -275,7 +277,7 @@ def test_the_whole_split_is_projected_with_progress_in_stages(runs, tmp_path):
 
 
 def test_a_large_umap_stores_a_first_layout_then_replaces_it_atomically_with_the_final_one(runs, tmp_path, monkeypatch):
-    from ecaml import umap_fit
+    from ecaml.serve import umap_fit
 
     monkeypatch.setattr(projection, "FIRST_LAYOUT_LANDMARKS", 100)  # the 896-image split counts as large
     settings = dict(method="umap", aligned=True, max_points=None, n_epochs=UMAP_EPOCHS, landmarks=300)
@@ -311,7 +313,7 @@ def test_a_large_umap_stores_a_first_layout_then_replaces_it_atomically_with_the
 
 
 def test_landmarks_bound_what_umap_lays_out_and_the_panels_stay_aligned(runs, tmp_path, monkeypatch):
-    from ecaml import umap_fit
+    from ecaml.serve import umap_fit
 
     laid_out = []
     real_layout = umap_fit.aligned_layout

@@ -1,4 +1,4 @@
-"""Tests for ecaml.retrieval: the embeddings cache, per-run faiss indexes, queries, disagreement ranking."""
+"""Tests for ecaml.serve.retrieval: the embeddings cache, per-run faiss indexes, queries, disagreement ranking."""
 
 from __future__ import annotations
 
@@ -9,17 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ecaml import retrieval
-from ecaml.evaluate import Embeddings, split_for
-from ecaml.retrieval import (
-    RunIndex,
-    build_index,
-    cached_embeddings,
-    disagreement_queries,
-    telling_query,
-    weights_digest,
-)
+from ecaml.eval.evaluate import Embeddings, split_for
 from ecaml.runs import load_run
+from ecaml.serve import embeddings_cache as retrieval  # the cache: embedding, reading back, its folder
+from ecaml.serve.embeddings_cache import cached_embeddings, weights_digest
+from ecaml.serve.retrieval import RunIndex, build_index, disagreement_queries, telling_query
 from tests.conftest import tiny_run_pair
 
 
@@ -114,7 +108,7 @@ def test_embedding_in_chunks_reports_progress_and_equals_one_pass(runs, tmp_path
 def test_a_run_whose_weights_file_moved_on_is_embedded_but_not_cached(runs, tmp_path):
     import shutil
 
-    from ecaml.runs import save_weights
+    from ecaml.store.run_files import save_weights
 
     shutil.copytree(runs[0].path, tmp_path / "live")
     run = load_run(tmp_path / "live")

@@ -7,7 +7,8 @@ import shutil
 import torch
 
 from ecaml.cli import main
-from ecaml.runs import kept_steps, kept_weights_file, load_run
+from ecaml.runs import load_run
+from ecaml.store.run_files import kept_steps, kept_weights_file
 
 
 def test_kept_checkpoints_load_as_their_own_runs_and_a_resume_drops_steps_past_its_checkpoint(tmp_path):

@@ -1,4 +1,4 @@
-"""Tests for ecaml.search: the blocked exact search against brute force and faiss, ties, and the approximate index."""
+"""Tests for ecaml.eval.search: the blocked exact search against brute force and faiss, ties, and the approximate index."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-import ecaml.search as search_module
+import ecaml.eval.search as search_module
 
-from ecaml.metrics import l2_normalise
-from ecaml.search import RecallReport, build_index, exact_topk, topk_with_index_ties
+from ecaml.eval.metrics import l2_normalise
+from ecaml.eval.search import RecallReport, build_index, exact_topk, topk_with_index_ties
 
 
 def _brute_force_topk(query, gallery, k, self_rows=None):

@@ -17,9 +17,9 @@ import pytest
 from ecaml.config import TrainConfig
 from ecaml.data import hold_out_images, load_split
 from ecaml.data.folder import seeded_half_split
-from ecaml.evaluate import split_for
+from ecaml.eval.evaluate import split_for
 from ecaml.runs import load_run, read_config
-from ecaml.train import train
+from ecaml.train.launch import train
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted(p for p in (ROOT / "checkpoints").iterdir() if (p / "config.json").is_file())

@@ -85,17 +85,17 @@ def test_remaking_some_rows_keeps_the_others_and_adjusts_again():
 
 def test_featured_json_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
     """A write that dies midway leaves the previous featured.json as it was, and no temporary file."""
-    import ecaml.atomic
+    import ecaml.store.atomic
 
     path = tmp_path / "featured.json"
     path.write_text('{"runs": ["a", "b"], "why": "before"}\n')
     before = path.read_text()
 
     def dies_after_a_few_bytes(descriptor, data):
-        ecaml.atomic.os.write(descriptor, bytes(data[:10]))
+        ecaml.store.atomic.os.write(descriptor, bytes(data[:10]))
         raise OSError("killed mid-write")
 
-    monkeypatch.setattr(ecaml.atomic, "_write_all", dies_after_a_few_bytes)
+    monkeypatch.setattr(ecaml.store.atomic, "_write_all", dies_after_a_few_bytes)
     with pytest.raises(OSError, match="killed mid-write"):
         shipping.write_featured(_with_validation_gains({}), path, log=lambda _: None)
     assert path.read_text() == before and [p.name for p in tmp_path.iterdir()] == ["featured.json"]

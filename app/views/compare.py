@@ -1,7 +1,7 @@
 """The Compare page (default): final metrics, training curves, evaluations over training, pair-distance histograms.
 
 Everything shown comes from the run folders (metrics.json, history.jsonl) or
-from ``ecaml.retrieval`` / ``ecaml.metrics``; this page only tabulates and plots.
+from ``ecaml.serve.retrieval`` / ``ecaml.eval.metrics``; this page only tabulates and plots.
 The first screen holds the tables and the training curves; the distance
 histograms (which embed every unseen image the first time) are drawn only when
 their expander is opened, so the page paints quickly.
@@ -11,25 +11,15 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pandas as pd
 import streamlit as st
 
-from app import charts, comparisons, embedding_jobs, errors, guided_path, layout, locations, run_catalog, run_picker
+from app import (
+    charts, compare_charts, comparisons, distance_histograms, guided_path, layout, locations, run_catalog, run_picker,
+)
 
-DISTANCE_BIN_COUNT = 50
-MAX_PAIRS = 20000
-DISTANCES_KEY = "distances_open"
 BASELINE_KEY = "compare_baseline"
-RELATIVE_KEY = "curve_relative"  # both charts over training: steps, or each run's fraction of its own length
 FIRST_CURVE = "log_energy"  # the term's signature: it falls with EC on and rises with EC off
-# The evaluation splits a history may hold, best for reading a curve first; any other name is shown as it is.
-SPLIT_LABELS = {
-    "val": "validation classes (held-out seen classes: for model selection)",
-    "seen_test": "seen classes, held-out images",
-    "unseen": "test classes — not for model selection",
-    "train": "training images",
-}
 
 
 def render() -> None:
@@ -48,8 +38,8 @@ def render() -> None:
     show_metrics(chosen, baseline)
     show_seed_spread(chosen)
     show_training_curves(chosen)
-    show_evaluations(chosen)
-    show_distance_histograms(chosen)
+    compare_charts.show_evaluations(chosen)
+    distance_histograms.show_distance_histograms(chosen)
 
 
 def choose_baseline(chosen: list[run_catalog.RunEntry]) -> run_catalog.RunEntry:
@@ -67,10 +57,6 @@ def choose_baseline(chosen: list[run_catalog.RunEntry]) -> run_catalog.RunEntry:
         help="Only runs with the same data set, class split and base loss as the baseline get a Δ.",
     )
     return by_key[key]
-
-
-def series(chosen: list[run_catalog.RunEntry], records_of) -> list[charts.Series]:
-    return [charts.Series(e.name, layout.colour_of(i), records_of(e.run), e.run.step) for i, e in enumerate(chosen)]
 
 
 # ----------------------------------------------------------------------------- final metrics
@@ -277,7 +263,7 @@ def show_training_curves(chosen: list[run_catalog.RunEntry]) -> None:
     )
     log_scale = controls[2].toggle("Log scale", key="curve_log")
     relative = controls[3].toggle(
-        "Relative progress", key=RELATIVE_KEY,
+        "Relative progress", key=compare_charts.RELATIVE_KEY,
         help="Each run's steps as a fraction of its own length, so a short run is not squashed against a long one.",
     )
     colours = {entry.key: layout.colour_of(i) for i, entry in enumerate(chosen)}
@@ -291,7 +277,7 @@ def show_training_curves(chosen: list[run_catalog.RunEntry]) -> None:
         title = f"{loss} loss" if len(by_loss) > 1 else None
         figure = curve_figure(entries, colours, quantity, smoothing, log_scale, title, relative)
         panel.plotly_chart(figure, key="curve_chart" if len(by_loss) == 1 else f"curve_chart_{loss}", width="stretch")
-    lines = series(chosen, lambda run: run.step_records())
+    lines = compare_charts.series(chosen, lambda run: run.step_records())
     missing = [line.name for line in lines if not charts.has_values(line.records, quantity)]
     if missing and quantity in charts.EC_ONLY_CURVES:
         st.caption(f"Not drawn: {', '.join(missing)} (trained before baselines logged E, log E and R(W)).")
@@ -314,17 +300,12 @@ def loss_panels(chosen: list[run_catalog.RunEntry]) -> dict[str, list[run_catalo
     return panels
 
 
-def runs_signature(entries: list[run_catalog.RunEntry]) -> tuple:
-    """What a chart of these runs depends on: each run's folder and the stamps of its files."""
-    return tuple((entry.key, run_catalog.run_fingerprint(entry.path)) for entry in entries)
-
-
 def curve_figure(entries, colours: dict, quantity: str, smoothing: float, log_scale: bool, title: str | None,
                  relative: bool = False):
     """The training curves of ``entries``, built once per set of runs and options (``charts.cached_figure``)."""
     lines = [charts.Series(e.name, colours[e.key], e.run.step_records(), e.run.step) for e in entries]
-    signature = ("compare curves", runs_signature(entries), tuple(colours.items()), quantity, smoothing, log_scale,
-                 title, relative)
+    signature = ("compare curves", compare_charts.runs_signature(entries), tuple(colours.items()), quantity, smoothing,
+                 log_scale, title, relative)
     return charts.cached_figure(signature, lambda: charts.curve_chart(lines, quantity, smoothing, log_scale,
                                                                       title=title, relative=relative))
 
@@ -332,191 +313,7 @@ def curve_figure(entries, colours: dict, quantity: str, smoothing: float, log_sc
 # ----------------------------------------------------------------------------- evaluations over training
 
 
-def evaluation_splits(chosen: list[run_catalog.RunEntry]) -> list[str]:
-    """The splits any chosen run evaluated on: the known ones in SPLIT_LABELS order (validation first), then others."""
-    found = {record.get("split") for e in chosen for record in e.run.history if record.get("kind") == "eval"}
-    found = {split for split in found if isinstance(split, str)}
-    return [split for split in SPLIT_LABELS if split in found] + sorted(found - set(SPLIT_LABELS))
-
-
-def split_label(split: str) -> str:
-    return f"{split}: {SPLIT_LABELS[split]}" if split in SPLIT_LABELS else split
-
-
-def evaluated_metrics(chosen: list[run_catalog.RunEntry], split: str) -> list[str]:
-    found = (key for e in chosen for record in e.run.eval_records(split) for key in record)
-    return [key for key in dict.fromkeys(found) if key in charts.METRIC_NAMES]
-
-
-def show_evaluations(chosen: list[run_catalog.RunEntry]) -> None:
-    st.subheader("Retrieval quality during training")
-    splits = [split for split in evaluation_splits(chosen) if evaluated_metrics(chosen, split)]
-    if not splits:
-        st.info("These runs recorded no evaluations.")
-        return
-    # Validation classes first: a curve to choose epochs or λ by must not be read on the test classes; and a split
-    # with a history (more than the final point) before one without.
-    if st.session_state.get("evaluation_split") not in splits:
-        st.session_state["evaluation_split"] = opening_split(chosen, splits)
-    controls = st.columns([2, 5])
-    split = controls[1].radio(
-        "Classes",
-        splits,
-        format_func=split_label,
-        key="evaluation_split",
-        help="val: seen classes held out for tuning (when the run has them); unseen: the test classes, whose numbers "
-        "report a result but must never pick a setting.",
-    )
-    metrics = evaluated_metrics(chosen, split)
-    metric = controls[0].selectbox("Metric", metrics, format_func=charts.metric_name, key="evaluation_metric")
-    relative = bool(st.session_state.get(RELATIVE_KEY))
-    st.plotly_chart(evaluation_figure(chosen, split, metric, relative), key="evaluation_chart", width="stretch")
-    if split == "unseen":
-        st.caption(
-            "**Test classes — not for model selection.** These points show how the embedding generalises as it "
-            "trains; picking an epoch or λ by them would report an optimistic number. Use validation classes to "
-            "choose."
-        )
-    elif split == "val":
-        st.caption("Validation classes: seen classes held out of training, the fair place to choose epochs and λ.")
-    gaps = evaluation_gaps(chosen, split)
-    if gaps:
-        st.caption(f"Only the final evaluation was recorded for {'; '.join(gaps)}.")
-
-
-def evaluation_figure(chosen: list[run_catalog.RunEntry], split: str, metric: str, relative: bool = False):
-    """``metric`` on ``split`` over training, one line per run, built once per set of runs and options."""
-    lines = series(chosen, lambda run: run.eval_records(split))
-    title = f"{charts.metric_name(metric)} on {split_label(split)}"
-    signature = ("compare evaluations", runs_signature(chosen), split, metric, relative)
-    return charts.cached_figure(signature, lambda: charts.evaluation_chart(lines, metric, title=title,
-                                                                           relative=relative))
-
-
-def opening_split(chosen: list[run_catalog.RunEntry], splits: list[str]) -> str:
-    """The first split (in SPLIT_LABELS order) on which some run evaluated more than once, else the first."""
-    return next((split for split in splits if any(len(e.run.eval_records(split)) > 1 for e in chosen)), splits[0])
-
-
-def epochs_trained(run) -> int:
-    """Epochs the run's step records reach into (a stopped run's last, partial epoch counts)."""
-    epochs = [record.get("epoch") for record in run.step_records()]
-    return max((epoch for epoch in epochs if isinstance(epoch, int)), default=-1) + 1
-
-
-def plural(count: int, noun: str) -> str:
-    return f"{count} {noun}" + ("" if count == 1 else "s")
-
-
-def evaluation_gaps(chosen: list[run_catalog.RunEntry], split: str) -> list[str]:
-    """Why each run with at most one evaluation on ``split`` has no more, from its config and history."""
-    without_interval, phrases = [], []
-    for entry in chosen:
-        records = entry.run.eval_records(split)
-        if len(records) > 1:
-            continue
-        every, epochs = entry.run.config.eval_every, epochs_trained(entry.run)
-        if not records:
-            phrases.append(f"**{entry.name}**: none at all on these classes")
-        elif every == 0:
-            without_interval.append(f"**{entry.name}**")
-        elif epochs <= every:
-            comparison = "shorter than" if epochs < every else "as long as"
-            phrases.append(
-                f"**{entry.name}**: it trained for {plural(epochs, 'epoch')}, {comparison} its evaluation interval "
-                f"of {plural(every, 'epoch')}"
-            )
-        else:
-            phrases.append(f"**{entry.name}**: its history holds no evaluation before the final one")
-    if without_interval:
-        subject = "it was" if len(without_interval) == 1 else "they were"
-        phrases.insert(0, f"{joined(without_interval)}: {subject} trained with --eval-every 0")
-    return phrases
-
-
-def joined(names: list[str]) -> str:
-    """'a', 'a and b', 'a, b and c'."""
-    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
-
-
 # ----------------------------------------------------------------------------- pair distances
-
-
-@st.cache_data(max_entries=32, show_spinner=False)
-def distance_samples(path: str, fingerprint: tuple, _run) -> dict:
-    """Up to MAX_PAIRS same-class and different-class cosine distances of one run's unseen images."""
-    # Imported here, not at the top: its first import (scikit-learn, torchvision) takes seconds, and the page's
-    # title, controls and tables should paint before it.
-    from ecaml.metrics import pair_distance_samples
-    from ecaml.retrieval import cached_embeddings
-
-    embeddings = cached_embeddings(_run, "unseen", cache_dir=locations.cache_dir())
-    positive, negative = pair_distance_samples(embeddings.vectors, embeddings.labels, max_pairs=MAX_PAIRS, seed=0)
-    return {"positive": np.asarray(positive, np.float32), "negative": np.asarray(negative, np.float32)}
-
-
-def shared_bins(samples: list[dict]) -> np.ndarray:
-    """Bin edges that fit every run's distances (0.1% trimmed at each end), the same for every panel."""
-    values = np.concatenate([np.concatenate([s["positive"], s["negative"]]) for s in samples])
-    low, high = np.quantile(values, [0.001, 0.999]) if values.size else (0.0, 2.0)
-    margin = max(0.02, 0.05 * float(high - low))
-    low, high = max(0.0, float(low) - margin), min(2.0, float(high) + margin)
-    return np.linspace(low, high if high > low else low + 0.1, DISTANCE_BIN_COUNT + 1)
-
-
-def histograms(sample: dict, bins: np.ndarray) -> dict:
-    """Density histograms over ``bins`` (the trimmed tails fall outside and are left out) and the medians."""
-    positive, negative = sample["positive"], sample["negative"]
-    return {
-        "positive": np.histogram(positive, bins=bins, density=True)[0],
-        "negative": np.histogram(negative, bins=bins, density=True)[0],
-        "medians": (float(np.median(positive)), float(np.median(negative))),
-    }
-
-
-def show_distance_histograms(chosen: list[run_catalog.RunEntry]) -> None:
-    st.subheader("Distances between unseen images")
-    # Drawn only once opened (the expander reruns the page when toggled): the first paint stays light, and the
-    # first time these embed every unseen image.
-    expander = st.expander(
-        "Same-class against different-class distances, one histogram per run",
-        key=DISTANCES_KEY,
-        on_change="rerun",
-        icon=":material/bar_chart:",
-    )
-    if not expander.open:
-        st.caption("Open to see how far apart the embedding puts images of one class and of different classes.")
-        return
-    with expander:
-        chosen = embedding_jobs.ensure_embedded(chosen, "unseen")  # a background job with progress, never inline
-        with st.spinner("Reading the unseen images' embeddings…"):
-            samples = {}
-            for entry in chosen:
-                sample = errors.attempt(
-                    f"embed the unseen images of {entry.name}",
-                    distance_samples,
-                    entry.key,
-                    run_catalog.run_fingerprint(entry.path),
-                    entry.run,
-                )
-                if sample is not None:
-                    samples[entry.key] = sample
-            if not samples:
-                return
-            bins = shared_bins(list(samples.values()))
-            binned = {key: histograms(sample, bins) for key, sample in samples.items()}
-            top = max(float(max(h["positive"].max(), h["negative"].max())) for h in binned.values())
-            shown = [entry for entry in chosen if entry.key in binned]
-            for panel, entry in zip(layout.panels(len(shown)), shown):
-                h = binned[entry.key]
-                chart = charts.distance_chart(bins, h["positive"], h["negative"], h["medians"], entry.name, top)
-                panel.plotly_chart(chart, key=f"distances_{entry.key}", width="stretch")
-        st.caption(
-            f"Cosine distances of up to {MAX_PAIRS:,} random pairs of unseen-class images: two images of the same "
-            "class (green) and of different classes (orange); dotted lines mark the medians. The less the two "
-            "overlap, the better nearest-neighbour retrieval works on classes the network never saw. Every panel "
-            f"shares one x range ({bins[0]:.2f} to {bins[-1]:.2f}, fitted to the data) and one y scale."
-        )
 
 
 # Streamlit runs a page file as "__main__"; importing it (as the tests do) only defines its functions.

@@ -4,7 +4,7 @@ The map is ``app.embedding_map`` (WebGL, all panels in one frame: hover shows an
 image's thumbnail and rings the same image in every panel; a lasso or click
 selection lights the same images everywhere and lists them below). Embeddings
 come from background jobs (``app.embedding_jobs``) and projections from
-``ecaml.projection`` (disk-cached): PCA at once, the aligned UMAP in a
+``ecaml.serve.projection`` (disk-cached): PCA at once, the aligned UMAP in a
 background job, so no request ever waits on either. With many classes, points
 are grey except the classes found by name or selected.
 """
@@ -123,8 +123,8 @@ def find_classes(split, present: np.ndarray) -> list[int]:
 
 def thumbnails_for(entry: run_catalog.RunEntry, split, indices: np.ndarray):
     """(the sprite sheets' folder, each row's slot) while a background job writes any sheet still missing."""
-    from ecaml.retrieval import data_identity
-    from ecaml.thumbnails import slots
+    from ecaml.serve.embeddings_cache import data_identity
+    from ecaml.serve.thumbnails import slots
 
     identity = {key: value for key, value in data_identity(entry.run).items() if key not in ("backbone", "channels")}
     folder, job = errors.attempt(
@@ -139,7 +139,7 @@ def thumbnails_for(entry: run_catalog.RunEntry, split, indices: np.ndarray):
 
 def umap_cached(chosen: list[run_catalog.RunEntry]) -> bool:
     """Whether the aligned UMAP of these runs is on disk already (a cheap look-up: nothing is computed)."""
-    from ecaml.projection import is_projection_cached
+    from ecaml.serve.projection import is_projection_cached
 
     runs = [entry.run for entry in chosen]
     return is_projection_cached(runs, method="umap", cache_dir=locations.cache_dir(), **projection_jobs.PROJECTION)
@@ -193,14 +193,14 @@ def umap_in_background(chosen: list[run_catalog.RunEntry]) -> str:
 
 @st.cache_data(max_entries=16, show_spinner=False)
 def _projections(keys: tuple, method: str, _runs: list) -> list:
-    from ecaml.projection import project_runs
+    from ecaml.serve.projection import project_runs
 
     return project_runs(_runs, method=method, cache_dir=locations.cache_dir(), **projection_jobs.PROJECTION)
 
 
 def first_umap_layout(chosen: list[run_catalog.RunEntry]):
     """The aligned UMAP's quick first layout while its job computes the final one (a file read), else None."""
-    from ecaml.projection import first_layout
+    from ecaml.serve.projection import first_layout
 
     found = first_layout([entry.run for entry in chosen], method="umap", cache_dir=locations.cache_dir(),
                          **projection_jobs.PROJECTION)
@@ -236,7 +236,7 @@ def show_selected_images(indices: list[int], split) -> None:
 
 @st.cache_data(max_entries=8, show_spinner="Laying out the film's frames (once per set of runs)…")
 def _film(keys: tuple, paths: tuple) -> tuple[list[int], list[list[np.ndarray]], np.ndarray, np.ndarray, list]:
-    from ecaml.film import film_frames, frame_scores, read_film
+    from ecaml.serve.film import film_frames, frame_scores, read_film
 
     films = [read_film(path) for path in paths]
     steps, frames = film_frames(films)
@@ -248,7 +248,7 @@ def frame_labels(scores: list[dict[str, float]]) -> list[str]:
 
 
 def show_film(chosen: list[run_catalog.RunEntry]) -> None:
-    from ecaml.film import has_film
+    from ecaml.serve.film import has_film
 
     filmed = [entry for entry in chosen if has_film(entry.path)]
     st.caption(

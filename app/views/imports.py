@@ -63,7 +63,7 @@ def choose_same_items() -> Path | None:
 
 
 def start_import(name: str, path: str | None, upload, same_items: Path | None = None) -> None:
-    from ecaml.paths import PathError, confine
+    from ecaml.store.paths import PathError, confine
 
     if not RUN_NAME.match(name):
         st.error("A run name is letters, digits, '.', '_' and '-' (up to 80), starting with a letter or digit.")

@@ -2,7 +2,7 @@
 
 The page opens on a query where the runs disagree. Embeddings are computed by
 background jobs (``app.embedding_jobs``, with progress); indexes are built from
-the cached vectors (``ecaml.retrieval.RunIndex``: faiss holds the one in-memory
+the cached vectors (``ecaml.serve.retrieval.RunIndex``: faiss holds the one in-memory
 copy) and kept per process with ``st.cache_resource``, keyed by run folder and
 weights digest. Classes are found by typing part of a name (only the matches are
 offered), images by their number. Uploaded images are decoded in memory by
@@ -76,7 +76,7 @@ def render() -> None:
 @st.cache_resource(max_entries=16, show_spinner=False)
 def _index(path: str, digest: str, _run):
     """The run's RunIndex; ``path`` and ``digest`` key the cache (``weights_digest`` is memoised by the library)."""
-    from ecaml.retrieval import build_index
+    from ecaml.serve.retrieval import build_index
 
     return build_index(_run, "unseen", cache_dir=locations.cache_dir())
 
@@ -85,7 +85,7 @@ def load_indexes(chosen: list[run_catalog.RunEntry]) -> list[tuple[run_catalog.R
     """(entry, RunIndex, weights digest) of each run that could be indexed; the others get one error line each."""
     # Imported here, not at the top: its first import (scikit-learn, torchvision) takes seconds, and the page's
     # title, controls and tables should paint before it.
-    from ecaml.retrieval import weights_digest
+    from ecaml.serve.embeddings_cache import weights_digest
 
     loaded = []
     with st.spinner("Indexing the unseen images (cached after the first time)…"):
@@ -122,7 +122,7 @@ def _opening_query(runs: tuple, label: int | None, _loaded: list) -> int | None:
     ``runs`` (each run's folder and weights digest) and ``label`` key the cache; the answer is the same every rerun,
     so the box's default does not move under the user.
     """
-    from ecaml.retrieval import telling_query
+    from ecaml.serve.retrieval import telling_query
 
     indexes = [index for _, index, _ in _loaded]
     candidates = np.sort(indexes[0].embeddings.indices) if label is None else indexes[0].class_members(label)
@@ -196,7 +196,7 @@ def disagreement_job(loaded: list):
     key = ("disagreement",) + tuple((entry.key, digest) for entry, _, digest in loaded)
 
     def work(job) -> None:
-        from ecaml.retrieval import disagreement_queries
+        from ecaml.serve.retrieval import disagreement_queries
 
         job.result = [int(i) for i in disagreement_queries(indexes, k=4, limit=50)]
 

@@ -12,21 +12,13 @@ are drawn only from the seen ones (``val_seed``).
 
 from __future__ import annotations
 
-from ecaml.data.base import (
-    SPLIT_PARTS,
-    ClassSplit,
-    DatasetError,
-    ImageSet,
-    SplitDefinition,
-    hold_out_images,
-    split_classes,
-)
+from ecaml.data.base import ClassSplit, DatasetError, ImageSet, SplitDefinition, hold_out_images, split_classes
 from ecaml.data.benchmarks import load_benchmark
 from ecaml.data.builtin import load_digits, load_glyphs
 from ecaml.data.fashion import NAME as FASHION, fashion_split, load_fashion_mnist
 from ecaml.data.folder import load_image_folder, seeded_half_split, sorted_half_split
 from ecaml.data.images import ImageError, open_image
-from ecaml.registry import BENCHMARKS, BUILTIN_DATASETS, CHOSEN_SPLIT_DATASETS, COLOUR_DATASETS, DATASETS
+from ecaml.registry import BENCHMARKS, BUILTIN_DATASETS, CHOSEN_SPLIT_DATASETS, COLOUR_DATASETS, DATASETS, SPLIT_PARTS
 
 __all__ = [
     "BENCHMARKS",

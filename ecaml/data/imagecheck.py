@@ -21,8 +21,8 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from ecaml.atomic import write_cache_file  # atomic, and only warns when the cache cannot be written
 from ecaml.data.images import ImageError, check_image
+from ecaml.store.atomic import write_cache_file  # atomic, and only warns when the cache cannot be written
 
 CACHE_FORMAT = 2
 CACHE_SUBDIR = "image-checks"
@@ -92,7 +92,7 @@ def _check_all(paths: list[str]) -> list[str | None]:
 
 
 def default_cache_dir() -> Path:
-    from ecaml.retrieval import default_cache_dir as library_cache_dir  # one definition of the cache folder
+    from ecaml.store.paths import default_cache_dir as library_cache_dir  # one definition of the cache folder
 
     return library_cache_dir()
 

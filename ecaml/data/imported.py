@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ecaml.data.base import ClassSplit, DatasetError, ImageSet
-from ecaml.runs import IMPORTED_MANIFEST as MANIFEST_FILE, IMPORTED_VECTORS as VECTORS_FILE
+from ecaml.store.run_files import IMPORTED_MANIFEST as MANIFEST_FILE, IMPORTED_VECTORS as VECTORS_FILE
 
 IMPORTED_DATASET = "imported"
 ITEMS_FILE = "items.npz"

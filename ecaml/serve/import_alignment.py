@@ -38,7 +38,7 @@ class Alignment:
 
 def align_with_run(imported, run_dir: str | Path, source_name: str, image_root) -> Alignment:
     """The dataset index of every row of ``imported`` (an ``ImportedSet``) in ``run_dir``'s unseen part, or a refusal."""
-    from ecaml.evaluate import split_for
+    from ecaml.eval.evaluate import split_for
     from ecaml.runs import RunError, load_run
 
     try:

@@ -18,12 +18,19 @@ from pathlib import Path
 import torch
 
 from ecaml.config import TrainConfig
-from ecaml.models import BACKBONES
-from ecaml.runs import (
-    HISTORY_FILE, METRICS_FILE, STATUS_FILE, WEIGHTS_FILE, RunError, atomic_write_bytes, atomic_write_json,
-    expected_shapes, input_channels, open_safetensors, save_weights, write_config,
-)
+from ecaml.registry import BACKBONES
+from ecaml.runs import expected_shapes, input_channels, write_config
 from ecaml.serve.imports import ImportInputError, _check_target, write_run_atomically
+from ecaml.store.atomic import atomic_write_bytes, atomic_write_json
+from ecaml.store.run_files import (
+    HISTORY_FILE,
+    METRICS_FILE,
+    STATUS_FILE,
+    WEIGHTS_FILE,
+    RunError,
+    open_safetensors,
+    save_weights,
+)
 
 # Where the linear embedding layer sits in the files people bring, beside the architecture's own classifier slot
 # (torchvision fine-tunes replace it: ``fc``, ``classifier.1``, ``heads.head``...; pytorch-metric-learning's
@@ -131,7 +138,7 @@ def model_from_file(arch: str, weights: str | Path, dataset: str, head_dim: int 
 def import_model(arch: str, weights: str | Path, dataset: str, out: str | Path, head_dim: int | None = None,
                  data_root: str | None = None, image_size: int | None = None, device: str = "auto") -> Path:
     """Write ``out``: a run of ``arch`` with the file's weights, scored on ``dataset``'s unseen classes."""
-    from ecaml.evaluate import pick_device, score_part, split_for
+    from ecaml.eval.evaluate import pick_device, score_part, split_for
 
     out = Path(out)
     _check_target(out)

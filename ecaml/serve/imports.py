@@ -4,7 +4,7 @@
 float, ``labels`` [N] int or str, optional ``split`` [N] of seen / unseen / val,
 optional ``paths`` [N] under an image root) or a ``.parquet`` file with the same
 columns, checks every array, scores the unseen part (the whole set without a
-split) with our evaluator (``ecaml.evaluate.score``: the keys of a trained run's
+split) with our evaluator (``ecaml.eval.evaluate.score``: the keys of a trained run's
 metrics.json) and writes the run directory (layout: ``ecaml.data.imported``).
 
 Safety: ``.npz`` files are read with ``allow_pickle=False`` (an object array is
@@ -33,8 +33,9 @@ from ecaml import __version__
 from ecaml.data.imported import (
     IMPORT_FORMAT, IMPORTED_DATASET, ITEMS_FILE, MANIFEST_FILE, SPLIT_NAMES, VECTORS_FILE,
 )
-from ecaml.metrics import l2_normalise
-from ecaml.runs import HISTORY_FILE, METRICS_FILE, STATUS_FILE, atomic_write_bytes, atomic_write_json
+from ecaml.eval.metrics import l2_normalise
+from ecaml.store.atomic import atomic_write_bytes, atomic_write_json
+from ecaml.store.run_files import HISTORY_FILE, METRICS_FILE, STATUS_FILE
 
 COLUMNS = ("embeddings", "labels", "split", "paths")
 DEFAULT_RECALL_KS = (1, 2, 4, 8)
@@ -319,7 +320,7 @@ class _StageClock:
 
 def score_imported(imported: ImportedSet, recall_ks) -> dict[str, float]:
     """Our evaluator's metrics of the unseen part (all rows without a split), as a trained run's metrics.json."""
-    from ecaml.evaluate import Embeddings, score
+    from ecaml.eval.evaluate import Embeddings, score
 
     rows = np.flatnonzero(imported.split == "unseen") if imported.split is not None else np.arange(len(imported.labels))
     vectors = imported.vectors if len(rows) == len(imported.labels) else imported.vectors[rows]

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
-from ecaml.evaluate import Embeddings
-from ecaml.metrics import l2_normalise
+from ecaml.eval.evaluate import Embeddings
+from ecaml.eval.metrics import l2_normalise
 
 DEFAULT_K = 10
 

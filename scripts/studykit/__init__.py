@@ -6,5 +6,5 @@ statistics  per-run records, summaries, paired differences, Holm's adjustment, m
 report      study.md, rendered from study.json alone
 shipping    the seed-0 pairs copied into checkpoints/, and featured.json (chosen on validation classes)
 
-Everything the study writes where the app reads goes through ecaml.atomic's writes.
+Everything the study writes where the app reads goes through ecaml.store.atomic's writes.
 """

@@ -15,7 +15,7 @@ LOSSES = ("binomial", "triplet", "npair")
 UNSEEN_METRICS = ("recall@1", "recall@2", "recall@4", "recall@8", "nmi", "map@r", "r_precision")
 SEEN_METRICS = ("recall@1", "map@r")
 SHIPPED_FILES = ("config.json", "model.safetensors", "history.jsonl", "metrics.json", "status.json")
-FILM_FOLDER = "film"  # ecaml.film.FILM_FOLDER
+FILM_FOLDER = "film"  # ecaml.serve.film.FILM_FOLDER
 SEEN_PART = "seen_test"  # held-out images of the training classes
 FEATURED_DATASET = "digits"  # the featured pair is a digits pair: its runs carry films and re-train in seconds
 SELECTION_METRIC = "map@r"
@@ -155,8 +155,8 @@ def final_config(plan: Plan, dataset: str, loss: str, weight: float, seed: int, 
 def film_every(values_json: str, frames: int) -> int:
     """Steps between film snapshots so that the run (its config as JSON) records about ``frames`` of them."""
     from ecaml.config import TrainConfig
-    from ecaml.evaluate import split_for
-    from ecaml.train import make_plan
+    from ecaml.eval.evaluate import split_for
+    from ecaml.train.trainer import make_plan
 
     config = TrainConfig.from_dict(json.loads(values_json)).resolved()
     split = split_for(config)

@@ -34,6 +34,9 @@ def _made_by(results: dict[str, Any]) -> str:
             + f", with {timing['jobs']} parallel single-threaded runs on a 2-core CPU shared with other work; "
             f"{timing['run_seconds_total'] / 60:.0f} min of training in all).")
     for remade in results.get("remade", []):
+        if remade.get("rescored"):
+            text += (f" Rows {', '.join(remade['rows'])} re-scored by `{remade['command']}`: {remade['rescored']}.")
+            continue
         text += (f" Rows {', '.join(remade['rows'])} re-made by `{remade['command']}` "
                  f"({remade['timing']['wall_seconds_total'] / 60:.0f} min wall, "
                  f"{remade['timing']['run_seconds_total'] / 60:.0f} min of training, torch "

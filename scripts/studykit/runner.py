@@ -26,8 +26,9 @@ def is_done(run_dir: Path) -> bool:
 def run_task(name: str, run_dir: str, values: dict[str, Any]) -> dict[str, Any]:
     """Train one run (in a worker process); resume it if an interrupted copy with the same config exists."""
     from ecaml.config import TrainConfig
-    from ecaml.runs import RunError, read_config
-    from ecaml.train import resume, train
+    from ecaml.runs import read_config
+    from ecaml.store.run_files import RunError
+    from ecaml.train.launch import resume, train
 
     path = Path(run_dir)
     if is_done(path):
@@ -59,7 +60,7 @@ def run_task(name: str, run_dir: str, values: dict[str, Any]) -> dict[str, Any]:
 
 
 def eval_lines(run_dir: Path, split: str) -> list[dict[str, Any]]:
-    from ecaml.runs import read_history
+    from ecaml.store.run_files import read_history
 
     return [r for r in read_history(run_dir) if r.get("kind") == "eval" and r.get("split") == split]
 

@@ -1,7 +1,7 @@
 """The study's seed-0 pairs copied into checkpoints/, their README, and featured.json (the pair the app opens on).
 
 The app reads these folders while they are written, so nothing is written in place: files go through
-ecaml.atomic's writes, and each run folder is assembled in a staging folder beside checkpoints/ (same
+ecaml.store.atomic's writes, and each run folder is assembled in a staging folder beside checkpoints/ (same
 filesystem) and renamed into place.
 """
 
@@ -60,7 +60,7 @@ def ship_checkpoints(results: dict[str, Any], study: Study, target: Path, log) -
 
     Run folders of rows outside the plan (a study re-made for some rows) are left as they are.
     """
-    from ecaml.atomic import atomic_write_bytes
+    from ecaml.store.atomic import atomic_write_bytes
 
     target.mkdir(parents=True, exist_ok=True)
     staging = target.parent / STAGING
@@ -187,7 +187,7 @@ def featured_entry(results: dict[str, Any], dataset: str) -> dict[str, Any]:
 def write_featured(results: dict[str, Any], path: Path, log) -> None:
     """featured.json: the digits pair chosen on validation classes at the top level; each other filmed data set's
     pair under its name (``"fashion-mnist": {"runs": [...], "why": ...}``, as app.run_catalog reads it)."""
-    from ecaml.atomic import atomic_write_bytes
+    from ecaml.store.atomic import atomic_write_bytes
 
     featured = featured_entry(results, FEATURED_DATASET)
     filmed = results["settings"].get("film_frames_for_seed0_finals", {})

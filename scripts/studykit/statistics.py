@@ -61,7 +61,7 @@ def adjust_for_comparisons(summary: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_record(study: Study, dataset, loss, weight, seed, epochs) -> dict[str, Any]:
-    from ecaml.runs import read_history, read_metrics
+    from ecaml.store.run_files import read_history, read_metrics
 
     path = study.final_dir(dataset, loss, weight, seed)
     seen = eval_lines(path, SEEN_PART)[-1]
@@ -91,7 +91,7 @@ def summarise(off: list[dict[str, Any]], on: list[dict[str, Any]], epochs: int, 
 def build_results(study: Study, command: str, timing: dict[str, Any]) -> dict[str, Any]:
     """study.json for the plan's rows, from the run directories."""
     from ecaml.config import TrainConfig
-    from ecaml.evaluate import split_for
+    from ecaml.eval.evaluate import split_for
 
     plan = study.plan
     search, runs, summary = {}, [], {}

@@ -8,11 +8,12 @@ from apptest_support import assert_clean, open_page
 from map_support import maps, open_ready
 
 from ecaml.config import TrainConfig
-from ecaml.retrieval import cached_embeddings
-from ecaml.runs import kept_steps, load_run
+from ecaml.runs import load_run
+from ecaml.serve.embeddings_cache import cached_embeddings
 from ecaml.serve.imports import import_embeddings
 from ecaml.serve.neighbourhood import neighbourhood_change
-from ecaml.train import train
+from ecaml.store.run_files import kept_steps
+from ecaml.train.launch import train
 
 PCA = {"projection_method": "pca"}
 

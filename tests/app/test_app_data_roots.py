@@ -13,7 +13,7 @@ from apptest_support import assert_clean, open_page
 
 from app import data_roots, deployment
 from ecaml.config import TrainConfig
-from ecaml.jobs import JobManager
+from ecaml.serve.jobs import JobManager
 
 
 @pytest.fixture

@@ -19,10 +19,10 @@ from map_support import finish_background_jobs, maps, open_ready
 
 from app import background_jobs, embedding_map, projection_jobs
 from app.views import embeddings  # the repository root is on sys.path (conftest.py)
-from ecaml import projection, retrieval
 from ecaml.data import load_split
 from ecaml.runs import load_run
-from ecaml.thumbnails import PER_SHEET, is_complete
+from ecaml.serve import embeddings_cache as retrieval, projection
+from ecaml.serve.thumbnails import PER_SHEET, is_complete
 
 REPO_CHECKPOINTS = Path(__file__).resolve().parents[2] / "checkpoints"
 PCA = {"projection_method": "pca"}

@@ -10,8 +10,8 @@ from apptest_support import assert_clean, open_page
 from map_support import finish_background_jobs, maps, open_ready
 
 from app import projection_jobs
-from ecaml import projection, umap_fit
 from ecaml.runs import load_run
+from ecaml.serve import projection, umap_fit
 
 FIRST_LANDMARKS = 100  # the shipped digits' 896 unseen images count as a large map
 

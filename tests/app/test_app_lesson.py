@@ -11,7 +11,8 @@ import pytest
 from apptest_support import assert_clean, open_page
 
 from app import guided_path, lesson, training_job
-from ecaml.runs import read_config, read_metrics
+from ecaml.runs import read_config
+from ecaml.store.run_files import read_metrics
 
 
 @pytest.fixture

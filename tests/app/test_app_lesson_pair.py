@@ -14,8 +14,9 @@ from test_app_train import reload_page, wait_until_idle
 
 from app import deployment, lesson, training_job
 from ecaml.config import TrainConfig
-from ecaml.jobs import JobError, JobManager
 from ecaml.runs import read_config
+from ecaml.serve.job_command import JobError
+from ecaml.serve.jobs import JobManager
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SETTING_FIELDS = ("dataset", "loss", "seed", "embedding_dim", "classes_per_batch", "images_per_class", "lr",

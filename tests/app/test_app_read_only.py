@@ -7,7 +7,7 @@ import pytest
 from apptest_support import assert_clean, open_page
 
 from app import deployment, training_job
-from ecaml.jobs import JobError
+from ecaml.serve.job_command import JobError
 
 PAGES = ("compare", "embeddings", "retrieval", "train", "imports", "about")
 

@@ -11,8 +11,8 @@ from PIL import Image
 
 from app.views import retrieval as page
 from ecaml.data import load_split
-from ecaml.retrieval import build_index, disagreement_queries
 from ecaml.runs import load_run
+from ecaml.serve.retrieval import build_index, disagreement_queries
 
 
 

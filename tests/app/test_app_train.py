@@ -10,7 +10,7 @@ from apptest_support import MAIN_SCRIPT, assert_clean, named_lines, open_page, p
 from streamlit.testing.v1 import AppTest
 
 from app import training_job  # the repository root is on sys.path (conftest.py)
-from ecaml.jobs import JobManager
+from ecaml.serve.jobs import JobManager
 
 JOB_TIMEOUT_S = 120
 

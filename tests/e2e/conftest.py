@@ -127,7 +127,7 @@ class Server:
 
 def stop_training_job(runs_dir: Path) -> None:
     """A job the Train page started runs detached from the server: stop it too, and wait (bounded) for it to end."""
-    from ecaml.jobs import JobManager
+    from ecaml.serve.jobs import JobManager
 
     try:
         manager = JobManager(runs_dir)

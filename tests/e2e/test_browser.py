@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from app.views.train import EVALUATE_EVERY_EPOCHS
+from app.train_form import EVALUATE_EVERY_EPOCHS
 
 PlaywrightTimeout = pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed").TimeoutError
 

@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw
 from process_table import child_states
 
 from app.lesson import LECTURE_EPOCHS
-from app.views.train import EVALUATE_EVERY_EPOCHS
+from app.train_form import EVALUATE_EVERY_EPOCHS
 from test_browser import (
     CHARTS,
     MAIN,

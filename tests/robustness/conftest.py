@@ -14,7 +14,7 @@ from robustness_helpers import COUNTER, FINISHED_STEPS, CliResult
 
 from ecaml.cli import main
 from ecaml.config import TrainConfig
-from ecaml.train import train
+from ecaml.train.launch import train
 
 
 def pytest_terminal_summary(terminalreporter):

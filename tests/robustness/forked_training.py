@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import sys
 
-import ecaml.train  # noqa: F401 - imported by `train` at its first call; torchvision alone takes seconds
+import ecaml.train.launch  # noqa: F401 - imported by `train` at its first call; torchvision alone takes seconds
 from ecaml.cli import main
 from ecaml.data import load_digits
 

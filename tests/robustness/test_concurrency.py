@@ -8,11 +8,11 @@ import time
 
 import pytest
 
-from ecaml.runs import (
+from ecaml.store.atomic import atomic_write_json
+from ecaml.store.run_files import (
     HISTORY_FILE,
     RunError,
     append_jsonl,
-    atomic_write_json,
     hold_run_lock,
     read_history,
     read_json_file,

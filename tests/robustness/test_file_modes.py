@@ -10,8 +10,7 @@ from contextlib import contextmanager
 import pytest
 
 from ecaml.cli import main
-from ecaml.retrieval import write_cache_file
-from ecaml.runs import append_jsonl_records, atomic_write_bytes
+from ecaml.store.atomic import append_jsonl_records, atomic_write_bytes, write_cache_file
 
 
 @contextmanager

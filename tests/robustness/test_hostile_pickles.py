@@ -14,7 +14,8 @@ import pickle
 import pytest
 import torch
 
-from ecaml.runs import RunError, load_run, scan_runs
+from ecaml.runs import load_run, scan_runs
+from ecaml.store.run_files import RunError
 
 STATE_NAME = "trainer_state_00000016.safetensors"  # the state the finished run resumes from
 RUN_FILE_NAMES = ["model.safetensors", "model.pt", STATE_NAME, "config.json", "history.jsonl", "metrics.json", "status.json"]

@@ -23,7 +23,8 @@ import forked_training
 import pytest
 from robustness_helpers import temp_files
 
-from ecaml.runs import RunError, load_run, read_history
+from ecaml.runs import load_run
+from ecaml.store.run_files import RunError, read_history
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]

@@ -1,4 +1,4 @@
-"""``ecaml.paths.confine``: user paths cannot leave the allowed folders by ``..``, absolute paths or symlinks."""
+"""``ecaml.store.paths.confine``: user paths cannot leave the allowed folders by ``..``, absolute paths or symlinks."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from ecaml.paths import PathError, confine
+from ecaml.store.paths import PathError, confine
 
 
 @pytest.fixture

@@ -18,7 +18,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from ecaml.runs import HISTORY_FILE, METRICS_FILE, RunError, load_run, read_history, read_weights, scan_runs
+from ecaml.runs import load_run, read_weights, scan_runs
+from ecaml.store.run_files import HISTORY_FILE, METRICS_FILE, RunError, read_history
 
 WEIGHTS = "model.safetensors"
 

@@ -16,8 +16,9 @@ from robustness_helpers import STEPS_PER_EPOCH, digests, temp_files
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from ecaml.runs import hold_run_lock, load_run, read_history, read_status
-from ecaml.train import Trainer
+from ecaml.runs import load_run
+from ecaml.store.run_files import hold_run_lock, read_history, read_status
+from ecaml.train.trainer import Trainer
 
 STATE = "trainer_state_00000016.safetensors"
 

@@ -1,4 +1,7 @@
-"""Keeping user-supplied paths inside the folders a caller allows.
+"""Where files go: the one cache root of the library, and user-supplied paths kept inside the folders a caller allows.
+
+``default_cache_dir`` is ``$ECAML_CACHE_DIR``, else ``~/.cache/ecaml``: the library's caches (embeddings,
+projections, image checks) go under it unless a caller names its own folder (the app names ``REPO/.cache``).
 
 The app (and anything else that takes a path from a person it does not fully
 trust) passes the path through ``confine`` before opening it, so ``../``,
@@ -67,3 +70,12 @@ def _resolve(path: Path) -> Path:
 def _quoted(value: object) -> str:
     text = repr(os.fspath(value)) if isinstance(value, (str, os.PathLike)) else f"<{type(value).__name__}>"
     return text if len(text) <= 200 else text[:197] + "..."
+
+
+CACHE_ENV = "ECAML_CACHE_DIR"
+
+
+def default_cache_dir() -> Path:
+    """``$ECAML_CACHE_DIR`` when set, else ``~/.cache/ecaml``."""
+    configured = os.environ.get(CACHE_ENV, "").strip()
+    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "ecaml"

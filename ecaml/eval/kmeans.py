@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from sklearn.metrics import normalized_mutual_info_score
 
-from ecaml.search import BLOCK_ENTRIES, default_device
+from ecaml.eval.search import BLOCK_ENTRIES, default_device
 
 NMI_KMEANS = ("ecaml", "pml")
 # One run of at most 20 iterations (pytorch-metric-learning's count), stopped early at a fixed point.

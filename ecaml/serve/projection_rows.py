@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ecaml.evaluate import Embeddings
+from ecaml.eval.evaluate import Embeddings
 
 MIN_POINTS = 5
 

@@ -7,13 +7,13 @@ across panels, so an image lands in comparable places in every panel and what
 moves is what the runs do differently. PCA is the fast fallback (panels aligned
 by an orthogonal Procrustes rotation onto the first one).
 
-Large maps go through ``landmarks`` (``ecaml.landmark_layout``): UMAP lays out
+Large maps go through ``landmarks`` (``ecaml.serve.landmark_layout``): UMAP lays out
 that many class-stratified images, the same in every panel, and every other
 image is placed by its nearest landmarks in its run's embedding space (2 x 35,000
 Fashion-MNIST images: minutes become tens of seconds, see
 ``benchmarks/map_speed.py``). ``landmarks=None`` runs UMAP on every point.
 
-Results are cached as ``.npz`` files (``ecaml.projection_store``) under
+Results are cached as ``.npz`` files (``ecaml.serve.projection_store``) under
 ``<cache dir>/projections``, keyed by the runs' weights, the split and every
 parameter; a second call with the same inputs only reads that file. While a
 large UMAP computes, its file first holds a *first layout* (from
@@ -40,19 +40,17 @@ import numpy as np
 
 from ecaml import __version__
 from ecaml.data import SPLIT_PARTS
-from ecaml.evaluate import Embeddings
-from ecaml.landmark_layout import LANDMARKS, landmark_layout
-from ecaml.projection_rows import MIN_POINTS, shared_rows, stratified_rows
-from ecaml.projection_store import Projection, computing, read_projections, write_projections
-from ecaml.retrieval import cached_embeddings, data_identity, default_cache_dir, embeddings_key, weights_match_file
+from ecaml.eval.evaluate import Embeddings
 from ecaml.runs import Run
+from ecaml.serve.embeddings_cache import cached_embeddings, data_identity, embeddings_key, weights_match_file
+from ecaml.serve.landmark_layout import LANDMARKS, landmark_layout
+from ecaml.serve.projection_rows import MIN_POINTS, shared_rows, stratified_rows
+from ecaml.serve.projection_store import Projection, computing, read_projections, write_projections
+from ecaml.store.paths import default_cache_dir
 
 __all__ = [
     "FIRST_LAYOUT_LANDMARKS",
-    "LANDMARKS",
     "METHODS",
-    "Projection",
-    "default_cache_dir",
     "first_layout",
     "is_projection_cached",
     "project_runs",
@@ -222,7 +220,7 @@ def _shared_layouts(
     aligned: bool | None = None,
 ) -> list[np.ndarray]:
     """2-D coordinates of panels whose row i is the same image, by ``settings.method``."""
-    from ecaml import umap_fit  # imports umap only when called: seconds of numba
+    from ecaml.serve import umap_fit  # imports umap only when called: seconds of numba
 
     aligned = settings.aligned if aligned is None else aligned
     if settings.method == "pca":

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ecaml.atomic import write_cache_file
-from ecaml.retrieval import rows_well_formed
+from ecaml.serve.embeddings_cache import rows_well_formed
+from ecaml.store.atomic import write_cache_file
 
 
 @dataclass

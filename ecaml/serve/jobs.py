@@ -6,7 +6,7 @@ the page never waits on it. A job may train several runs at once (the lesson's
 pair). The job is found again through the folder alone, so two managers (two
 browser tabs, an app restart, another process) on the same folder see the same job:
 
-* ``runs_root/.train.lock`` is locked with ``flock`` (``ecaml.locks``). The
+* ``runs_root/.train.lock`` is locked with ``flock`` (``ecaml.store.locks``). The
   starter takes the lock, launches the training processes with the locked
   descriptor inherited, and closes its own copy: from then on the training
   processes alone hold it, and the kernel releases it when the last of them
@@ -18,7 +18,7 @@ browser tabs, an app restart, another process) on the same folder see the same j
 * Each run directory (``status.json``, ``history.jsonl``, read through
   ``ecaml.runs``) says how far it got, and its own lock says whether its trainer
   still lives; ``progress`` turns a process that died without writing a final
-  status into "failed". The job's output goes to its log (``ecaml.job_logs``).
+  status into "failed". The job's output goes to its log (``ecaml.serve.job_logs``).
 """
 
 from __future__ import annotations
@@ -35,19 +35,15 @@ from pathlib import Path
 from typing import Any
 
 from ecaml.config import TrainConfig
-from ecaml.job_command import (  # noqa: F401 - re-exported: the job's command line is part of this API
-    JOB_NICENESS,
+from ecaml.serve.job_command import (
     NAME_PATTERN,
+    REPOSITORY_ROOT,
     JobError,
     checked_config,
-    config_flags,
     default_run_name,
-    job_thread_budget,
     training_command,
 )
-from ecaml.job_logs import (  # noqa: F401 - re-exported
-    LOG_NAME,
-    STOP_MARKER,
+from ecaml.serve.job_logs import (
     adopt_log,
     last_error_line,
     log_header,
@@ -58,8 +54,9 @@ from ecaml.job_logs import (  # noqa: F401 - re-exported
     stop_was_requested,
     stopped_by,
 )
-from ecaml.locks import fcntl, is_locked, try_lock
-from ecaml.runs import METRICS_FILE, RunError, atomic_write_json, read_history, read_status, run_is_training
+from ecaml.store.atomic import atomic_write_json
+from ecaml.store.locks import fcntl, is_locked, try_lock
+from ecaml.store.run_files import METRICS_FILE, RunError, read_history, read_status, run_is_training
 
 LOCK_NAME = ".train.lock"
 RECORD_NAME = ".train.job.json"
@@ -296,7 +293,7 @@ def _launch(config: TrainConfig, run_dir: Path, owner: str | None, lock_descript
         log.write(log_header(command, owner))
         log.flush()
         process = subprocess.Popen(
-            command, cwd=Path(__file__).resolve().parent.parent, env=environment, stdin=subprocess.DEVNULL,
+            command, cwd=REPOSITORY_ROOT, env=environment, stdin=subprocess.DEVNULL,
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True, pass_fds=(lock_descriptor,),
         )
     _watch_child(process)

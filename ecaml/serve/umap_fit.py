@@ -1,4 +1,4 @@
-"""UMAP fits behind ``ecaml.projection``: one panel (``umap_layout``) or panels tied image by image
+"""UMAP fits behind ``ecaml.serve.projection``: one panel (``umap_layout``) or panels tied image by image
 (``aligned_layout``).
 
 umap is imported only when a layout is actually computed (importing it costs
@@ -76,7 +76,7 @@ def aligned_layout(
     umap-learn's ``AlignedUMAP`` with identity relations, minus its waste: it fits a
     whole UMAP per panel (neighbour search *and* a layout of every point) only to keep
     its graph, then lays the panels out again together. Here each panel's graph is
-    built from an exact neighbour search (``ecaml.search.exact_topk``: one matrix
+    built from an exact neighbour search (``ecaml.eval.search.exact_topk``: one matrix
     product, no approximate index to build), and only the joint layout is optimised,
     with the curve that ``min_dist`` asks for (AlignedUMAP keeps umap's default one).
     """
@@ -155,8 +155,8 @@ def neighbour_graph(vectors: np.ndarray, n_neighbors: int, seed: int):
     """UMAP's fuzzy graph of one panel (cosine), from the exact ``n_neighbors`` nearest rows (itself first)."""
     from umap.umap_ import fuzzy_simplicial_set
 
-    from ecaml.metrics import l2_normalise
-    from ecaml.search import exact_topk
+    from ecaml.eval.metrics import l2_normalise
+    from ecaml.eval.search import exact_topk
 
     unit = l2_normalise(vectors)
     similarities, nearest = exact_topk(unit, unit, n_neighbors)

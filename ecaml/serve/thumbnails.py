@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from ecaml.data import ClassSplit
-from ecaml.runs import atomic_write_bytes
+from ecaml.store.atomic import atomic_write_bytes
 
 THUMBNAIL_PIXELS = 48
 SHEET_COLUMNS = 16

@@ -8,7 +8,7 @@ loading. The protocol follows the paper's evaluation scripts and Musgrave et al.
 
 * Embeddings are L2-normalised here, whatever the caller did; a zero vector
   stays zero (cosine 0 to everything). Similarity is cosine, searched exactly by
-  ``ecaml.search`` (blocked matrix products and partial sorts, on the GPU when
+  ``ecaml.eval.search`` (blocked matrix products and partial sorts, on the GPU when
   there is one); ties rank the lower gallery index first. Galleries larger than
   ``approximate_above`` are searched with an approximate faiss index instead,
   whose recall against the exact search is measured and logged.
@@ -23,7 +23,7 @@ loading. The protocol follows the paper's evaluation scripts and Musgrave et al.
   a class absent from the gallery) are left out of Recall@K, MAP@R and
   R-Precision alike, as pytorch-metric-learning does; they still sit in the
   gallery as distractors for everyone else. NMI clusters every sample.
-* NMI: seeded Lloyd k-means (``ecaml.kmeans``) with k = number of classes, scored
+* NMI: seeded Lloyd k-means (``ecaml.eval.kmeans``) with k = number of classes, scored
   against the labels with scikit-learn's ``normalized_mutual_info_score``: the same
   implementation and settings (one run of at most 20 iterations) for every size of set,
   so NMIs of different splits are comparable; ``nmi_kmeans="pml"`` runs
@@ -32,7 +32,6 @@ loading. The protocol follows the paper's evaluation scripts and Musgrave et al.
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Sequence
 
 import logging
@@ -40,8 +39,15 @@ import logging
 import numpy as np
 import torch
 
-from ecaml.kmeans import NMI_KMEANS, clustering_nmi, kmeans_settings, lloyd_kmeans  # noqa: F401 (re-exported)
-from ecaml.search import (
+from ecaml.eval.checks import (
+    _check_k_allowed,
+    _check_same_dimension,
+    _validated_embeddings,
+    _validated_labels,
+    _validated_recall_ks,
+)
+from ecaml.eval.kmeans import NMI_KMEANS, clustering_nmi
+from ecaml.eval.search import (
     BLOCK_ENTRIES,
     DEFAULT_APPROXIMATE_ABOVE,
     build_index,
@@ -180,99 +186,6 @@ def query_gallery_metrics(
     )
     return _in_report_order(scores, ks)
 
-
-def pair_distance_samples(
-    embeddings: np.ndarray, labels: np.ndarray, max_pairs: int = 20000, seed: int = 0
-) -> tuple[np.ndarray, np.ndarray]:
-    """Cosine distances (1 - cos, in [0, 2]) of positive and of negative pairs i < j.
-
-    Each kind is a uniform sample without replacement of at most ``max_pairs``
-    pairs (all of them when there are fewer), the same for the same ``seed``.
-    Returns ``(positive_distances, negative_distances)`` as float32 arrays.
-    """
-    vectors = l2_normalise(embeddings)
-    label_array = _validated_labels(labels, len(vectors))
-    if not _is_positive_integer(max_pairs):
-        raise ValueError(f"max_pairs must be a positive integer; got {max_pairs!r}")
-    rng = np.random.default_rng(seed)
-    # In class-sorted order each sample's partners with a larger position form one
-    # contiguous run: the rest of its class (positives) or everything after its
-    # class (negatives). That lets pairs be drawn by rank without listing them all.
-    order = np.argsort(label_array, kind="stable")
-    sorted_labels = label_array[order]
-    class_end = np.searchsorted(sorted_labels, sorted_labels, side="right")
-    positions = np.arange(len(order))
-    positive_runs = (positions + 1, class_end - positions - 1)
-    negative_runs = (class_end, len(order) - class_end)
-    distances = []
-    for run_start, run_length in (positive_runs, negative_runs):
-        first, second = _sample_pairs(run_start, run_length, int(max_pairs), rng)
-        distances.append(_cosine_distances(vectors, order[first], order[second]))
-    return distances[0], distances[1]
-
-
-# --- validation -------------------------------------------------------------
-
-
-def _validated_embeddings(embeddings: np.ndarray) -> np.ndarray:
-    array = np.asarray(embeddings)
-    if array.ndim != 2:
-        raise ValueError(f"embeddings must be a 2-D array [N, D]; got shape {array.shape}")
-    if array.shape[0] == 0 or array.shape[1] == 0:
-        raise ValueError(f"embeddings are empty (shape {array.shape})")
-    is_real = np.issubdtype(array.dtype, np.number) and not np.iscomplexobj(array)
-    if not is_real:
-        raise ValueError(f"embeddings must be real numbers; got dtype {array.dtype}")
-    vectors = array.astype(np.float32, copy=False)
-    bad_rows = ~np.isfinite(vectors).all(axis=1)
-    if bad_rows.any():
-        raise ValueError(
-            f"embeddings contain NaN or inf in {int(bad_rows.sum())} row(s), "
-            f"first at row {int(np.argmax(bad_rows))}"
-        )
-    return vectors
-
-
-def _validated_labels(
-    labels: np.ndarray, expected_length: int, prefix: str = ""
-) -> np.ndarray:
-    array = np.asarray(labels)
-    if array.ndim != 1:
-        raise ValueError(f"{prefix}labels must be a 1-D array [N]; got shape {array.shape}")
-    if not np.issubdtype(array.dtype, np.integer):
-        raise ValueError(f"{prefix}labels must be integers; got dtype {array.dtype}")
-    if len(array) != expected_length:
-        raise ValueError(
-            f"got {expected_length} {prefix}embeddings but {len(array)} {prefix}labels"
-        )
-    return array
-
-
-def _validated_recall_ks(recall_ks: Sequence[int], largest: int) -> list[int]:
-    ks = list(recall_ks)
-    if not ks:
-        raise ValueError("recall_ks is empty; give at least one K")
-    for k in ks:
-        _check_k_allowed(k, largest, what="recall K")
-    return sorted(set(int(k) for k in ks))
-
-
-def _check_k_allowed(k: int, largest: int, what: str) -> None:
-    if not _is_positive_integer(k):
-        raise ValueError(f"{what} must be a positive integer; got {k!r}")
-    if k > largest:
-        raise ValueError(f"{what}={k} is too large: the largest K allowed here is {largest}")
-
-
-def _check_same_dimension(query_vectors: np.ndarray, gallery_vectors: np.ndarray) -> None:
-    query_dim, gallery_dim = query_vectors.shape[1], gallery_vectors.shape[1]
-    if query_dim != gallery_dim:
-        raise ValueError(f"query and gallery dimensions differ: {query_dim} vs {gallery_dim}")
-
-
-def _is_positive_integer(value: object) -> bool:
-    # bool is an Integral, but True as a K or a pair count is surely a mistake.
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
 
 
 # --- search and scoring -------------------------------------------------------
@@ -450,25 +363,3 @@ def _in_report_order(scores: dict[str, float], recall_ks: list[int]) -> dict[str
     return {key: scores[key] for key in keys if key in scores}
 
 
-def _sample_pairs(
-    run_start: np.ndarray, run_length: np.ndarray, max_pairs: int, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """Draw pairs (i, run_start[i] + offset < run_start[i] + run_length[i]).
-
-    Uniform over all such pairs, without replacement; all of them if at most max_pairs.
-    """
-    pairs_before = np.concatenate([[0], np.cumsum(run_length)])
-    total = int(pairs_before[-1])
-    if total <= max_pairs:
-        pair_ranks = np.arange(total)
-    else:
-        pair_ranks = np.sort(rng.choice(total, size=max_pairs, replace=False))
-    first = np.searchsorted(pairs_before, pair_ranks, side="right") - 1
-    second = run_start[first] + (pair_ranks - pairs_before[first])
-    return first, second
-
-
-def _cosine_distances(vectors: np.ndarray, first: np.ndarray, second: np.ndarray) -> np.ndarray:
-    cosines = np.einsum("ij,ij->i", vectors[first], vectors[second])
-    # Rounding can put a cosine a hair outside [-1, 1].
-    return np.clip(1.0 - cosines, 0.0, 2.0).astype(np.float32)

@@ -1,6 +1,6 @@
 """Embedding a split with a trained model, and scoring it on retrieval and clustering.
 
-The metrics themselves live in ``ecaml.metrics`` (pure functions of embeddings
+The metrics themselves live in ``ecaml.eval.metrics`` (pure functions of embeddings
 and labels); this module turns a model plus a class split into those inputs.
 ``score_part`` is the one way a part of a split is scored, wherever metrics are
 computed (training, the CLI, the app): a part searched against itself, or its
@@ -20,12 +20,12 @@ from torch.utils.data import DataLoader
 
 from ecaml.config import TrainConfig
 from ecaml.data import ClassSplit, load_split
+from ecaml.data.imported import IMPORTED_DATASET, imported_split, items_identity
 from ecaml.data.loading import default_num_workers
 from ecaml.data.sampling import ImageView
-from ecaml.data.imported import IMPORTED_DATASET, imported_split, items_identity
 from ecaml.data.transforms import build_transform
-from ecaml.metrics import query_gallery_metrics, retrieval_metrics
-from ecaml.models import BACKBONES
+from ecaml.eval.metrics import query_gallery_metrics, retrieval_metrics
+from ecaml.registry import BACKBONES
 
 
 @dataclass

@@ -19,7 +19,7 @@ from torchvision import transforms as T
 from ecaml.config import TrainConfig
 from ecaml.data.base import ImageSet
 from ecaml.data.images import _convert as convert_image_mode
-from ecaml.evaluate import eval_transform
+from ecaml.eval.evaluate import eval_transform
 from ecaml.runs import input_channels
 
 SAMPLE_IMAGES = 256

@@ -1,6 +1,6 @@
 """Nearest-neighbour search by cosine similarity: the one place where the search method is chosen.
 
-Everything here takes float32 vectors that are already L2-normalised (``ecaml.metrics.l2_normalise``),
+Everything here takes float32 vectors that are already L2-normalised (``ecaml.eval.metrics.l2_normalise``),
 so an inner product is a cosine.
 
 * ``exact_topk`` is the exact search: the similarity matrix is computed block by block of
@@ -9,7 +9,7 @@ so an inner product is a cosine.
   over each row, so it barely grows with ``k`` (a faiss flat index keeps a heap of ``k``
   per query and slows down by the thousand). Ties are broken by the lower gallery index,
   so the result is defined exactly, as a stable sort of each row would give it.
-* ``similarity_blocks`` yields those blocks, for callers (``ecaml.metrics``) that need more
+* ``similarity_blocks`` yields those blocks, for callers (``ecaml.eval.metrics``) that need more
   from a row than its top ``k``.
 * ``build_index`` returns a ``SearchIndex``: exact up to ``approximate_above`` vectors, and
   above that an approximate faiss index (HNSW, or IVF), whose recall against the exact

@@ -6,7 +6,7 @@ that it throws away: 2 x 35,000 points took about 4.5 minutes on two cores.
 Here only ``landmarks`` images per panel go through the layout; each other
 image is then put at the similarity-weighted mean position of its nearest
 landmarks *in that run's embedding space* (an exact cosine search,
-``ecaml.search.exact_topk``), which keeps who-is-near-whom: an image's map
+``ecaml.eval.search.exact_topk``), which keeps who-is-near-whom: an image's map
 neighbours are the images that share its nearest landmarks. Since the
 landmarks are the same images in every panel, the panels stay aligned.
 ``benchmarks/map_speed.py`` measures time and neighbourhood preservation
@@ -19,9 +19,9 @@ from typing import Callable
 
 import numpy as np
 
-from ecaml.metrics import l2_normalise
-from ecaml.projection_rows import stratified_rows
-from ecaml.search import exact_topk
+from ecaml.eval.metrics import l2_normalise
+from ecaml.eval.search import exact_topk
+from ecaml.serve.projection_rows import stratified_rows
 
 # Landmark images per panel: the layout of 5,000 keeps the classes' inner structure (measured in
 # benchmarks/map_speed.py) at about a seventh of the points of a 35,000-image split.

@@ -14,11 +14,11 @@ import re
 import time
 from pathlib import Path
 
-from ecaml.runs import CONFIG_FILE
+from ecaml.store.run_files import CONFIG_FILE
 
 LOG_NAME = "train.log"
-STARTED_MARKER = "ecaml.jobs: started by"
-STOP_MARKER = "ecaml.jobs: stop requested"
+STARTED_MARKER = "ecaml.serve.jobs: started by"
+STOP_MARKER = "ecaml.serve.jobs: stop requested"
 _STOPPED_BY = re.compile(re.escape(STOP_MARKER) + r" by (\S+)")
 _STARTED_BY = re.compile(re.escape(STARTED_MARKER) + r" (\S+)")
 

@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from ecaml.config import TrainConfig
+from ecaml.flags import TRAIN_FLAGS
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
-REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
+REPOSITORY_ROOT = Path(__file__).resolve().parents[2]  # this file is ecaml/serve/job_command.py
 # A job shares the machine with the app's viewers: it runs at a lower CPU priority and with at most all cores
 # but one for torch's threads, so the pages stay responsive while it trains.
 JOB_NICENESS = 10
@@ -88,8 +89,6 @@ def with_absolute_paths(config: TrainConfig) -> TrainConfig:
 
 def config_flags(config: TrainConfig) -> list[str]:
     """``python -m ecaml train`` flags that rebuild ``config`` exactly (``--flag=value`` form)."""
-    from ecaml.cli import TRAIN_FLAGS
-
     values = config.to_dict()
     flags = []
     for name in TRAIN_FLAGS:

@@ -1,4 +1,4 @@
-"""The training loop and the run directory it writes.
+"""The training loop: one ``Trainer`` holds a run's data, model, losses and optimiser, and steps it.
 
 One step: a single backbone pass gives the features f; the head gives z for the
 metric loss; when EC is on, the head is re-applied to f (detached under the
@@ -12,19 +12,15 @@ the last checkpoint, which ``--resume`` redoes. Checkpoints are committed
 atomically (trainer state first, then the weights, whose metadata names the
 step), so a kill at any moment leaves a loadable run that ``--resume``
 continues exactly: batches, per-sample augmentation seeds, CPU and CUDA random
-states and optimiser state all come back. Under ``torchrun`` see
-``ecaml.distributed``.
+states and optimiser state all come back (``ecaml.train.checkpoint``). ``ecaml.train.launch``
+starts and resumes runs; under ``torchrun`` see ``ecaml.train.distributed``.
 """
 
 from __future__ import annotations
 
-import json
-import signal
 import sys
-import threading
 import time
 from collections.abc import Callable
-from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,68 +28,24 @@ from typing import Any
 import numpy as np
 import torch
 
-from ecaml import distributed
 from ecaml.config import TrainConfig
 from ecaml.confusion import EnergyConfusion
 from ecaml.data import ClassSplit, mirroring_allowed
 from ecaml.data.loading import RunBatchSampler, resolve_num_workers, training_loader
 from ecaml.data.sampling import ImageView
 from ecaml.data.transforms import build_transform
-from ecaml.evaluate import dropped_recall_ks, pick_device, score_part, split_for
-from ecaml.film import FilmRecorder
+from ecaml.eval.evaluate import dropped_recall_ks, pick_device, score_part, split_for
 from ecaml.losses import build_loss
-from ecaml.models import BACKBONES, EmbeddingNet, build_model
-from ecaml.runs import (
-    DROPPED_KS_KEY,
-    KEPT_WEIGHTS_FOLDER,
-    HISTORY_FILE,
-    LOCK_FILE,
-    METRICS_FILE,
-    TRAINER_STATE_PATTERN,
-    WEIGHTS_FILE,
-    RunError,
-    append_jsonl,
-    append_jsonl_records,
-    atomic_write_json,
-    checkpoint_step,
-    hold_run_lock,
-    input_channels,
-    open_safetensors,
-    read_config,
-    read_weights,
-    remove_stale_temp_files,
-    kept_steps,
-    kept_weights_file,
-    save_weights,
-    truncate_history,
-    write_config,
-    write_status,
-)
-
-
-class TrainingError(RuntimeError):
-    """Training stopped for a reason the user must see (NaN loss, bad data...)."""
-
-
-@dataclass
-class TrainResult:
-    run_dir: Path
-    steps: int
-    state: str  # "completed" or "stopped"
-    metrics: dict[str, float] | None
-
-
-class StopFlag:
-    """Set by Ctrl-C / SIGTERM or by a caller; the loop finishes its step, checkpoints and returns."""
-
-    def __init__(self) -> None:
-        self._event = threading.Event()
-
-    def set(self, *_: Any) -> None:
-        self._event.set()
-
-    def __bool__(self) -> bool:
-        return self._event.is_set()
+from ecaml.models import EmbeddingNet, build_model
+from ecaml.registry import BACKBONES
+from ecaml.runs import input_channels
+from ecaml.store.atomic import atomic_write_json
+from ecaml.store.run_files import DROPPED_KS_KEY, HISTORY_FILE, METRICS_FILE, append_jsonl, write_status
+from ecaml.train import distributed
+from ecaml.train.checkpoint import Checkpoints
+from ecaml.train.film_recorder import FilmRecorder
+from ecaml.train.history import TERM_NAMES, HistoryBuffer
+from ecaml.train.stopping import StopFlag, TrainingError, TrainResult
 
 
 @dataclass
@@ -148,47 +100,7 @@ def build_optimizer(model: EmbeddingNet, loss: torch.nn.Module, config: TrainCon
     return torch.optim.Adam(groups)
 
 
-@contextmanager
-def stop_on_signals(flag: StopFlag):
-    """Ctrl-C and SIGTERM ask for a clean stop instead of killing mid-write (main thread only)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {sig: signal.signal(sig, flag.set) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-# Loss terms in the order of a history line; total_loss is the one checked for NaN.
-TERM_NAMES = ("metric_loss", "energy", "log_energy", "row_norm", "total_loss")
-# The longest history lines wait in memory before they are appended (they are always appended before a checkpoint).
-HISTORY_FLUSH_SECONDS = 2.0
-
-
-class HistoryBuffer:
-    """Step lines of the history, appended in one write per flush instead of one per step."""
-
-    def __init__(self, path: Path, enabled: bool):
-        self.path, self.enabled = path, enabled
-        self.pending: list[dict[str, Any]] = []
-        self.flushed_at = time.monotonic()
-
-    def add(self, record: dict[str, Any]) -> None:
-        if self.enabled:
-            self.pending.append(record)
-
-    def flush(self, force: bool = False) -> None:
-        if not self.pending or not (force or time.monotonic() - self.flushed_at >= HISTORY_FLUSH_SECONDS):
-            return
-        append_jsonl_records(self.path, self.pending)
-        self.pending = []
-        self.flushed_at = time.monotonic()
-
-
-class Trainer:
+class Trainer(Checkpoints):
     """Everything one training run holds: data, model, losses, optimiser and the run directory.
 
     With a ``group`` (several processes under torchrun) only its rank 0 writes files.
@@ -443,105 +355,6 @@ class Trainer:
         write_status(self.run_dir, "completed", step=self.step, total_steps=self.plan.total_steps)
         return metrics
 
-    # ------------------------------------------------------------------ checkpoints
-
-    def save_checkpoint(self) -> None:
-        """Trainer state for this step first, then the weights (the commit), then older states go.
-
-        Weights that went NaN or infinite are never committed: the previous checkpoint stays the last good one.
-        """
-        self._refuse_non_finite_weights()
-        if not self.writes_files:
-            self.checkpointed_step = self.step
-            return
-        self.history.flush(force=True)  # a checkpoint's steps are in the history before it commits
-        state_file = self.run_dir / TRAINER_STATE_PATTERN.format(step=self.step)
-        tensors, layout = _flatten_optimizer(self.optimizer.state_dict())
-        tensors["rng.torch"] = torch.get_rng_state()
-        tensors["rng.pairs"] = self.pair_generator.get_state()
-        if self.device.type == "cuda":
-            for index, state in enumerate(torch.cuda.get_rng_state_all()):
-                tensors[f"rng.cuda.{index}"] = state
-        for name, value in self.metric_loss.state_dict().items():
-            tensors[f"loss.{name}"] = value
-        metadata = {"step": str(self.step), "optimizer_layout": json.dumps(layout), "scaler": json.dumps(self.scaler.state_dict())}
-        save_weights(state_file, tensors, metadata)
-        weights_metadata = {"step": str(self.step), "format": "ecaml"}
-        if self.config.keep_checkpoints:  # before the commit: a kept step never lacks its file
-            (self.run_dir / KEPT_WEIGHTS_FOLDER).mkdir(exist_ok=True)
-            save_weights(self.run_dir / kept_weights_file(self.step), self.model.state_dict(), weights_metadata)
-        save_weights(self.run_dir / WEIGHTS_FILE, self.model.state_dict(), weights_metadata)
-        for old in self.run_dir.glob("trainer_state_*.safetensors"):
-            if old != state_file:
-                old.unlink(missing_ok=True)
-        self.checkpointed_step = self.step
-
-    def _refuse_non_finite_weights(self) -> None:
-        tensors = {name: t for name, t in self.model.state_dict().items() if t.is_floating_point()}
-        finite = torch.stack([torch.isfinite(t).all() for t in tensors.values()]).cpu()  # one wait, not one a tensor
-        if finite.all():
-            return
-        for name, ok in zip(tensors, finite.tolist()):
-            if not ok:
-                raise TrainingError(
-                    f"weights became NaN or infinite by step {self.step} ({name}); training stopped, "
-                    f"the checkpoint of step {self.checkpointed_step} is kept (try a lower --lr)"
-                )
-
-    def restore_checkpoint(self) -> None:
-        """Everything the last committed checkpoint holds; a damaged or foreign trainer state is a RunError."""
-        weights, metadata = read_weights(self.run_dir, self.config)
-        step = checkpoint_step(self.run_dir, metadata)
-        tensors, saved_meta = self._read_trainer_state(step)
-        try:
-            self._load_states(weights, tensors, saved_meta)
-        except (KeyError, ValueError, TypeError, AttributeError, RuntimeError) as error:
-            reason = (str(error).strip().splitlines() or [error.__class__.__name__])[0][:160]
-            raise RunError(
-                f"{self.run_dir.name}: cannot resume, the trainer state of step {step} does not fit this run ({reason})"
-            ) from None
-        self.step = self.checkpointed_step = step
-        if self.writes_files:
-            truncate_history(self.run_dir, step)
-            for later in (s for s in kept_steps(self.run_dir) if s > step):  # kept by a writer killed before its commit
-                (self.run_dir / kept_weights_file(later)).unlink(missing_ok=True)
-
-    def _read_trainer_state(self, step: int) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-        state_file = self.run_dir / TRAINER_STATE_PATTERN.format(step=step)
-        if not state_file.is_file():
-            raise RunError(f"{self.run_dir.name}: cannot resume, the trainer state of step {step} is missing")
-        with open_safetensors(state_file) as reader:
-            metadata = reader.metadata() or {}
-            tensors = {name: reader.get_tensor(name) for name in reader.keys()}
-        if metadata.get("step") != str(step):
-            raise RunError(f"{self.run_dir.name}: cannot resume, {state_file.name} does not say it is of step {step}")
-        return tensors, metadata
-
-    def _load_states(
-        self, weights: dict[str, torch.Tensor], saved: dict[str, torch.Tensor], metadata: dict[str, str]
-    ) -> None:
-        self.model.load_state_dict(weights)
-        self.optimizer.load_state_dict(_unflatten_optimizer(saved, json.loads(metadata["optimizer_layout"]), self.optimizer))
-        _check_optimizer_shapes(self.optimizer)
-        self.scaler.load_state_dict(json.loads(metadata["scaler"]))
-        torch.set_rng_state(saved["rng.torch"])
-        self.pair_generator.set_state(saved["rng.pairs"])
-        cuda_states = [saved[f"rng.cuda.{i}"] for i in range(sum(k.startswith("rng.cuda.") for k in saved))]
-        if cuda_states and self.device.type == "cuda" and len(cuda_states) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(cuda_states)
-        loss_state = {k[len("loss."):]: v for k, v in saved.items() if k.startswith("loss.")}
-        if loss_state:
-            self.metric_loss.load_state_dict(loss_state)
-
-
-def _check_optimizer_shapes(optimizer: torch.optim.Optimizer) -> None:
-    """Adam's load_state_dict does not compare moment shapes with their parameters; a mismatch fails mid-step."""
-    for parameter, values in optimizer.state.items():
-        for key, value in values.items():
-            if torch.is_tensor(value) and value.dim() > 0 and value.shape != parameter.shape:
-                shapes = f"{tuple(value.shape)}, its parameter {tuple(parameter.shape)}"
-                raise ValueError(f"optimizer {key} has shape {shapes}")
-
 
 def _amp_dtype(device: torch.device) -> torch.dtype | None:
     """bfloat16 where the GPU supports it (no loss scaling needed), else float16; none on the CPU."""
@@ -559,127 +372,9 @@ def _set_cpu_threads(config: TrainConfig, device: torch.device) -> None:
             torch.set_num_threads(threads)
 
 
-def _flatten_optimizer(state_dict: dict) -> tuple[dict[str, torch.Tensor], dict]:
-    """Optimiser state as flat tensors plus a JSON layout: safetensors holds tensors only, and nothing is pickled."""
-    tensors, layout = {}, {"param_groups": state_dict["param_groups"], "state": {}}
-    for param_id, values in state_dict["state"].items():
-        layout["state"][str(param_id)] = {}
-        for key, value in values.items():
-            if torch.is_tensor(value):
-                tensors[f"optimizer.{param_id}.{key}"] = value
-                layout["state"][str(param_id)][key] = "tensor"
-            else:
-                layout["state"][str(param_id)][key] = value
-    return tensors, layout
-
-
-def _unflatten_optimizer(tensors: dict[str, torch.Tensor], layout: dict, optimizer: torch.optim.Optimizer) -> dict:
-    """The saved state dict, with ``optimizer``'s own groups when they hold the same parameters in the same order.
-
-    Groups are the config's settings, and earlier versions grouped the same parameters differently (before
-    bias_lr_mult, one backbone group); the moments are per parameter id and carry over unchanged.
-    """
-    groups = optimizer.state_dict()["param_groups"]
-    same_parameters = [i for g in groups for i in g["params"]] == [i for g in layout["param_groups"] for i in g["params"]]
-    state = {}
-    for param_id, values in layout["state"].items():
-        state[int(param_id)] = {
-            key: tensors[f"optimizer.{param_id}.{key}"] if value == "tensor" else value for key, value in values.items()
-        }
-    return {"state": state, "param_groups": groups if same_parameters else layout["param_groups"]}
-
-
 def _progress_bar(enabled: bool, total: int, initial: int):
     if not enabled:
         return None
     from tqdm import tqdm
 
     return tqdm(total=total, initial=initial, unit="step", file=sys.stderr, dynamic_ncols=True)
-
-
-# ----------------------------------------------------------------------------- entry points
-
-
-def train(config: TrainConfig, run_dir: str | Path, progress: bool = True, stop: StopFlag | None = None) -> TrainResult:
-    """Train a new run into ``run_dir`` (which must be new or empty); under torchrun, one process of several."""
-    run_dir = Path(run_dir)
-    group = distributed.start(config.device)
-    try:
-        if group is not None and not group.is_main:
-            _wait_for_main(group)
-            return _run(Trainer(config, run_dir, group=group), progress, stop)
-        with ExitStack() as held:
-            with _announced_to_followers(group):
-                _refuse_used_folder(run_dir)
-                run_dir.mkdir(parents=True, exist_ok=True)
-                held.enter_context(hold_run_lock(run_dir))
-                _refuse_used_folder(run_dir)  # again under the lock: another trainer may have started here meanwhile
-                trainer = Trainer(config, run_dir, group=group)
-                write_config(run_dir, trainer.config)
-                (run_dir / HISTORY_FILE).touch()
-                # A step-0 checkpoint makes the run loadable and resumable even if killed before its first epoch ends.
-                trainer.save_checkpoint()
-            return _run(trainer, progress, stop)
-    finally:
-        distributed.stop(group)
-
-
-def _refuse_used_folder(run_dir: Path) -> None:
-    if run_dir.exists() and any(p.name != LOCK_FILE for p in run_dir.iterdir()):
-        raise ValueError(f"{run_dir} already exists and is not empty; pick a new --out or use --resume {run_dir}")
-
-
-def resume(run_dir: str | Path, progress: bool = True, stop: StopFlag | None = None, **overrides: Any) -> TrainResult:
-    """Continue a run from its last complete checkpoint; ``overrides`` may extend epochs or max_steps."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise RunError(f"{run_dir}: no such run directory to resume")
-    group = distributed.start(read_config(run_dir).device) if distributed.requested() else None
-    try:
-        if group is not None and not group.is_main:
-            _wait_for_main(group)  # rank 0 has cleaned the folder and rewritten the config by now
-            trainer = Trainer(_overridden(read_config(run_dir), overrides), run_dir, group=group)
-            trainer.restore_checkpoint()
-            return _run(trainer, progress, stop)
-        with ExitStack() as held:
-            with _announced_to_followers(group):
-                held.enter_context(hold_run_lock(run_dir))
-                remove_stale_temp_files(run_dir)  # left by a writer that was killed; safe, we hold the lock
-                trainer = Trainer(_overridden(read_config(run_dir), overrides), run_dir, group=group)
-                trainer.restore_checkpoint()
-                write_config(run_dir, trainer.config)
-            return _run(trainer, progress, stop)
-    finally:
-        distributed.stop(group)
-
-
-def _overridden(config: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
-    for key, value in overrides.items():
-        if value is not None:
-            setattr(config, key, value)
-    return config
-
-
-@contextmanager
-def _announced_to_followers(group: distributed.ProcessGroup | None):
-    """Rank 0 sets the run up, then tells the other processes whether it could (they wait for that word)."""
-    if group is None:
-        yield
-        return
-    try:
-        yield
-    except BaseException:
-        distributed.main_succeeded(False, group.device)
-        raise
-    distributed.main_succeeded(True, group.device)
-
-
-def _wait_for_main(group: distributed.ProcessGroup) -> None:
-    if not distributed.main_succeeded(False, group.device):
-        raise TrainingError("process 0 could not set the run up; its error says why")
-
-
-def _run(trainer: Trainer, progress: bool, stop: StopFlag | None) -> TrainResult:
-    stop = stop if stop is not None else StopFlag()
-    with stop_on_signals(stop):
-        return trainer.run(stop, progress)
