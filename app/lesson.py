@@ -19,6 +19,7 @@ from pathlib import Path
 import streamlit as st
 
 from app import errors, run_catalog, run_picker, training_job
+from app.page_state import EMBEDDINGS_VIEW_KEY, FILM_VIEW
 from ecaml.config import TrainConfig
 from ecaml.serve.jobs import FINAL_STATES
 from ecaml.store.run_files import read_status
@@ -37,7 +38,6 @@ LESSON_DATASETS = {"digits": "Digits (8×8, seconds)", "fashion-mnist": "Fashion
 DATASET_CHOICE_KEY = "lesson_dataset"
 LESSON_OVERRIDES: dict = {}  # further config fields (tests shorten the lesson with max_steps)
 LESSON_KEY = "lesson_runs"  # this session's lesson: its run folders
-FILM_VIEW = "film"
 
 
 def lesson_configs(dataset: str | None = None) -> dict[str, TrainConfig]:
@@ -102,11 +102,9 @@ def _follow(folders: tuple[str, ...]) -> None:
 
 
 def open_film(folders: tuple[str, ...]) -> None:
-    from app.views import embeddings
-
     st.session_state[run_picker.SELECTION_KEY] = list(folders)
     st.session_state.pop("runs_embeddings", None)  # the picker's own state would win over the selection
-    st.session_state[embeddings.VIEW_KEY] = FILM_VIEW
+    st.session_state[EMBEDDINGS_VIEW_KEY] = FILM_VIEW
     st.switch_page("views/embeddings.py")
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ecaml.store.paths import default_cache_dir
+
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,8 +36,9 @@ def runs_dir() -> Path:
 
 
 def cache_dir() -> Path:
-    """Embeddings and projections the library caches on disk (git-ignored)."""
-    return _configured(CACHE_ENV, REPO_ROOT / ".cache")
+    """Embeddings and projections cached on disk: the library's one root (``$ECAML_CACHE_DIR``, else
+    ``~/.cache/ecaml``), so what ``python -m ecaml embed`` cached the app reuses, and the reverse."""
+    return default_cache_dir()
 
 
 def data_dir() -> Path:

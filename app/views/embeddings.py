@@ -18,11 +18,11 @@ import streamlit as st
 
 from app import background_jobs, errors, locations, pictures, projection_jobs, run_catalog, run_picker, splits
 from app import embedding_jobs, embedding_map, neighbourhood_view
+from app.page_state import EMBEDDINGS_VIEW_KEY, FILM_VIEW, MAP_VIEW
 
 METHODS = {"umap": "UMAP, aligned across runs", "pca": "PCA (instant)"}
 METHOD_KEY = "projection_method"
-VIEWS = {"map": "Map of every image", "film": "Training film"}
-VIEW_KEY = "embeddings_view"
+VIEWS = {MAP_VIEW: "Map of every image", FILM_VIEW: "Training film"}
 COMPUTE_UMAP = "Compute aligned UMAP (in the background; cached afterwards)"
 FIRST_LAYOUT = "umap-first"  # what the map shows while the aligned UMAP's final layout computes
 MAX_SHOWN_IMAGES = 60
@@ -43,8 +43,8 @@ def render() -> None:
     if not chosen:
         return
     chosen = run_picker.same_data_only(chosen, "so their maps cannot be aligned with it")
-    view = st.segmented_control("View", list(VIEWS), format_func=VIEWS.get, key=VIEW_KEY, default="map")
-    if view == "film":
+    view = st.segmented_control("View", list(VIEWS), format_func=VIEWS.get, key=EMBEDDINGS_VIEW_KEY, default=MAP_VIEW)
+    if view == FILM_VIEW:
         show_film(chosen)
     else:
         show_map(chosen)

@@ -71,7 +71,8 @@ def clustering_nmi(vectors: np.ndarray, class_codes: np.ndarray, class_count: in
 def lloyd_kmeans(vectors: np.ndarray, clusters: int, niter: int = 20, nredo: int = 1, seed: int = 0,
                  device: torch.device | None = None) -> np.ndarray:
     """Cluster ids [N] of seeded Lloyd k-means (``nredo`` restarts of ``niter`` iterations, the best
-    squared-error kept), computed with blocked matrix products and Hamerly's pruning.
+    squared-error kept), computed with blocked matrix products, each point measured against its candidate
+    centroids only until the floor on the rest says otherwise (see the module docstring).
 
     Each restart starts from ``clusters`` distinct points drawn by a generator seeded with
     ``seed`` + restart; a cluster left empty keeps its previous centroid. A restart stops
