@@ -39,9 +39,12 @@ def render() -> None:
         upload = None
     else:
         path, upload = None, st.file_uploader(".npz file (kept until imported)", type=["npz"], key="import_upload")
+    image_root = st.text_input(
+        "Image folder (optional: the folder the file's `paths` are relative to, for thumbnails)", key="import_images",
+        help="Inside an allowed data folder, like the file. Needed when the file has a `paths` column.").strip()
     same_items = choose_same_items()
     if st.button("Import", type="primary", key="import_start", disabled=not name or not (path or upload)):
-        start_import(name, path, upload, same_items)
+        start_import(name, path, upload, same_items, image_root or None)
     show_job()
 
 
@@ -62,7 +65,8 @@ def choose_same_items() -> Path | None:
     return None if chosen is None else Path(chosen)
 
 
-def start_import(name: str, path: str | None, upload, same_items: Path | None = None) -> None:
+def start_import(name: str, path: str | None, upload, same_items: Path | None = None,
+                 image_root: str | None = None) -> None:
     from ecaml.store.paths import PathError, confine
 
     if not RUN_NAME.match(name):
@@ -81,19 +85,28 @@ def start_import(name: str, path: str | None, upload, same_items: Path | None = 
         except PathError as error:
             st.error(f"Could not import: {error}")
             return
+    images = None
+    if image_root:
+        try:
+            images = confine(image_root, data_roots.allowed_roots(), base=locations.data_dir())
+        except PathError as error:
+            st.error(f"Could not import: image folder {error}")
+            return
     locations.runs_dir().mkdir(parents=True, exist_ok=True)
     background_jobs.forget(JOB_KEY)
-    background_jobs.start(JOB_KEY, f"importing {name}", lambda job: _import(job, source, data, out, same_items))
+    background_jobs.start(JOB_KEY, f"importing {name}",
+                          lambda job: _import(job, source, data, out, same_items, images))
 
 
-def _import(job, source: Path | None, data: bytes | None, out: Path, same_items: Path | None) -> None:
+def _import(job, source: Path | None, data: bytes | None, out: Path, same_items: Path | None,
+            image_root: Path | None = None) -> None:
     from ecaml.serve.imports import import_embeddings, summary
 
     with tempfile.TemporaryDirectory() as folder:
         if data is not None:  # an upload: a private temporary file, gone when the import ends
             source = Path(folder) / "upload.npz"
             source.write_bytes(data)
-        import_embeddings(source, out, same_items_as=same_items)
+        import_embeddings(source, out, image_root=image_root, same_items_as=same_items)
     job.result = summary(out)
 
 

@@ -97,6 +97,36 @@ def test_the_import_form_imports_a_server_file_inside_the_data_folder_only(app_e
     assert any(s.value.startswith("imported 60 vectors of size 4 (3 classes)") for s in app.success)
 
 
+def test_the_import_form_takes_an_image_folder_inside_the_data_folder_for_a_files_paths(app_environment, tmp_path,
+                                                                                      monkeypatch):
+    from map_support import finish_background_jobs
+    from PIL import Image
+
+    from ecaml.data.imported import read_manifest
+
+    data = tmp_path / "data"
+    (data / "pictures").mkdir(parents=True)
+    monkeypatch.setenv("ECAML_DATA_DIR", str(data))
+    paths = [f"img{i}.png" for i in range(30)]
+    for i, name in enumerate(paths):
+        Image.new("L", (8, 8), color=i * 8).save(data / "pictures" / name)
+    np.savez(data / "with-paths.npz", embeddings=np.random.default_rng(1).normal(size=(30, 4)).astype("f4"),
+             labels=np.arange(30) % 3, paths=np.array(paths))
+    app = open_page("imports")
+    app.text_input(key="import_name").input("with-images").run()
+    app.text_input(key="import_path").input("with-paths.npz").run()
+    app.text_input(key="import_images").input("../").run()
+    app.button(key="import_start").click().run()
+    assert [e.value for e in app.error] == ["Could not import: image folder '../' is outside the allowed folders (data)"]
+
+    app.text_input(key="import_images").input("pictures").run()
+    app.button(key="import_start").click().run()
+    finish_background_jobs()
+    app.run()
+    assert_clean(app)
+    assert read_manifest(app_environment / "with-images")["image_root"] == str((data / "pictures").resolve())
+
+
 def test_the_import_form_is_off_in_read_only_mode(monkeypatch):
     monkeypatch.setenv("ECAML_READ_ONLY", "1")
     app = open_page("imports")
