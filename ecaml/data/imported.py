@@ -30,6 +30,12 @@ ITEMS_FILE = "items.npz"
 IMPORT_FORMAT = 1
 SPLIT_NAMES = ("seen", "val", "unseen")
 MAX_MANIFEST_BYTES = 1024 * 1024
+
+
+class ImportInputError(ValueError):
+    """An input that cannot be imported (embeddings, a model file, an alignment), with a one-line reason."""
+
+
 # An import of a trained run's unseen images (``ecaml.serve.import_alignment``): the manifest names the run and its
 # config ({"run": name, "config": config.json}); items.npz holds each row's index in that run's data set.
 SAME_ITEMS_KEY, DATASET_INDICES = "same_items_as", "dataset_indices"

@@ -19,8 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ecaml.data.imported import DATASET_INDICES, SAME_ITEMS_KEY, read_manifest
-from ecaml.serve.imports import ImportInputError  # imports.py imports this module only when it is asked for
+from ecaml.data.imported import DATASET_INDICES, SAME_ITEMS_KEY, ImportInputError, read_manifest
 
 
 @dataclass

@@ -31,7 +31,7 @@ import numpy as np
 
 from ecaml import __version__
 from ecaml.data.imported import (
-    IMPORT_FORMAT, IMPORTED_DATASET, ITEMS_FILE, MANIFEST_FILE, SPLIT_NAMES, VECTORS_FILE,
+    IMPORT_FORMAT, IMPORTED_DATASET, ITEMS_FILE, MANIFEST_FILE, SPLIT_NAMES, VECTORS_FILE, ImportInputError,
 )
 from ecaml.eval.metrics import l2_normalise
 from ecaml.store.atomic import atomic_write_bytes, atomic_write_json
@@ -41,10 +41,6 @@ COLUMNS = ("embeddings", "labels", "split", "paths")
 DEFAULT_RECALL_KS = (1, 2, 4, 8)
 # An import holds the file's vectors, a float32 copy and the search's working set at once.
 MEMORY_FACTOR = 3
-
-
-class ImportInputError(ValueError):
-    """An input that cannot be imported, with a one-line reason."""
 
 
 @dataclass
