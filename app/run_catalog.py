@@ -63,7 +63,8 @@ class RunEntry:
             return self.name
         config = self.run.config
         if self.run.kind == "imported":
-            return f"{self.name} · imported vectors · {config.embedding_dim}-d"
+            over = "" if config.dataset == "imported" else f" of {config.dataset} unseen images"  # --same-items-as
+            return f"{self.name} · imported vectors{over} · {config.embedding_dim}-d"
         training = " · training…" if (self.run.status or {}).get("state") in LIVE_STATES else ""
         return f"{self.name} · {config.dataset} · {config.loss} · {ec_summary(config.ec_weight)}{training}"
 

@@ -168,6 +168,10 @@ def test_an_import_of_a_trained_runs_own_images_opens_aligned_with_it(app_enviro
     assert 0 < np.nanmean(change.jaccard) < 1
     assert any(h.value == "Neighbourhood change: digits-ec-on → theirs (yours)" for h in app.subheader)
     assert any(f"mean {np.nanmean(change.jaccard):.2f}" in c.value for c in app.caption)
+    from app.run_catalog import scan_all_runs
+
+    (entry,) = [e for e in scan_all_runs() if e.path.name == "theirs"]
+    assert entry.label == f"theirs (yours) · imported vectors of digits unseen images · {vectors.shape[1]}-d"
 
 
 def test_the_import_form_lines_vectors_up_with_a_trained_run_or_says_why_not(app_environment, shipped_runs, tmp_path,
