@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from sklearn.metrics import normalized_mutual_info_score
 
-from ecaml.eval.search import BLOCK_ENTRIES, default_device
+from ecaml.eval.search import BLOCK_ENTRIES, default_device, product_buffer
 
 NMI_KMEANS = ("ecaml", "pml")
 # One run of at most 20 iterations (pytorch-metric-learning's count), stopped early at a fixed point.
@@ -175,10 +175,12 @@ def _nearest_candidates(points: torch.Tensor, centroids: torch.Tensor):
     candidate_squared = torch.empty((len(points), listed), dtype=points.dtype, device=points.device)
     floor = torch.full((len(points),), torch.inf, dtype=points.dtype, device=points.device)
     rows = max(1, BLOCK_ENTRIES // len(centroids))
+    output = product_buffer(min(rows, len(points)), len(centroids), points.device, points.dtype)
     for start in range(0, len(points), rows):
         block = slice(start, start + rows)
         # |x - c|^2 = |x|^2 - 2 x.c + |c|^2; |x|^2 does not change which centroid wins.
-        scores = torch.addmm(centroid_norms[None, :], points[block], centroids.T, alpha=-2.0)
+        scores = torch.addmm(centroid_norms[None, :], points[block], centroids.T, alpha=-2.0,
+                             out=output[: min(rows, len(points) - start)])
         values, columns = torch.topk(scores, depth, dim=1, largest=False, sorted=True)
         tied = values == values[:, :1]
         ids[block] = torch.where(tied, columns, len(centroids)).min(dim=1).values

@@ -54,6 +54,7 @@ from ecaml.eval.search import (
     default_device,
     exact_topk,
     mask_self,
+    product_buffer,
     topk_with_index_ties,
 )
 
@@ -235,10 +236,13 @@ def _exact_per_query(query_vectors, gallery_vectors, query_codes, gallery_codes,
     gallery_code_tensor = torch.from_numpy(gallery_codes.astype(np.int64)).to(device)
     columns = torch.arange(len(gallery_vectors), device=device)
     members = _ClassMembers(gallery_codes, device)
-    for rows in _blocks_by_depth(relevant_counts[order], len(gallery_vectors)):
+    blocks = _blocks_by_depth(relevant_counts[order], len(gallery_vectors))
+    output = product_buffer(max(block.stop - block.start for block in blocks), len(gallery_vectors), device)
+    for rows in blocks:
         queries = order[rows]
         depth = int(relevant_counts[queries].max())
-        block = torch.from_numpy(query_vectors[queries]).to(device) @ gallery_tensor.T
+        block = torch.mm(torch.from_numpy(query_vectors[queries]).to(device), gallery_tensor.T,
+                         out=output[: len(queries)])
         if self_rows is not None:
             mask_self(block, self_rows[queries])
         _, neighbours = topk_with_index_ties(block, depth)
@@ -303,16 +307,17 @@ def _rank_of_best_relevant(similarities: torch.Tensor, query_codes: torch.Tensor
     values = similarities[rows, relevant_columns]
     best = torch.full((len(similarities),), -torch.inf, dtype=similarities.dtype, device=similarities.device)
     best.scatter_reduce_(0, rows, values, reduce="amax")
-    above = (similarities > best[:, None]).sum(dim=1)
-    shared = torch.nonzero((similarities == best[:, None]).sum(dim=1) > 1).flatten()
+    # int32 sums: a bool row summed into int64 took twice as long (the counts stay far below 2^31).
+    above = (similarities > best[:, None]).sum(dim=1, dtype=torch.int32)
+    shared = torch.nonzero((similarities == best[:, None]).sum(dim=1, dtype=torch.int32) > 1).flatten()
     if len(shared):
         # Equal columns of lower index than the first relevant column at the best value rank before it.
         at_best = values == best[rows]
         first = torch.full_like(best, len(columns), dtype=torch.int64)
         first.scatter_reduce_(0, rows[at_best], relevant_columns[at_best], reduce="amin")
         tied = (similarities[shared] == best[shared, None]) & (columns[None, :] < first[shared, None])
-        above[shared] += tied.sum(dim=1)
-    return above
+        above[shared] += tied.sum(dim=1, dtype=torch.int32)
+    return above.to(torch.int64)
 
 
 def _approximate_per_query(query_vectors, gallery_vectors, query_codes, gallery_codes, relevant_counts, largest_k,
