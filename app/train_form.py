@@ -18,7 +18,7 @@ DATASETS = {
     "digits": "digits: 8×8 handwritten digits, 0–4 seen, 5–9 unseen (a run trains in seconds on a CPU)",
     "glyphs": "glyphs: 104 letters and digits from many fonts, half seen, half unseen",
     "fashion-mnist": "Fashion-MNIST (real photos): 70,000 garment photos at 28×28, clothes seen, shoes, bags and "
-                     "shirts unseen (at its defaults an EC-off / EC-on pair trains in about 3 minutes on a CPU)",
+                     "shirts unseen (at its defaults an EC-off / EC-on pair trains in about 2 minutes on a 2-core CPU)",
     "folder": "folder: your own images, one sub-folder per class",
 }
 
@@ -32,9 +32,9 @@ BACKBONES = ("smallcnn", "resnet18", "resnet50", "googlenet")
 DEVICES = ("auto", "cpu", "cuda")
 
 
-# Evaluate every other epoch of the lecture length (lesson.LECTURE_EPOCHS): quality during training is a curve of
-# about 16 points.
-EVALUATE_EVERY_EPOCHS = 2
+# Evaluate every 12th epoch of the lecture length (lesson.LECTURE_EPOCHS, 192): quality during training is a curve of
+# 16 points.
+EVALUATE_EVERY_EPOCHS = 12
 
 
 STOPPING_KEY = "stop_requested_for"  # the job this session asked to stop (it ends after its current step)
@@ -50,7 +50,7 @@ def form_defaults() -> TrainConfig:
     pair), else the library's defaults; evaluated every epoch, so quality during training is a curve."""
     featured = run_catalog.featured_setting()
     base = featured if featured is not None and featured.dataset in DATASETS else TrainConfig()
-    # Fashion-MNIST's own defaults are the lecture's length already (1 epoch, about 3 minutes a pair).
+    # Fashion-MNIST's own defaults are the lecture's length already (1 epoch, about 2 minutes a pair on 2 cores: benchmarks/fashion_lecture.json).
     lecture = base if base.dataset == run_catalog.FASHION else lesson.lecture_length(base)
     return dataclasses.replace(lecture, eval_every=EVALUATE_EVERY_EPOCHS)
 
@@ -67,7 +67,7 @@ def show_form(running: Path | None) -> None:
         st.caption(
             f"Starts from the featured setting ({defaults.dataset}, {defaults.loss}, λ = {defaults.ec_weight:g}, "
             f"seed {defaults.seed}): the run the app opens on, so yours can be compared with it; trained for "
-            f"{defaults.epochs} epochs (about a minute and a half on two cores) so the curves can be watched as they "
+            f"{defaults.epochs} epochs (about a minute on two cores) so the curves can be watched as they "
             f"grow, evaluated every {defaults.eval_every} epochs and filmed every {defaults.film_every} steps."
         )
     with st.form("train_form", border=True):

@@ -8,6 +8,9 @@ metrics with EC's difference. ``--validation`` holds 2 of the 5 seen classes out
 instead of the unseen ones': how the defaults were chosen without looking at the test classes.
 
     python benchmarks/fashion_lecture.py --out /tmp/lecture [--validation] [--json benchmarks/fashion_lecture.json]
+    python benchmarks/fashion_lecture.py --dataset digits --film-every 90 --out /tmp/digits -- --epochs 192
+
+The second is the app's digits lesson (``app/lesson.py``: the featured digits setting for LECTURE_EPOCHS epochs).
 """
 
 from __future__ import annotations
@@ -24,8 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 METRICS = ("recall@1", "map@r", "nmi")
 
 
-def start(out: Path, ec_weight: float, film_every: int, validation: bool, extra: list[str]) -> subprocess.Popen:
-    command = [sys.executable, "-m", "ecaml", "train", "--dataset", "fashion-mnist", "--loss", "triplet",
+def start(out: Path, dataset: str, ec_weight: float, film_every: int, validation: bool,
+          extra: list[str]) -> subprocess.Popen:
+    command = [sys.executable, "-m", "ecaml", "train", "--dataset", dataset, "--loss", "triplet",
                f"--ec-weight={ec_weight:g}", "--seed", "0", "--device", "cpu", f"--film-every={film_every}",
                "--quiet", "--out", str(out), *extra]
     if validation:
@@ -42,6 +46,9 @@ def final_metrics(run_dir: Path, part: str) -> dict[str, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="folder for the two run directories (must not hold them yet)")
+    parser.add_argument("--dataset", default="fashion-mnist", choices=("fashion-mnist", "digits"),
+                        help="the lecture's data set (default fashion-mnist); digits with -- --epochs N is the app's "
+                             "digits lesson")
     parser.add_argument("--ec-weight", type=float, default=1.0, help="λ of the EC-on run (default 1)")
     parser.add_argument("--film-every", type=int, default=70, help="steps between film frames (default 70)")
     parser.add_argument("--validation", action="store_true", help="2 seen classes held out, their metrics reported")
@@ -49,9 +56,9 @@ def main() -> int:
     parser.add_argument("extra", nargs="*", help="further train flags (after --), e.g. -- --images-per-class 20")
     args = parser.parse_args()
     out = Path(args.out)
-    names = {weight: f"fashion-mnist-triplet-ec{weight:g}-seed0" for weight in (0.0, args.ec_weight)}
+    names = {weight: f"{args.dataset}-triplet-ec{weight:g}-seed0" for weight in (0.0, args.ec_weight)}
     load_before, started = os.getloadavg(), time.perf_counter()
-    processes = {start(out / name, weight, args.film_every, args.validation, args.extra).pid: name
+    processes = {start(out / name, args.dataset, weight, args.film_every, args.validation, args.extra).pid: name
                  for weight, name in names.items()}
     timings = {}
     while processes:

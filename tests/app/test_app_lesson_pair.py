@@ -34,10 +34,11 @@ def test_the_lesson_pair_is_the_featured_setting_long_enough_to_watch_with_a_fil
         resolved = config.resolved()
         assert {f: getattr(resolved, f) for f in SETTING_FIELDS} == {f: shipped[f] for f in SETTING_FIELDS}, name
         assert resolved.ec_weight == shipped["ec_weight"] and resolved.film_every > 0
-        # Trained long enough to watch (issue 22 item 3: the featured 2 epochs took 12 s for the pair), filmed ~30 times.
+        # Trained long enough to watch (issue 22 item 3: the featured 2 epochs took 12 s for the pair, 448 steps 19 s,
+        # 2,688 steps 70 s on 2 idle cores: benchmarks/digits_lecture.json), filmed ~30 times.
         status = json.loads((REPO_ROOT / "checkpoints" / name / "status.json").read_text())
         steps = status["total_steps"] // shipped["epochs"] * resolved.epochs
-        assert 300 <= steps <= 700 and 20 <= steps // resolved.film_every <= 40, (steps, resolved.film_every)
+        assert 2000 <= steps <= 4000 and 20 <= steps // resolved.film_every <= 40, (steps, resolved.film_every)
     # The two runs differ in the EC weight only.
     first, second = (c.to_dict() for c in configs)
     assert {key for key in first if first[key] != second[key]} == {"ec_weight"}
