@@ -34,6 +34,9 @@ def evaluation_splits(chosen: list[run_catalog.RunEntry]) -> list[str]:
     return [split for split in SPLIT_LABELS if split in found] + sorted(found - set(SPLIT_LABELS))
 
 
+SPLIT_RUNS_KEY = "evaluation_split_runs"  # the runs the evaluation split was chosen for
+
+
 def split_label(split: str) -> str:
     return f"{split}: {SPLIT_LABELS[split]}" if split in SPLIT_LABELS else split
 
@@ -50,9 +53,12 @@ def show_evaluations(chosen: list[run_catalog.RunEntry]) -> None:
         st.info("These runs recorded no evaluations.")
         return
     # Validation classes first: a curve to choose epochs or λ by must not be read on the test classes; and a split
-    # with a history (more than the final point) before one without.
-    if st.session_state.get("evaluation_split") not in splits:
+    # with a history (more than the final point) before one without. Chosen again whenever other runs are chosen
+    # (a split picked for the last set of runs says nothing about these); kept while the runs stay the same.
+    runs_now = [entry.name for entry in chosen]
+    if st.session_state.get(SPLIT_RUNS_KEY) != runs_now or st.session_state.get("evaluation_split") not in splits:
         st.session_state["evaluation_split"] = opening_split(chosen, splits)
+        st.session_state[SPLIT_RUNS_KEY] = runs_now
     controls = st.columns([2, 5])
     split = controls[1].radio(
         "Classes",

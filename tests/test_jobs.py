@@ -125,12 +125,17 @@ def test_stop_finishes_the_step_checkpoints_and_reports_stopped(root):
     manager = JobManager(root)
     run_dir = manager.start(TrainConfig(**LONG), name="stopping")
     wait_for(manager, run_dir, lambda p: p.state == "running" and p.step >= 2)
-    JobManager(root).stop()  # any tab may stop the job
+    JobManager(root).stop(by="session-5e31c08b")  # any tab may stop the job, and says who it is
     progress = wait_for(manager, run_dir, lambda p: p.state in jobs.FINAL_STATES, timeout=20)
     assert progress.state == "stopped" and progress.message is None
     run = load_run(run_dir)
     assert run.step == progress.step >= 2  # the checkpoint holds the step it stopped at
-    assert "stopped at step" in (run_dir / "train.log").read_text()
+    log = (run_dir / "train.log").read_text()
+    assert "stopped at step" in log
+    # The stop note survives the training process's own last lines (both append to the log), so every reader,
+    # a fresh manager included, can say who stopped it.
+    assert progress.stopped_by == "session-5e31c08b", log
+    assert JobManager(root).progress(run_dir).stopped_by == "session-5e31c08b"
     assert manager.current() is None
 
 

@@ -289,9 +289,10 @@ class JobManager:
 def _launch(config: TrainConfig, run_dir: Path, owner: str | None, lock_descriptor: int) -> subprocess.Popen:
     """Start one training process that inherits (and so holds) the folder's lock; its output goes to its log."""
     command, environment = training_command(config, run_dir)
-    with open(pending_log_path(run_dir), "wb") as log:
-        log.write(log_header(command, owner))
-        log.flush()
+    pending_log_path(run_dir).write_bytes(log_header(command, owner))
+    # Append mode (O_APPEND) for the child: a stop note written meanwhile by another session (note_stop) stays,
+    # where a plain write offset would let the child's next lines overwrite it.
+    with open(pending_log_path(run_dir), "ab") as log:
         process = subprocess.Popen(
             command, cwd=REPOSITORY_ROOT, env=environment, stdin=subprocess.DEVNULL,
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True, pass_fds=(lock_descriptor,),

@@ -64,3 +64,18 @@ def test_the_evaluations_open_on_the_split_with_a_history(checkpoints_copy):
     app = open_page("compare")
     assert_clean(app)
     assert app.radio(key="evaluation_split").value == "unseen"  # not seen_test's single final point
+
+
+def test_the_evaluations_choose_their_split_again_when_other_runs_are_chosen(checkpoints_copy):
+    runs = add_triplet_pair(checkpoints_copy)  # copies whose splits hold their final evaluation only
+    history = checkpoints_copy / "digits-ec-on" / "history.jsonl"
+    lines = [json.loads(line) for line in history.read_text().splitlines()]
+    final = next(record for record in lines if record.get("split") == "unseen")
+    history.write_text("".join(json.dumps(r) + "\n" for r in lines + [{**final, "step": s} for s in (5, 10)]))
+    app = open_page("compare", {run_picker.SELECTION_KEY: runs[2:]})
+    assert_clean(app)
+    without_history = app.radio(key="evaluation_split").value
+    assert without_history != "unseen"  # no split has a history: the first one
+    app.multiselect(key="runs_compare").set_value(runs[:2]).run()
+    assert_clean(app)
+    assert app.radio(key="evaluation_split").value == "unseen"  # the new runs' history, not the last visit's split
