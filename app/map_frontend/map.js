@@ -78,18 +78,22 @@ function makePanel(spec, number, container, height) {
   element.dataset.panel = String(number);
   const title = document.createElement("h4");
   title.textContent = spec.title;
+  // A film frame's measures get a line of their own under the title: a long run name may be cut short, they never.
+  const measures = document.createElement("div");
+  measures.className = "frame-measures";
+  measures.hidden = !(spec.frame_labels || []).length;
   const canvas = document.createElement("canvas");
   const overlay = document.createElement("canvas");
   overlay.className = "overlay";
   canvas.style.height = overlay.style.height = `${height}px`;
-  element.append(title, canvas, overlay);
+  element.append(title, measures, canvas, overlay);
   container.append(element);
   // Panel i's frames (one for a map, one per step for a film) arrive concatenated as the bytes argument coords_i.
   const all = decode(state.args[`coords_${number}`], Float32Array), size = 2 * state.count;
   const frames = Array.from({ length: all.length / size }, (_, f) => all.subarray(f * size, (f + 1) * size));
   const panel = {
     number, element, canvas, overlay, frames, positions: new Float32Array(frames[frames.length - 1]),
-    title, spec,
+    title, measures, spec,
     gl: canvas.getContext("webgl2", { antialias: true, premultipliedAlpha: false }),
     context: overlay.getContext("2d"), view: null, grid: null,
   };
@@ -512,7 +516,7 @@ function showFrame(frame, from = null, t = 1) {
     panel.grid = null;
     // A film frame's label (its step's unseen Recall@1 and MAP@R), so the picture and the number agree.
     const label = (panel.spec.frame_labels || [])[frame];
-    panel.title.textContent = label ? `${panel.spec.title} · ${label}` : panel.spec.title;
+    panel.measures.textContent = label ? `step ${state.args.frame_steps[frame]}: ${label}` : "";
   }
   const steps = state.args.frame_steps;
   document.getElementById("step").value = String(frame);

@@ -253,9 +253,12 @@ def show_film(chosen: list[run_catalog.RunEntry]) -> None:
     filmed = [entry for entry in chosen if has_film(entry.path)]
     st.caption(
         "A run trained with `film_every` keeps snapshots of its embeddings of a fixed set of unseen images as it "
-        "trains. Press **Play** (or drag the step slider) to watch classes form, EC off and EC on side by side, on "
-        "one aligned projection that keeps neighbourhoods (each step's t-SNE, started from the step before). Each "
-        "panel's title gives that step's unseen Recall@1 and MAP@R, measured on the very points drawn."
+        "trains. Press **Play** (or drag the step slider) to watch what training on the seen classes does to the "
+        "unseen ones, EC off and EC on side by side, on one aligned projection that keeps neighbourhoods (each "
+        "step's t-SNE, started from the step before; runs of one seed start from one picture). Under each title, "
+        "that step's unseen Recall@1 and MAP@R, measured on the very points drawn. Unseen classes do not always "
+        "form: an untrained network can already separate some, and training on other classes can blur them; "
+        "the numbers say which way each step goes."
     )
     missing = [entry.name for entry in chosen if entry not in filmed]
     if missing:
