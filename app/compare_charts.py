@@ -105,10 +105,6 @@ def epochs_trained(run) -> int:
     return max((epoch for epoch in epochs if isinstance(epoch, int)), default=-1) + 1
 
 
-def plural(count: int, noun: str) -> str:
-    return f"{count} {noun}" + ("" if count == 1 else "s")
-
-
 def evaluation_gaps(chosen: list[run_catalog.RunEntry], split: str) -> list[str]:
     """Why each run with at most one evaluation on ``split`` has no more, from its config and history."""
     without_interval, phrases = [], []
@@ -124,8 +120,8 @@ def evaluation_gaps(chosen: list[run_catalog.RunEntry], split: str) -> list[str]
         elif epochs <= every:
             comparison = "shorter than" if epochs < every else "as long as"
             phrases.append(
-                f"**{entry.name}**: it trained for {plural(epochs, 'epoch')}, {comparison} its evaluation interval "
-                f"of {plural(every, 'epoch')}"
+                f"**{entry.name}**: it trained for {layout.plural(epochs, 'epoch')}, {comparison} its evaluation interval "
+                f"of {layout.plural(every, 'epoch')}"
             )
         else:
             phrases.append(f"**{entry.name}**: its history holds no evaluation before the final one")

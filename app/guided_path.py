@@ -14,7 +14,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from app import locations, run_catalog
+from app import layout, locations, run_catalog
 from ecaml.runs import read_config
 from ecaml.store.run_files import RunError, read_metrics
 
@@ -96,7 +96,7 @@ def featured_pair() -> FeaturedPair | None:
             else None
         interval = tuple(difference["ci95"])
         effects.append(Effect(metric, difference["mean"], interval, int(difference.get("n", 0)), shown))
-    setting = f"{config.dataset}, {config.loss}, λ = {config.ec_weight:g}, {config.epochs} epochs"
+    setting = f"{config.dataset}, {config.loss}, λ = {config.ec_weight:g}, {layout.plural(config.epochs, 'epoch')}"
     return FeaturedPair(off, on, config.seed, setting, effects) if effects else None
 
 

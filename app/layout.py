@@ -9,6 +9,11 @@ import streamlit as st
 RUN_COLOURS = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000")
 
 
+def plural(count: int, noun: str) -> str:
+    """"1 epoch", "2 epochs", "2,688 steps"."""
+    return f"{count:,} {noun}" + ("" if count == 1 else "s")
+
+
 def colour_of(position: int) -> str:
     return RUN_COLOURS[position % len(RUN_COLOURS)]
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from app import errors, run_catalog, run_picker, training_job
+from app import errors, layout, run_catalog, run_picker, training_job
 from app.page_state import EMBEDDINGS_VIEW_KEY, FILM_VIEW
 from ecaml.config import TrainConfig
 from ecaml.serve.jobs import FINAL_STATES
@@ -99,7 +99,7 @@ def _follow(folders: tuple[str, ...]) -> None:
     if not lesson_running(folders):
         st.rerun()
     done, total = lesson_progress(folders)
-    st.progress(done / total if total else 0.0, text=f"Training the lesson pair: step {done:,} of {total or '…'}")
+    st.progress(done / total if total else 0.0, text=f"Training the lesson pair: step {done:,} of {f'{total:,}' if total else '…'}")
 
 
 def open_film(folders: tuple[str, ...]) -> None:
@@ -116,7 +116,7 @@ def offer_lesson() -> None:
     _, on = lesson_configs(dataset).values()
     st.caption(
         f"Trains two small networks on {on.dataset}, EC off and EC on ({on.loss} loss, λ = {on.ec_weight:g}: the "
-        f"featured pair's setting, for {on.epochs} epochs so it can be watched), both at once, filming their "
+        f"featured pair's setting, for {layout.plural(on.epochs, 'epoch')} so it can be watched), both at once, filming their "
         "embeddings of the classes they never see. "
         "Then the film plays them side by side."
     )

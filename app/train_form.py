@@ -10,7 +10,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from app import data_roots, errors, lesson, locations, run_catalog, training_job
+from app import data_roots, errors, layout, lesson, locations, run_catalog, training_job
 from ecaml.config import DATASET_DEFAULTS, TrainConfig
 
 
@@ -67,10 +67,12 @@ def show_form(running: Path | None) -> None:
         st.caption(
             f"Starts from the featured setting ({defaults.dataset}, {defaults.loss}, λ = {defaults.ec_weight:g}, "
             f"seed {defaults.seed}): the run the app opens on, so yours can be compared with it; trained for "
-            f"{defaults.epochs} epochs (about a minute on two cores) so the curves can be watched as they "
-            f"grow, evaluated every {defaults.eval_every} epochs and filmed every {defaults.film_every} steps."
+            f"{layout.plural(defaults.epochs, 'epoch')} (about a minute on two cores) so the curves can be watched as "
+            f"they grow, evaluated every {layout.plural(defaults.eval_every, 'epoch')} and filmed every "
+            f"{layout.plural(defaults.film_every, 'step')}."
         )
-    with st.form("train_form", border=True):
+    # Enter in a field must not start a run (minutes of CPU) before the rest of the form is filled in.
+    with st.form("train_form", border=True, enter_to_submit=False):
         first, second, third = st.columns(3)
         dataset = first.selectbox(
             "Dataset",

@@ -190,3 +190,14 @@ def test_a_non_image_upload_is_one_error_and_the_page_keeps_working():
     app.radio(key="query_source").set_value("browse").run()
     assert_clean(app)
     assert len(neighbour_captions(app)) == 2
+
+
+def test_similarities_get_the_decimals_that_tell_them_apart():
+    from types import SimpleNamespace
+
+    def neighbours(*similarities):
+        return [SimpleNamespace(correct=i % 2 == 0, class_name="Bag", similarity=s) for i, s in enumerate(similarities)]
+
+    assert page.neighbour_captions(neighbours(0.93, 0.71)) == ["✓ Bag · 0.93", "✗ Bag · 0.71"]
+    tight = page.neighbour_captions(neighbours(0.99991, 0.99962, 0.99917))  # all "1.00" at two decimals
+    assert tight == ["✓ Bag · 0.9999", "✗ Bag · 0.9996", "✓ Bag · 0.9992"]

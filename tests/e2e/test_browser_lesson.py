@@ -202,7 +202,9 @@ def test_a_run_from_the_featured_form_moves_live_replays_and_leaves_no_defunct_p
     form.get_by_label("Run name", exact=True).press("Tab")
     assert form.get_by_label("Epochs", exact=True).input_value() == str(LECTURE_EPOCHS)
     form.get_by_label("Epochs", exact=True).fill(str(TEST_EPOCHS))
-    form.get_by_label("Epochs", exact=True).press("Tab")
+    form.get_by_label("Epochs", exact=True).press("Enter")  # Enter in a field starts nothing: only the button does
+    time.sleep(1.5)
+    assert not (app_server.runs_dir / LESSON_RUN).exists(), "Enter in a field of the form started a run"
     form.locator('[data-testid="stFormSubmitButton"] button').click()
 
     finished = page.locator(MAIN).get_by_text(f"Last run {LESSON_RUN} finished")
