@@ -159,16 +159,19 @@ def browse_query(loaded: list, split) -> int | None:
 def numbered_query(loaded: list, split) -> int | None:
     """Any unseen image by its dataset number (the number the map's hover and the captions show).
 
-    The box accepts every number of the data set, not just the lowest to highest unseen one: the browser snaps a
-    number outside the box's range to its nearest end without a word, so a seen image's number is kept as typed
-    and the caption says why it is no query.
+    The box has no upper bound: a number past a bound is refused by the browser without a word (the box keeps it,
+    the page keeps the last image), so every number reaches the page, and a seen image's number or one past the
+    data set is kept as typed with a caption saying why it is no query.
     """
     index = loaded[0][1]
     highest = len(split.dataset) - 1
     opening = opening_query(loaded, None)
     first = opening if opening is not None else int(index.embeddings.indices.min())
-    number = int(st.number_input(f"Dataset image number (0–{highest}, unseen classes only)", 0, highest, first,
+    number = int(st.number_input(f"Dataset image number (0–{highest}, unseen classes only)", 0, None, first,
                                  key="query_image"))
+    if number > highest:
+        st.caption(f"There is no image {number:,}: this data set's images are numbered 0 to {highest:,}.")
+        return None
     try:
         index.row_of(number)
     except ValueError:

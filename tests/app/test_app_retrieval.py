@@ -149,12 +149,19 @@ def test_the_image_number_box_keeps_what_was_typed_and_says_why_it_is_no_query()
     assert seen < int(split.indices("unseen").min())  # below the first unseen number: the box used to snap up to it
     app = open_retrieval({"query_source": "number"})
     box = app.number_input(key="query_image")
-    assert box.proto.min == 0 and box.proto.max == len(split.dataset) - 1  # the browser clamps to these
+    # No upper bound in the browser: past one, a typed number stayed in the box and never reached the page.
+    assert box.proto.has_min and box.proto.min == 0 and not box.proto.has_max
     box.set_value(seen).run()
     assert not app.exception and not neighbour_captions(app)
     assert app.number_input(key="query_image").value == seen
     why = [c.value for c in app.caption if c.value.startswith(f"Image {seen} is not of an unseen class")]
     assert len(why) == 1 and f"class {split.dataset.class_name(seen)}" in why[0] and "\n" not in why[0]
+    app.number_input(key="query_image").set_value(999_999).run()
+    assert not app.exception and not neighbour_captions(app)
+    assert app.number_input(key="query_image").value == 999_999
+    highest = len(split.dataset) - 1
+    assert [c.value for c in app.caption if "999,999" in c.value] == [
+        f"There is no image 999,999: this data set's images are numbered 0 to {highest:,}."]
 
 
 def test_random_queries():
