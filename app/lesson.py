@@ -103,10 +103,8 @@ def _follow(folders: tuple[str, ...]) -> None:
 
 
 def open_film(folders: tuple[str, ...]) -> None:
-    st.session_state[run_picker.SELECTION_KEY] = list(folders)
-    st.session_state.pop("runs_embeddings", None)  # the picker's own state would win over the selection
     st.session_state[EMBEDDINGS_VIEW_KEY] = FILM_VIEW
-    st.switch_page("views/embeddings.py")
+    run_picker.open_runs_on("embeddings", list(folders))
 
 
 def offer_lesson() -> None:

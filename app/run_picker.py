@@ -17,6 +17,13 @@ ALL_TAGS_SHOWN = (
 )
 
 
+def open_runs_on(page: str, selection: list[str]) -> None:
+    """Switch to ``page`` ("compare", "embeddings", "retrieval") with the runs ``selection`` (their keys) chosen."""
+    st.session_state[SELECTION_KEY] = list(selection)
+    st.session_state.pop(f"runs_{page}", None)  # the page's own picker state would win over the selection
+    st.switch_page(f"views/{page}.py")
+
+
 def _remember_selection(widget_key: str) -> None:
     st.session_state[SELECTION_KEY] = list(st.session_state[widget_key])
 

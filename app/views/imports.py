@@ -11,7 +11,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from app import background_jobs, data_roots, deployment, errors, locations, run_catalog
+from app import background_jobs, data_roots, deployment, errors, locations, run_catalog, run_picker
 
 UPLOAD_LIMIT_BYTES = 20 * 1024 * 1024  # an upload sits in memory; bigger files go on the server and are named here
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
@@ -107,7 +107,8 @@ def _import(job, source: Path | None, data: bytes | None, out: Path, same_items:
             source = Path(folder) / "upload.npz"
             source.write_bytes(data)
         import_embeddings(source, out, image_root=image_root, same_items_as=same_items)
-    job.result = summary(out)
+    # The summary line, and what the pages open on: the import, after the trained run it lines up with (if any).
+    job.result = (summary(out), [str(run) for run in (same_items, out) if run is not None])
 
 
 def show_job() -> None:
@@ -119,7 +120,12 @@ def show_job() -> None:
     elif job.error is not None:
         st.error(f"Could not import: {errors.one_sentence(job.error)}")
     elif job.result:
-        st.success(f"{job.result}. Open it on Compare, Embeddings or Retrieval.")
+        line, runs = job.result
+        st.success(f"{line}.")
+        for column, page in zip(st.columns(3), ("compare", "embeddings", "retrieval")):
+            if column.button(f"Open it on {page.capitalize()}", key=f"import_open_{page}",
+                             icon=":material/arrow_forward:"):
+                run_picker.open_runs_on(page, runs)
 
 
 # Streamlit runs a page file as "__main__"; importing it (as the tests do) only defines its functions.

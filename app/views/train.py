@@ -196,8 +196,7 @@ def compare_finished(run_dir: Path) -> None:
     else:
         entries = run_catalog.scan_all_runs()
         selection = [key for key in run_catalog.default_selection(entries) if key != str(run_dir)] + [str(run_dir)]
-    st.session_state[run_picker.SELECTION_KEY] = selection
-    st.switch_page("views/compare.py")
+    run_picker.open_runs_on("compare", selection)
 
 
 # ----------------------------------------------------------------------------- replay

@@ -95,6 +95,10 @@ def test_the_import_form_imports_a_server_file_inside_the_data_folder_only(app_e
     assert_clean(app)
     assert load_run(app_environment / "from-data").kind == "imported"
     assert any(s.value.startswith("imported 60 vectors of size 4 (3 classes)") for s in app.success)
+    # One click opens the import on a page (it used to say "open it on Compare" and leave the user to find it).
+    app.button(key="import_open_compare").click().run()
+    assert_clean(app)
+    assert app.multiselect(key="runs_compare").value == [str(app_environment / "from-data")]
 
 
 def test_the_import_form_takes_an_image_folder_inside_the_data_folder_for_a_files_paths(app_environment, tmp_path,
