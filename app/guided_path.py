@@ -14,7 +14,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from app import layout, locations, run_catalog
+from app import layout, locations, run_catalog, run_picker
 from ecaml.runs import read_config
 from ecaml.store.run_files import RunError, read_metrics
 
@@ -104,7 +104,7 @@ def points(value: float) -> str:
     return f"{100 * value:+.1f}"
 
 
-def effect_sentence(pair: FeaturedPair) -> str:
+def effect_sentence(pair: FeaturedPair, table_shows_pair: bool = True) -> str:
     seeds = max(effect.seeds for effect in pair.effects)
     parts = [
         f"{EFFECT_METRICS[e.metric]} **{points(e.study_mean)}** points (95% interval {points(e.study_interval[0])} "
@@ -112,7 +112,10 @@ def effect_sentence(pair: FeaturedPair) -> str:
     ]
     shown = [f"{EFFECT_METRICS[e.metric]} {points(e.shown)}" for e in pair.effects if e.shown is not None]
     sentence = f"**The effect over {seeds} seeds** ({pair.setting}, EC on minus EC off): {', '.join(parts)}."
-    if shown:
+    if not table_shows_pair:
+        sentence += (f" The table below shows the runs you chose, not this pair: choose **{pair.off}** and "
+                     f"**{pair.on}** to see its seed {pair.seed}.")
+    elif shown:
         sentence += (
             f" The table below is **one seed** (seed {pair.seed}): {', '.join(shown)}. One seed can land above or "
             "below the mean; the interval says how far."
@@ -141,7 +144,9 @@ def show_guided_path() -> None:
         st.markdown(WHAT_IT_DOES)
         pair = featured_pair()
         if pair is not None:
-            st.markdown(effect_sentence(pair))
+            chosen = run_picker.current_selection("compare")
+            showing = chosen is None or sorted(Path(key).name for key in chosen) == sorted((pair.off, pair.on))
+            st.markdown(effect_sentence(pair, table_shows_pair=showing))
             why = run_catalog.featured_why()
             if why:
                 st.caption(f"How this pair was chosen: {why}")

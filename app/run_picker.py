@@ -17,6 +17,12 @@ ALL_TAGS_SHOWN = (
 )
 
 
+def current_selection(page: str) -> list[str] | None:
+    """The run keys chosen on ``page`` (or carried over from another page); None before anything was chosen."""
+    chosen = st.session_state.get(f"runs_{page}", st.session_state.get(SELECTION_KEY))
+    return None if chosen is None else list(chosen)
+
+
 def open_runs_on(page: str, selection: list[str]) -> None:
     """Switch to ``page`` ("compare", "embeddings", "retrieval") with the runs ``selection`` (their keys) chosen."""
     st.session_state[SELECTION_KEY] = list(selection)

@@ -92,6 +92,13 @@ def test_the_guided_path_teaches_with_the_study_effect_and_hides_for_the_session
     app.button(key="guide_show").click().run()
     assert any("The effect over" in t for t in guide_texts(app))
 
+    # Other runs in the table: the guide no longer reads the table as the featured pair's seed.
+    app.multiselect(key="runs_compare").set_value([str(featured / "digits-ec-on")]).run()
+    assert_clean(app)
+    (effect,) = [t for t in guide_texts(app) if t.startswith("**The effect over")]
+    assert "**one seed**" not in effect
+    assert "The table below shows the runs you chose, not this pair: choose **digits-ec-off** and" in effect
+
 
 def test_without_a_study_for_the_pair_the_guide_leaves_the_numbers_out(featured):
     config = json.loads((featured / "digits-ec-on" / "config.json").read_text())
