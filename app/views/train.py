@@ -60,7 +60,9 @@ def show_job() -> Path | None:
         # Every refresh re-sends the whole chart to the tab: a job someone else started is followed less often, so
         # a room of viewers does not cost the server (and their own browsers) two charts a second each.
         refresh = LIVE_REFRESH_S if training_job.started_here(running) else OTHER_JOB_LIVE_REFRESH_S
-        st.fragment(run_every=refresh)(live_panel)(str(running))
+        # Every run of the job (the lesson trains EC off and EC on at once), not only its first.
+        runs = tuple(str(run) for run in training_job.current_runs()) or (str(running),)
+        st.fragment(run_every=refresh)(live_panel)(runs)
         return running
     own = training_job.own_job()
     progress = training_job.job_progress(own) if own else None
@@ -71,16 +73,20 @@ def show_job() -> Path | None:
     return None
 
 
-def live_panel(run_dir: str) -> None:
-    progress = training_job.job_progress(Path(run_dir))
-    if progress is None or progress.state not in run_catalog.LIVE_STATES:
+def live_panel(run_dirs: tuple[str, ...]) -> None:
+    progresses = [training_job.job_progress(Path(run_dir)) for run_dir in run_dirs]
+    if not any(p is not None and p.state in run_catalog.LIVE_STATES for p in progresses):
         st.rerun()  # finished: redraw the page once, without this refresher
-    st.subheader(training_job.job_title(Path(run_dir)))
+    run_dir = run_dirs[0]
     mine = training_job.started_here(Path(run_dir))
-    if not mine:
-        st.caption("Started from another browser session; you can watch it here, and start yours when it ends.")
-    st.progress(training_job.progress_fraction(progress), text=training_job.progress_text(progress))
-    show_run_curves(progress.history, key="live", run_dir=run_dir)
+    for number, (each, progress) in enumerate(zip(run_dirs, progresses)):
+        st.subheader(training_job.job_title(Path(each)))
+        if progress is None:
+            continue
+        if number == 0 and not mine:
+            st.caption("Started from another browser session; you can watch it here, and start yours when it ends.")
+        st.progress(training_job.progress_fraction(progress), text=training_job.progress_text(progress))
+        show_run_curves(progress.history, key="live" if number == 0 else f"live-{number}", run_dir=each)
     stopping = st.session_state.get(train_form.STOPPING_KEY) == run_dir
     # Someone else's run is read-only unless this session confirms; the stop then names this session.
     confirmed = mine or st.checkbox("Stop someone else's run", key="confirm_stop_other",

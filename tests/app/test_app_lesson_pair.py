@@ -101,6 +101,9 @@ def test_the_lesson_is_a_job_of_the_runs_folder_under_its_one_lock(monkeypatch, 
     assert_clean(reloaded)
     assert not [button for button in reloaded.button if button.key == "lesson_start"]
     assert any("Training the lesson pair" in bar.proto.text for bar in reloaded.get("progress"))
+    # Both runs train live on the page, EC off and EC on, each with its title (not only the job's first run).
+    titles = [header.value for header in reloaded.subheader]
+    assert all(f"Training {folder.name}" in titles for folder in folders), titles
     with pytest.raises(JobError, match="already running: lesson-"):
         manager.start(TrainConfig(dataset="digits", max_steps=3, eval_every=0), name="beside")
     manager.stop()
