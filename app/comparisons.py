@@ -63,10 +63,12 @@ def setting_key(entry: RunEntry) -> tuple:
 
 
 def repeated_settings(chosen: Sequence[RunEntry]) -> list[list[RunEntry]]:
-    """Groups of two or more chosen runs whose configs differ only by seed."""
+    """Groups of two or more chosen runs whose configs differ only by seed, each run trained to its end: a stopped
+    or failed run of the same config is no seed of that setting (it trained less)."""
     by_setting: dict[tuple, list[RunEntry]] = {}
     for entry in chosen:
-        by_setting.setdefault(setting_key(entry), []).append(entry)
+        if (entry.run.status or {}).get("state") == "completed":
+            by_setting.setdefault(setting_key(entry), []).append(entry)
     return [runs for runs in by_setting.values() if len(runs) >= 2]
 
 

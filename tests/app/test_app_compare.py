@@ -247,3 +247,18 @@ def test_runs_of_one_setting_with_several_seeds_show_mean_and_spread(checkpoints
     assert column == "digits · binomial · EC off · 2 seeds"
     values = [100 * metrics["recall@1"], 100 * (metrics["recall@1"] - 0.1)]
     assert spread.loc["Recall@1", column] == f"{np.mean(values):.1f} ± {np.std(values, ddof=1):.1f}"
+
+
+def test_a_stopped_run_is_no_seed_of_its_setting(checkpoints_copy):
+    import shutil
+
+    for seed in (1, 2):
+        shutil.copytree(checkpoints_copy / "digits-ec-off", checkpoints_copy / f"digits-ec-off-seed{seed}")
+        rewrite_config(checkpoints_copy / f"digits-ec-off-seed{seed}", seed=seed)
+    status = checkpoints_copy / "digits-ec-off-seed2" / "status.json"
+    status.write_text(json.dumps({**json.loads(status.read_text()), "state": "stopped"}))
+    keys = [str(checkpoints_copy / name) for name in ("digits-ec-off", "digits-ec-off-seed1", "digits-ec-off-seed2")]
+    app = open_page("compare", {"selected_run_paths": keys})
+    assert_clean(app)
+    columns = [str(c) for frame in app.dataframe for c in frame.value.columns if "seeds" in str(c)]
+    assert columns == ["digits · binomial · EC off · 2 seeds"]  # seeds 0 and 1; the stopped seed 2 is left out
