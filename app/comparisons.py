@@ -99,7 +99,7 @@ def length_notes(pairs: Sequence[tuple[RunEntry, RunEntry]]) -> list[str]:
             notes.append(f"**{entry.name}** was stopped at step {entry.run.step:,}, before the end of its schedule")
         if entry.run.step != reference.run.step:
             notes.append(f"**{entry.name}** trained {entry.run.step:,} steps, **{reference.name}** "
-                         f"{reference.run.step:,}")
+                         f"{reference.run.step:,} steps")
     return notes
 
 

@@ -133,7 +133,8 @@ def split_order(split) -> int:
 
 
 def split_name(split) -> str:
-    return {"val": "validation classes", "unseen": "test classes (not for selection)"}.get(split, str(split))
+    return {"val": "validation classes", "seen_test": "seen classes, held-out images",
+            "unseen": "test classes (not for selection)"}.get(split, str(split))
 
 
 def show_live_curves(steps: list[dict], key: str, run_dir: str) -> None:

@@ -105,9 +105,10 @@ def where_second_does_better(change: NeighbourhoodChange, class_names: list[str]
     losses = [row for row in rows if row[2] < row[1]]
     queried = ~np.isnan(change.jaccard)
     first_r1, second_r1 = change.first_hit[queried].mean(), change.second_hit[queried].mean()
-    overall = f"overall R@1 {second_r1:.3f} against {first_r1:.3f}"
+    overall = f"overall R@1 {100 * second_r1:.1f}% against {100 * first_r1:.1f}%"  # percent, as every page shows R@1
     if not gains:
         return f"{second_name} does better than {first_name} on no class ({overall})."
-    named = ", ".join(f"{class_names[label]} ({after - before:+.2f})" for label, before, after, _ in gains[:shown])
+    named = ", ".join(f"{class_names[label]} ({100 * (after - before):+.1f} points)"
+                      for label, before, after, _ in gains[:shown])
     return (f"{second_name} does better than {first_name} on {len(gains)} of {len(rows)} classes, most on {named}, "
             f"and worse on {len(losses)}; {overall}.")

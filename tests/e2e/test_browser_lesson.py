@@ -201,6 +201,10 @@ def test_a_run_from_the_featured_form_moves_live_replays_and_leaves_no_defunct_p
     form.get_by_label("Run name", exact=True).fill(LESSON_RUN)
     form.get_by_label("Run name", exact=True).press("Tab")
     assert form.get_by_label("Epochs", exact=True).input_value() == str(LECTURE_EPOCHS)
+    # The fixture runs stop after 20 steps, and the form starts from their setting: without that cap the run trains
+    # its TEST_EPOCHS (a few hundred steps), long enough for the live view to be seen moving on a busy machine.
+    form.get_by_label("Stop after steps", exact=True).fill("0")
+    form.get_by_label("Stop after steps", exact=True).press("Tab")
     form.get_by_label("Epochs", exact=True).fill(str(TEST_EPOCHS))
     form.get_by_label("Epochs", exact=True).press("Enter")  # Enter in a field starts nothing: only the button does
     time.sleep(1.5)
