@@ -73,6 +73,12 @@ def ec_summary(ec_weight: float) -> str:
     return "EC off" if ec_weight == 0 else f"EC λ={ec_weight:g}"
 
 
+def setting_summary(run) -> str:
+    """What a panel or caption says of how a run was made: its EC setting, or that its vectors were imported (an
+    import has no EC weight: its placeholder config's 0 read as "EC off")."""
+    return "imported vectors" if run.kind == "imported" else ec_summary(run.config.ec_weight)
+
+
 def run_fingerprint(path: Path) -> tuple:
     """(name, mtime, size) of each run file, so any change to the run gives a new cache key."""
     stamps = []

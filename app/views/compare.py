@@ -130,7 +130,7 @@ def settings_table(chosen: list[run_catalog.RunEntry]) -> pd.DataFrame:
             "dataset": config.dataset,
             "backbone": f"{config.backbone}, {config.embedding_dim}-d",
             "loss": config.loss,
-            "Energy Confusion": run_catalog.ec_summary(config.ec_weight),
+            "Energy Confusion": run_catalog.setting_summary(entry.run),
             "evaluated": f"every {layout.plural(config.eval_every, 'epoch')}" if config.eval_every else "at the end",
             "steps": f"{entry.run.step:,}",
             "seed": str(config.seed),

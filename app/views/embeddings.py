@@ -81,7 +81,7 @@ def show_map(chosen: list[run_catalog.RunEntry]) -> None:
         "every panel. Esc clears."
     )
     panels = [
-        embedding_map.MapPanel(f"{entry.name} · {run_catalog.ec_summary(entry.run.config.ec_weight)}", [p.coords])
+        embedding_map.MapPanel(f"{entry.name} · {run_catalog.setting_summary(entry.run)}", [p.coords])
         for entry, p in zip(chosen, projections)
     ]
     by_change = neighbourhood_view.colour_by_change(chosen)
@@ -272,7 +272,7 @@ def show_film(chosen: list[run_catalog.RunEntry]) -> None:
     steps, frames, labels, indices, scores = result
     split = splits.split_of(filmed[0].run)
     panels = [
-        embedding_map.MapPanel(f"{entry.name} · {run_catalog.ec_summary(entry.run.config.ec_weight)}", run_frames,
+        embedding_map.MapPanel(f"{entry.name} · {run_catalog.setting_summary(entry.run)}", run_frames,
                                frame_labels(run_scores))
         for entry, run_frames, run_scores in zip(filmed, frames, scores)
     ]

@@ -290,7 +290,7 @@ def show_neighbours(entry: run_catalog.RunEntry, result) -> None:
         if None not in verdicts
         else ""
     )
-    st.caption(f"{run_catalog.ec_summary(entry.run.config.ec_weight)} · {score}answered in {1000 * result.seconds:.1f} ms")
+    st.caption(f"{run_catalog.setting_summary(entry.run)} · {score}answered in {1000 * result.seconds:.1f} ms")
     split = splits.split_of(entry.run)
     st.image(
         [pictures.framed(split.dataset.image(n.dataset_index), n.correct, NEIGHBOUR_PIXELS) for n in result.neighbours],

@@ -69,6 +69,9 @@ def test_an_imported_run_opens_on_the_pages_and_retrieval_says_why_uploads_are_o
             assert len(shown.ints("labels")) == 300  # every point
         if page == "retrieval":
             assert any("imported vectors" in info.value for info in app.info)
+            # Its neighbours are captioned as imported vectors, not as an "EC off" run.
+            assert not any(c.value.startswith("EC off") for c in app.caption)
+            assert any(c.value.startswith("imported vectors · ") for c in app.caption)
 
 
 def test_the_import_form_imports_a_server_file_inside_the_data_folder_only(app_environment, tmp_path, monkeypatch):
