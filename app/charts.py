@@ -39,6 +39,8 @@ SAME_CLASS, DIFFERENT_CLASSES = ("same class", "#009E73"), ("different classes",
 STEP_TITLE, PROGRESS_TITLE = "training step", "progress (fraction of the run's steps)"
 # The legend above the plot, wrapping to as many rows as the runs need: every run is named, none is cut.
 TOP_LEGEND = {"orientation": "h", "yanchor": "bottom", "y": 1.02, "xanchor": "left", "x": 0, "title": None}
+# A chart with a title keeps its legend under the plot: above it, a legend of several runs ran into the title.
+BOTTOM_LEGEND = {"orientation": "h", "yanchor": "top", "y": -0.22, "xanchor": "left", "x": 0, "title": None}
 MARGIN = {"l": 10, "r": 10, "t": 30, "b": 10}
 
 
@@ -113,9 +115,9 @@ def _laid_out(figure: go.Figure, height: int, y_title: str | None, relative: boo
               log_scale: bool = False) -> go.Figure:
     figure.update_layout(
         height=height,
-        margin={**MARGIN, "t": 60 if title else 30},
+        margin={**MARGIN, "t": 50 if title else 30, "b": 90 if title else MARGIN["b"]},
         title={"text": title, "x": 0, "xanchor": "left", "font": {"size": 15}} if title else None,
-        legend=TOP_LEGEND,
+        legend=BOTTOM_LEGEND if title else TOP_LEGEND,
         hovermode="x unified",
         showlegend=True,
     )
