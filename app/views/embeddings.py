@@ -43,7 +43,9 @@ def render() -> None:
     if not chosen:
         return
     chosen = run_picker.same_data_only(chosen, "so their maps cannot be aligned with it")
-    view = st.segmented_control("View", list(VIEWS), format_func=VIEWS.get, key=EMBEDDINGS_VIEW_KEY, default=MAP_VIEW)
+    # The lesson opens the film by setting this key; a default beside it makes Streamlit warn, so it goes in the state.
+    st.session_state.setdefault(EMBEDDINGS_VIEW_KEY, MAP_VIEW)
+    view = st.segmented_control("View", list(VIEWS), format_func=VIEWS.get, key=EMBEDDINGS_VIEW_KEY)
     if view == FILM_VIEW:
         show_film(chosen)
     else:
