@@ -120,8 +120,8 @@ def evaluation_gaps(chosen: list[run_catalog.RunEntry], split: str) -> list[str]
         elif epochs <= every:
             comparison = "shorter than" if epochs < every else "as long as"
             phrases.append(
-                f"**{entry.name}**: it trained for {layout.plural(epochs, 'epoch')}, {comparison} its evaluation interval "
-                f"of {layout.plural(every, 'epoch')}"
+                f"**{entry.name}**: it trained for {layout.plural(epochs, 'epoch')}, {comparison} its evaluation "
+                f"interval of {layout.plural(every, 'epoch')}"
             )
         else:
             phrases.append(f"**{entry.name}**: its history holds no evaluation before the final one")

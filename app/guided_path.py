@@ -145,7 +145,8 @@ def show_guided_path() -> None:
         pair = featured_pair()
         if pair is not None:
             chosen = run_picker.current_selection("compare")
-            showing = chosen is None or sorted(Path(key).name for key in chosen) == sorted((pair.off, pair.on))
+            pair_keys = {str(locations.checkpoints_dir() / name) for name in (pair.off, pair.on)}  # as the picker keys
+            showing = chosen is None or set(chosen) == pair_keys
             st.markdown(effect_sentence(pair, table_shows_pair=showing))
             why = run_catalog.featured_why()
             if why:

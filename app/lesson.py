@@ -99,7 +99,8 @@ def _follow(folders: tuple[str, ...]) -> None:
     if not lesson_running(folders):
         st.rerun()
     done, total = lesson_progress(folders)
-    st.progress(done / total if total else 0.0, text=f"Training the lesson pair: step {done:,} of {f'{total:,}' if total else '…'}")
+    total_text = f"{total:,}" if total else "…"
+    st.progress(done / total if total else 0.0, text=f"Training the lesson pair: step {done:,} of {total_text}")
 
 
 def open_film(folders: tuple[str, ...]) -> None:
@@ -114,8 +115,8 @@ def offer_lesson() -> None:
     _, on = lesson_configs(dataset).values()
     st.caption(
         f"Trains two small networks on {on.dataset}, EC off and EC on ({on.loss} loss, λ = {on.ec_weight:g}: the "
-        f"featured pair's setting, for {layout.plural(on.epochs, 'epoch')} so it can be watched), both at once, filming their "
-        "embeddings of the classes they never see. "
+        f"featured pair's setting, for {layout.plural(on.epochs, 'epoch')} so it can be watched), both at once, "
+        "filming their embeddings of the classes they never see. "
         "Then the film plays them side by side."
     )
     folders = tuple(st.session_state.get(LESSON_KEY) or own_lesson_after_reload())

@@ -50,7 +50,8 @@ def form_defaults() -> TrainConfig:
     pair), else the library's defaults; evaluated every epoch, so quality during training is a curve."""
     featured = run_catalog.featured_setting()
     base = featured if featured is not None and featured.dataset in DATASETS else TrainConfig()
-    # Fashion-MNIST's own defaults are the lecture's length already (1 epoch, about 2 minutes a pair on 2 cores: benchmarks/fashion_lecture.json).
+    # Fashion-MNIST's own defaults are the lecture's length already (1 epoch, about 2 minutes a pair on 2 cores:
+    # benchmarks/fashion_lecture.json).
     lecture = base if base.dataset == run_catalog.FASHION else lesson.lecture_length(base)
     return dataclasses.replace(lecture, eval_every=EVALUATE_EVERY_EPOCHS)
 

@@ -74,6 +74,7 @@ def film_frames(films: list[Film]) -> tuple[list[int], list[list[np.ndarray]]]:
     steps = common_steps(films)
     if not steps:
         raise ValueError("these runs' films have no step in common")
+    starts = [dict(zip(film.steps, film.embeddings))[steps[0]] for film in films]
     frames = []
     for film in films:
         by_step = dict(zip(film.steps, film.embeddings))
@@ -86,12 +87,12 @@ def film_frames(films: list[Film]) -> tuple[list[int], list[list[np.ndarray]]]:
             coords.append(frame)
             start = frame
         frames.append(coords)
-    # Runs that start from the same network (one seed) share their first frame and each later frame is rotated
-    # onto the one before it, so they are already in one frame of reference: the same picture at step 0, as the
-    # same weights deserve. Runs that start apart are turned so that their last frames agree.
+    # Runs that start from the same network (one seed: the same first snapshot) share their first frame, and each
+    # later frame is rotated onto the one before it, so they are already in one frame of reference: the same picture
+    # at step 0, as the same weights deserve. Runs that start apart are turned so that their last frames agree.
     reference = frames[0][-1]
-    for run_frames in frames[1:]:
-        if np.allclose(run_frames[0], frames[0][0], atol=1e-6):
+    for start, run_frames in zip(starts[1:], frames[1:]):
+        if np.array_equal(start, starts[0]):
             continue
         rotation = _rotation(run_frames[-1], reference)
         run_frames[:] = [(c @ rotation).astype(np.float32) for c in run_frames]
