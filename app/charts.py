@@ -46,7 +46,8 @@ MARGIN = {"l": 10, "r": 10, "t": 30, "b": 10}
 
 @dataclass
 class Series:
-    """One run's line on a chart; ``length``: the run's last step, for a progress axis (default: its last record)."""
+    """One run's line on a chart; ``length``: the run's last step, for a progress axis (default: its last record;
+    never shorter than it, so that no line runs past 100 %)."""
 
     name: str
     colour: str
@@ -86,8 +87,8 @@ def _points(records: list[dict], column: str) -> tuple[np.ndarray, np.ndarray]:
 def _x(steps: np.ndarray, line: Series, relative: bool) -> np.ndarray:
     if not relative:
         return steps
-    length = line.length or (float(steps.max()) if steps.size else 1.0)
-    return steps / max(length, 1)
+    last_recorded = float(steps.max()) if steps.size else 1.0
+    return steps / max(line.length or 0, last_recorded, 1)
 
 
 def _add_line(figure: go.Figure, line: Series, column: str, smoothing: float, log_scale: bool, relative: bool) -> None:
@@ -109,6 +110,11 @@ def _add_line(figure: go.Figure, line: Series, column: str, smoothing: float, lo
                            **group)
     figure.add_scatter(x=x, y=drawn.values, mode="lines", name=line.name, legendgroup=line.name,
                        line={"width": 2.5, "color": line.colour}, hovertemplate="%{y:.4g}")
+
+
+def _add_legend_only(figure: go.Figure, name: str, colour: str) -> None:
+    """A legend entry, greyed, for a run with nothing to draw here."""
+    figure.add_scatter(x=[None], y=[None], mode="lines", name=name, line={"color": colour}, visible="legendonly")
 
 
 def _laid_out(figure: go.Figure, height: int, y_title: str | None, relative: bool, title: str | None = None,
@@ -152,6 +158,9 @@ def evaluation_chart(lines: list[Series], metric: str, height: int = 340, relati
     figure = go.Figure()
     for line in lines:
         steps, values = _points(line.records, metric)
+        if not steps.size:  # named all the same: Plotly leaves a trace without points out of the legend
+            _add_legend_only(figure, f"{line.name} (no evaluation on these classes)", line.colour)
+            continue
         figure.add_scatter(x=_x(steps, line, relative), y=100 * values, mode="lines+markers", name=line.name,
                            line={"width": 2.5, "color": line.colour}, marker={"size": 8},
                            hovertemplate="%{y:.2f}%")

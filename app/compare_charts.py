@@ -19,7 +19,15 @@ SPLIT_LABELS = {
 
 
 def series(chosen: list[run_catalog.RunEntry], records_of) -> list[charts.Series]:
-    return [charts.Series(e.name, layout.colour_of(i), records_of(e.run), e.run.step) for i, e in enumerate(chosen)]
+    return [charts.Series(e.name, layout.colour_of(i), records_of(e.run), run_length(e.run))
+            for i, e in enumerate(chosen)]
+
+
+def run_length(run) -> int:
+    """The last step a run reached: its history can outrun its saved weights (killed between checkpoints, or still
+    training), and a progress axis must end at the run's last record, not past it."""
+    recorded = (record.get("step") for record in run.history)
+    return max([run.step, *(step for step in recorded if isinstance(step, int))])
 
 
 def runs_signature(entries: list[run_catalog.RunEntry]) -> tuple:

@@ -303,7 +303,8 @@ def loss_panels(chosen: list[run_catalog.RunEntry]) -> dict[str, list[run_catalo
 def curve_figure(entries, colours: dict, quantity: str, smoothing: float, log_scale: bool, title: str | None,
                  relative: bool = False):
     """The training curves of ``entries``, built once per set of runs and options (``charts.cached_figure``)."""
-    lines = [charts.Series(e.name, colours[e.key], e.run.step_records(), e.run.step) for e in entries]
+    lines = [charts.Series(e.name, colours[e.key], e.run.step_records(), compare_charts.run_length(e.run))
+             for e in entries]
     signature = ("compare curves", compare_charts.runs_signature(entries), tuple(colours.items()), quantity, smoothing,
                  log_scale, title, relative)
     return charts.cached_figure(signature, lambda: charts.curve_chart(lines, quantity, smoothing, log_scale,

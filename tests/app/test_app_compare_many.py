@@ -79,3 +79,49 @@ def test_the_evaluations_choose_their_split_again_when_other_runs_are_chosen(che
     app.multiselect(key="runs_compare").set_value(runs[:2]).run()
     assert_clean(app)
     assert app.radio(key="evaluation_split").value == "unseen"  # the new runs' history, not the last visit's split
+
+
+def history_of(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+
+
+def write_history(run_dir: Path, records: list[dict]) -> None:
+    (run_dir / "history.jsonl").write_text("".join(json.dumps(record) + "\n" for record in records))
+
+
+def test_relative_progress_ends_at_the_last_recorded_step_when_the_history_outruns_the_weights(checkpoints_copy):
+    # A run killed between checkpoints (or still training) has history past its saved weights' step: its progress
+    # must still end at 100 %, not run past it (the walk-through saw an axis to about 190 %).
+    run_dir = checkpoints_copy / "digits-ec-on"
+    records = history_of(run_dir)
+    last = max(record["step"] for record in records)
+    later_step = next(r for r in records if r.get("kind") == "step")
+    later_eval = next(r for r in records if r.get("split") == "unseen")
+    write_history(run_dir, records + [{**later_step, "step": 2 * last}, {**later_eval, "step": 2 * last}])
+    app = open_page("compare")
+    app.toggle(key="curve_relative").set_value(True).run()
+    assert_clean(app)
+    curves, evaluations = plotly_figures(app)[:2]
+    for figure in (curves, evaluations):
+        lines = named_lines(figure)
+        assert set(lines) == {"digits-ec-off", "digits-ec-on"}
+        assert all(max(x for x in line["x"] if x is not None) == 1.0 for line in lines.values())
+
+
+def test_a_run_without_evaluations_on_the_chosen_classes_is_still_named_in_the_legend(checkpoints_copy):
+    # A stopped run evaluated only on some classes: the chart of the others names it too (marked), not leaves it out.
+    run_dir = checkpoints_copy / "digits-ec-on"
+    write_history(run_dir, [r for r in history_of(run_dir) if r.get("split") != "unseen"])
+    history = checkpoints_copy / "digits-ec-off" / "history.jsonl"
+    records = history_of(checkpoints_copy / "digits-ec-off")
+    final = next(record for record in records if record.get("split") == "unseen")
+    write_history(checkpoints_copy / "digits-ec-off", records + [{**final, "step": s} for s in (5, 10)])
+    assert history.exists()
+    app = open_page("compare")
+    assert_clean(app)
+    assert app.radio(key="evaluation_split").value == "unseen"
+    evaluations = plotly_figures(app)[1]
+    names = [trace.get("name", "") for trace in evaluations["data"] if trace.get("showlegend", True)]
+    assert any(name.startswith("digits-ec-off") for name in names)
+    (missing,) = [name for name in names if name.startswith("digits-ec-on")]
+    assert "no evaluation" in missing
