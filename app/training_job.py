@@ -95,6 +95,11 @@ def own_last_job() -> list[Path]:
     return record.runs if record is not None and record.owner == session_owner() else []
 
 
+def started_by_this_session(run_dir: Path) -> bool:
+    """Whether this session's owner token started the job that trained ``run_dir`` (its log names the starter)."""
+    return not read_only() and _quietly(lambda: job_manager().owner_of(run_dir)) == session_owner()
+
+
 def _quietly(read):
     try:
         return read()

@@ -310,13 +310,17 @@ def show_twin_section(running: Path | None) -> None:
 
 
 def twin_default(entries: list[run_catalog.RunEntry]) -> str:
-    """The run the twin picker opens on: this session's last run, else the newest of yours, else the first shipped."""
-    own = training_job.own_job()
-    if own is not None and str(own) in {entry.key for entry in entries}:
+    """The run the twin picker opens on: this session's last run (after a reload, the last run of its last job);
+    else the newest run its owner token started; else the newest in runs/; else the first shipped run. In a
+    classroom everyone shares runs/, so the newest folder is often someone else's."""
+    keys = {entry.key for entry in entries}
+    own = training_job.own_job() or next(iter(training_job.own_last_job()[::-1]), None)
+    if own is not None and str(own) in keys:
         return str(own)
     yours = [entry for entry in entries if not entry.shipped]
-    if yours:
-        return max(yours, key=lambda entry: run_catalog.run_fingerprint(entry.path)[0][1] or 0).key
+    started_here = [entry for entry in yours if training_job.started_by_this_session(entry.path)]
+    if started_here or yours:
+        return max(started_here or yours, key=lambda entry: run_catalog.run_fingerprint(entry.path)[0][1] or 0).key
     return entries[0].key
 
 
