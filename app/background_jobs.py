@@ -9,6 +9,7 @@ then read the cache. ``follow`` redraws a page when its jobs end.
 
 from __future__ import annotations
 
+import atexit
 import os
 import threading
 import time
@@ -22,6 +23,10 @@ from app.errors import LOG
 
 MAX_FINISHED_JOBS = 32
 POLL_SECONDS = 1.0
+EXIT_WAIT_SECONDS = 10.0
+# Set when the process exits: work that loops (a live film) ends at its next look. A daemon thread still inside
+# torch when the interpreter tears down aborts the process ("terminate called without an active exception").
+SHUTTING_DOWN = threading.Event()
 
 
 @dataclass
@@ -72,8 +77,9 @@ def forget(key: tuple) -> None:
         _jobs().pop(key, None)
 
 
-def start(key: tuple, label: str, work: Callable[[BackgroundJob], None]) -> BackgroundJob:
-    """The job known under ``key``, else ``work(job)`` started now in a daemon thread (at a lower CPU priority)."""
+def start(key: tuple, label: str, work: Callable[[BackgroundJob], None], yield_cpu: bool = True) -> BackgroundJob:
+    """The job known under ``key``, else ``work(job)`` started now in a daemon thread, at a lower CPU priority
+    unless ``yield_cpu`` is False (work that is what the page shows now, beside processes that fill every core)."""
     with _lock:
         jobs = _jobs()
         if key in jobs:
@@ -82,16 +88,30 @@ def start(key: tuple, label: str, work: Callable[[BackgroundJob], None]) -> Back
         for old in finished[: max(0, len(jobs) - MAX_FINISHED_JOBS)]:
             del jobs[old]
         job = BackgroundJob(label)
-        job.thread = threading.Thread(target=_body, args=(job, work), name=f"ecaml-{label}", daemon=True)
+        job.thread = threading.Thread(target=_body, args=(job, work, yield_cpu), name=f"ecaml-{label}", daemon=True)
         job.thread.start()  # before it is listed: a listed job that is not running has ended
+        _jobs_seen[:] = [seen for seen in _jobs_seen if seen.running] + [job]
         jobs[key] = job
         return job
 
 
-def _body(job: BackgroundJob, work: Callable[[BackgroundJob], None]) -> None:
+@atexit.register
+def _let_running_jobs_end() -> None:
+    SHUTTING_DOWN.set()
+    deadline = time.monotonic() + EXIT_WAIT_SECONDS
+    for job in list(_jobs_seen):
+        if job.thread is not None:
+            job.thread.join(max(0.0, deadline - time.monotonic()))
+
+
+_jobs_seen: list[BackgroundJob] = []  # every job of this process (the registry is Streamlit's and may be cleared)
+
+
+def _body(job: BackgroundJob, work: Callable[[BackgroundJob], None], yield_cpu: bool) -> None:
     """Never raises, so the thread cannot take anything down; failures are kept on the job and logged."""
     try:
-        _lower_thread_priority()
+        if yield_cpu:
+            _lower_thread_priority()
         work(job)
         LOG.info("%s done in %.1f s", job.label, job.seconds)
     except Exception as error:  # noqa: BLE001 - a background thread must never take the app down

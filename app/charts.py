@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+from plotly.colors import qualitative
+from plotly.subplots import make_subplots
 import streamlit as st
 
 from app.thinning import thin
@@ -188,3 +190,19 @@ def distance_chart(bins: np.ndarray, positive: np.ndarray, negative: np.ndarray,
     figure.update_yaxes(title="density", range=[0, density_max] if density_max else None)
     return figure
 
+
+
+def frames_chart(frames: list[np.ndarray], labels: np.ndarray, titles: list[str], height: int = 380) -> go.Figure:
+    """2-D frames side by side (one per run, axes hidden: only neighbourhoods matter), points coloured by class."""
+    figure = make_subplots(rows=1, cols=len(frames), subplot_titles=titles, horizontal_spacing=0.04)
+    palette = qualitative.Dark24
+    colours = [palette[int(label) % len(palette)] for label in labels]
+    for column, coords in enumerate(frames, start=1):
+        figure.add_scattergl(x=coords[:, 0], y=coords[:, 1], mode="markers", showlegend=False,
+                             marker={"size": 4, "color": colours, "opacity": 0.8}, customdata=labels,
+                             hovertemplate="class %{customdata}<extra></extra>", row=1, col=column)
+    figure.update_xaxes(visible=False)
+    figure.update_yaxes(visible=False)
+    figure.update_layout(height=height, margin={**MARGIN, "t": 40})
+    figure.update_annotations(font_size=13)
+    return figure

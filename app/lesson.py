@@ -18,7 +18,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from app import errors, layout, run_catalog, run_picker, training_job
+from app import errors, layout, live_film, run_catalog, run_picker, training_job
 from app.page_state import EMBEDDINGS_VIEW_KEY, FILM_VIEW
 from ecaml.config import TrainConfig
 from ecaml.serve.jobs import FINAL_STATES
@@ -101,6 +101,7 @@ def _follow(folders: tuple[str, ...]) -> None:
     done, total = lesson_progress(folders)
     total_text = f"{total:,}" if total else "…"
     st.progress(done / total if total else 0.0, text=f"Training the lesson pair: step {done:,} of {total_text}")
+    live_film.show_live_film(folders)
 
 
 def open_film(folders: tuple[str, ...]) -> None:

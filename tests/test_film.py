@@ -11,7 +11,7 @@ import torch
 
 from ecaml.config import TrainConfig
 from ecaml.data import load_split
-from ecaml.serve.film import Film, film_frames, frame_scores, read_film
+from ecaml.serve.film import Film, film_frames, frame_scores, grow_film, read_film
 from ecaml.store.run_files import RunError, open_safetensors
 from ecaml.train.film_recorder import FILM_FOLDER, FILM_INDEX, film_subset, snapshot_name
 from ecaml.train.launch import train
@@ -81,6 +81,39 @@ def test_frames_are_aligned_onto_the_previous_frame_and_across_runs(seed):
     for previous, frame in zip(frames[0][:-1], frames[0][1:]):
         u, _, vt = np.linalg.svd(frame.T.astype(np.float64) @ previous)
         np.testing.assert_allclose(u @ vt, np.eye(2), atol=1e-4)
+
+
+def filmed_until(film: Film, last_step: int) -> Film:
+    """``film`` as it stood on disk when its run had filmed up to ``last_step``."""
+    kept = [i for i, step in enumerate(film.steps) if step <= last_step]
+    return Film([film.steps[i] for i in kept], film.indices, film.labels, [film.embeddings[i] for i in kept])
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_film_grows_while_its_runs_train_frame_by_frame_as_the_finished_film_lays_them_out(seed):
+    rng = np.random.default_rng(seed)
+    first = random_film(rng, [0, 5, 10, 15])
+    second = Film(first.steps, first.indices, first.labels,
+                  [first.embeddings[0], *(rng.normal(size=e.shape).astype(np.float32) for e in first.embeddings[1:])])
+    assert grow_film([filmed_until(first, 0), None]) is None  # the second run has filmed nothing yet
+    so_far = grow_film([filmed_until(first, 0), filmed_until(second, 0)])
+    assert so_far.steps == [0]
+    assert grow_film([filmed_until(first, 5), filmed_until(second, 0)], so_far) is so_far  # no step both filmed
+    drawn = so_far.frames[0]
+    # Both runs filmed 5 and 10 before the page looked again: it lays out the newest, 10, from the frame it has.
+    grown = grow_film([filmed_until(first, 10), filmed_until(second, 15)], so_far)
+    assert grown.steps == [0, 10] and so_far.steps == [0] and so_far.frames[0] is drawn and len(drawn) == 1
+    grown = grow_film([first, second], grown)
+    assert grown.steps == [0, 10, 15]
+    # The same frames as the finished film of those steps (runs of one seed: one frame of reference from step 0).
+    _, frames = film_frames([Film([0, 10, 15], f.indices, f.labels, [f.embeddings[i] for i in (0, 2, 3)])
+                             for f in (first, second)])
+    for run_frames, finished in zip(grown.frames, frames):
+        for frame, expected in zip(run_frames, finished):
+            np.testing.assert_allclose(frame, expected, atol=1e-5)
+    for film, run_scores in zip((first, second), grown.scores):
+        assert run_scores == frame_scores(Film([0, 10, 15], film.indices, film.labels,
+                                               [film.embeddings[i] for i in (0, 2, 3)]), [0, 10, 15])
 
 
 @pytest.mark.parametrize("seed", range(3))

@@ -69,8 +69,7 @@ def common_steps(films: list[Film]) -> list[int]:
 
 def film_frames(films: list[Film]) -> tuple[list[int], list[list[np.ndarray]]]:
     """(steps, frames[run][step] as float32 [n, 2]) on one aligned projection; the films must film the same images."""
-    if any(not np.array_equal(film.indices, films[0].indices) for film in films[1:]):
-        raise ValueError("these runs' films show different images (another data set or split)")
+    _check_same_images(films)
     steps = common_steps(films)
     if not steps:
         raise ValueError("these runs' films have no step in common")
@@ -78,14 +77,9 @@ def film_frames(films: list[Film]) -> tuple[list[int], list[list[np.ndarray]]]:
     frames = []
     for film in films:
         by_step = dict(zip(film.steps, film.embeddings))
-        start = None  # every run's first frame from the same seeded layout: runs of one seed start alike
-        coords = []
+        coords: list[np.ndarray] = []  # every run's first frame from the same seeded layout: one seed starts alike
         for step in steps:
-            frame = _unit_rms(layout(by_step[step], start=start))
-            if coords:
-                frame = _rotate_onto(frame, coords[-1])
-            coords.append(frame)
-            start = frame
+            coords.append(next_frame(by_step[step], coords[-1] if coords else None))
         frames.append(coords)
     # Runs that start from the same network (one seed: the same first snapshot) share their first frame, and each
     # later frame is rotated onto the one before it, so they are already in one frame of reference: the same picture
@@ -97,6 +91,50 @@ def film_frames(films: list[Film]) -> tuple[list[int], list[list[np.ndarray]]]:
         rotation = _rotation(run_frames[-1], reference)
         run_frames[:] = [(c @ rotation).astype(np.float32) for c in run_frames]
     return steps, frames
+
+
+def _check_same_images(films: list[Film]) -> None:
+    if any(not np.array_equal(film.indices, films[0].indices) for film in films[1:]):
+        raise ValueError("these runs' films show different images (another data set or split)")
+
+
+def next_frame(vectors: np.ndarray, previous: np.ndarray | None) -> np.ndarray:
+    """One frame: the layout of ``vectors`` started from the ``previous`` frame and rotated onto it (None: the first
+    frame, from the seeded start), at unit RMS radius."""
+    frame = _unit_rms(layout(vectors, start=previous))
+    return frame if previous is None else _rotate_onto(frame, previous)
+
+
+@dataclass
+class FilmSoFar:
+    """A film drawn while its runs still train: the steps drawn so far and, per run, their frames and scores."""
+
+    steps: list[int]
+    frames: list[list[np.ndarray]]
+    scores: list[list[dict[str, float]]]
+    labels: np.ndarray  # the filmed images' classes
+
+
+def grow_film(films: list[Film | None], so_far: FilmSoFar | None = None) -> FilmSoFar | None:
+    """``so_far`` with one more frame per run (``films`` as ``read_film`` reads them now; None where a run has filmed
+    nothing yet): the newest step every run has filmed, laid out from each run's last frame (steps in between are skipped when the runs film faster than frames are laid out). None: no common step
+    yet. Runs of one seed share their first frame, as in ``film_frames``; runs that start apart are not turned onto
+    each other until the film is complete."""
+    if any(film is None for film in films):
+        return so_far
+    shared = common_steps(films)
+    if not shared or (so_far is not None and shared[-1] <= so_far.steps[-1]):
+        return so_far
+    step = shared[-1] if so_far is not None else shared[0]  # the first frame is the first step: the untrained start
+    _check_same_images(films)
+    # New lists, not appended in place: a page may be drawing ``so_far`` while the next frame is laid out.
+    frames = [list(run) for run in so_far.frames] if so_far is not None else [[] for _ in films]
+    scores = [list(run) for run in so_far.scores] if so_far is not None else [[] for _ in films]
+    for film, run_frames, run_scores in zip(films, frames, scores):
+        vectors = dict(zip(film.steps, film.embeddings))[step]
+        run_frames.append(next_frame(vectors, run_frames[-1] if run_frames else None))
+        run_scores.extend(frame_scores(film, [step]))
+    return FilmSoFar((so_far.steps if so_far is not None else []) + [step], frames, scores, films[0].labels)
 
 
 def frame_scores(film: Film, steps: list[int]) -> list[dict[str, float]]:

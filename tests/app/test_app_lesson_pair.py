@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
-from apptest_support import assert_clean, open_page
+from apptest_support import assert_clean, open_page, plotly_figures
 from map_support import maps
 from test_app_train import reload_page, wait_until_idle
 
@@ -73,13 +74,39 @@ def test_the_button_trains_the_pair_and_opens_its_film(monkeypatch, app_environm
     assert not [state for state in children if state.startswith("Z")]
 
 
+def live_film_titles(app) -> list[str]:
+    """The subplot titles of the lesson's live film on the page ([] while it has no frame)."""
+    for figure in plotly_figures(app):
+        titles = [note["text"] for note in figure["layout"].get("annotations", [])]
+        if titles and all(" · step " in title for title in titles):
+            return titles
+    return []
+
+
+def film_steps_seen(app, count: int, deadline: float) -> set[int]:
+    """The steps the live film's panels showed, refreshing the page each second until ``count`` were seen."""
+    seen: set[int] = set()
+    while len(seen) < count:
+        assert time.monotonic() < deadline, f"the live film showed only steps {sorted(seen)}"
+        time.sleep(1.0)
+        app.run()
+        assert_clean(app)
+        titles = live_film_titles(app)
+        if titles:
+            assert titles[0].startswith("EC off · step ") and titles[1].startswith("EC λ=")
+            steps = {int(title.split(" · step ")[1].split(":")[0].replace(",", "")) for title in titles}
+            assert len(steps) == 1  # both panels show the same step
+            seen |= steps
+    return seen
+
+
 def lesson_folders(runs: Path) -> list[Path]:
     return sorted(runs.glob("lesson-*")) + sorted(runs.glob(".lesson-*"))
 
 
 def test_the_lesson_is_a_job_of_the_runs_folder_under_its_one_lock(monkeypatch, app_environment):
     runs = app_environment.resolve()
-    monkeypatch.setattr(lesson, "LESSON_OVERRIDES", {"max_steps": 100_000, "film_every": 0})
+    monkeypatch.setattr(lesson, "LESSON_OVERRIDES", {"max_steps": 100_000, "film_every": 10})
     # Another job runs: the lesson is refused, and starts nothing beside it.
     manager = JobManager(runs)
     manager.start(TrainConfig(dataset="digits", max_steps=100_000, eval_every=0), name="long-job")
@@ -106,7 +133,10 @@ def test_the_lesson_is_a_job_of_the_runs_folder_under_its_one_lock(monkeypatch, 
     assert all(f"Training {folder.name}" in titles for folder in folders), titles
     with pytest.raises(JobError, match="already running: lesson-"):
         manager.start(TrainConfig(dataset="digits", max_steps=3, eval_every=0), name="beside")
-    manager.stop()
+    try:  # issue 22 item 3: the film grew only once the pair had finished; each run's newest frame now shows live
+        assert max(film_steps_seen(reloaded, 2, time.monotonic() + 180)) > 0  # past the untrained start
+    finally:  # never leave the pair training behind the test
+        manager.stop()
     wait_until_idle(runs)
     assert {manager.progress(folder).state for folder in folders} == {"stopped"}
 
