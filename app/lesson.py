@@ -28,14 +28,15 @@ from ecaml.store.run_files import read_status
 FALLBACK_SETTING = {"dataset": "digits", "loss": "triplet", "ec_weight": 1.0, "epochs": 2, "seed": 0}
 # Long enough to watch: the featured digits pair trains 2 epochs (28 steps, 7 s: over within one refresh), and 32
 # epochs took 19 s for the pair on 2 idle cores; 192 epochs (2,688 steps) took 70 s with its film
-# (benchmarks/digits_lecture.json), filmed in about LECTURE_FRAMES frames so the film grows while it trains. The
+# (benchmarks/digits_lecture.json; 103 s with the film laid out live on the page: digits_lecture_live_film.json),
+# filmed in about LECTURE_FRAMES frames so the film grows while it trains. The
 # length is chosen for the clock; on validation classes EC still helps at it (digits_lecture_validation.json).
 LECTURE_EPOCHS = 192
 LECTURE_FRAMES = 30
 FALLBACK_STEPS_PER_EPOCH = 14  # the digits split's: 70 images per seen class in batches of 5 x 12
 # The real-photos lesson when no Fashion-MNIST pair is featured: its data set's defaults (the lecture's length).
 FASHION_FALLBACK = {"dataset": "fashion-mnist", "loss": "triplet", "ec_weight": 1.0, "seed": 0, "film_every": 70}
-LESSON_DATASETS = {"digits": "Digits (8×8, seconds)", "fashion-mnist": "Fashion-MNIST (real photos, about 2 minutes)"}
+LESSON_DATASETS = {"digits": "Digits (8×8, under 2 minutes)", "fashion-mnist": "Fashion-MNIST (real photos, about 2 minutes)"}
 DATASET_CHOICE_KEY = "lesson_dataset"
 LESSON_OVERRIDES: dict = {}  # further config fields (tests shorten the lesson with max_steps)
 LESSON_KEY = "lesson_runs"  # this session's lesson: its run folders

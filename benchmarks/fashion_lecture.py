@@ -48,6 +48,17 @@ def final_metrics(run_dir: Path, part: str) -> dict[str, float]:
     return [r for r in records if r.get("kind") == "eval" and r.get("split") == part][-1]
 
 
+def next_exited(processes: dict[int, str]):
+    """(pid, status, usage) of the first of ``processes`` to exit (only these: the live film's libraries may start
+    children of their own)."""
+    while True:
+        for pid in processes:
+            found, status, usage = os.wait4(pid, os.WNOHANG)
+            if found:
+                return found, status, usage
+        time.sleep(0.05)
+
+
 class LiveFilm(threading.Thread):
     """Grows the pair's film while it trains (as the app's lesson does), timing each frame it lays out."""
 
@@ -100,7 +111,7 @@ def main() -> int:
         live.start()
     timings = {}
     while processes:
-        pid, status, usage = os.wait4(-1, 0)
+        pid, status, usage = next_exited(processes)
         name = processes.pop(pid)
         if os.waitstatus_to_exitcode(status) != 0:
             print(f"{name} failed (exit {os.waitstatus_to_exitcode(status)})", file=sys.stderr)
