@@ -118,8 +118,8 @@ def offer_lesson() -> None:
     st.caption(
         f"Trains two small networks on {on.dataset}, EC off and EC on ({on.loss} loss, λ = {on.ec_weight:g}: the "
         f"featured pair's setting, for {layout.plural(on.epochs, 'epoch')} so it can be watched), both at once, "
-        "filming their embeddings of the classes they never see. "
-        "Then the film plays them side by side."
+        "filming their embeddings of the classes they never see: each run's newest frame shows as they train, "
+        "then the whole film plays them side by side."
     )
     folders = tuple(st.session_state.get(LESSON_KEY) or own_lesson_after_reload())
     if folders and lesson_running(folders):
