@@ -34,6 +34,8 @@ import faiss
 import numpy as np
 import torch
 
+from ecaml.eval import prefilter
+
 logger = logging.getLogger(__name__)
 
 # Similarity entries (float32) held per block: 2^25 = 128 MiB, enough rows for the
@@ -167,13 +169,30 @@ def _sorted_top(block: torch.Tensor, depth: int) -> tuple[torch.Tensor, torch.Te
     values = np.empty((len(array), depth), dtype=np.float32)
     positions = np.empty((len(array), depth), dtype=np.int64)
 
+    plan = prefilter.sample_plan(array.shape[1], depth)
+
+    def top_of(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        top = np.partition(keys, keys.shape[1] - depth, axis=1)[:, -depth:]
+        top.sort(axis=1)
+        return _unpacked_keys(top[:, ::-1], keys.shape[1])
+
     def select(rows: slice) -> None:
         for start in range(rows.start, rows.stop, _SELECT_ROWS):
             part = slice(start, min(start + _SELECT_ROWS, rows.stop))
-            keys = _ordered_keys(array[part])
-            top = np.partition(keys, keys.shape[1] - depth, axis=1)[:, -depth:]
-            top.sort(axis=1)
-            values[part], positions[part] = _unpacked_keys(top[:, ::-1], keys.shape[1])
+            rest = np.arange(part.start, part.stop)
+            if plan is not None:  # narrow each row to the entries above a sampled threshold (exact: prefilter)
+                chunk = array[part]
+                kept, narrow, columns, slots, counts = prefilter.narrowed(chunk, prefilter.thresholds(chunk, plan),
+                                                                          depth)
+                if len(kept):
+                    keys = np.full((len(kept), int(counts.max())), np.iinfo(np.int64).min)  # padding ranks last
+                    keys.reshape(-1)[slots] = _ordered_keys(narrow, columns)
+                    values[start + kept], positions[start + kept] = top_of(keys)
+                    rest = np.delete(rest, kept)
+            if len(rest) == part.stop - part.start:
+                values[part], positions[part] = top_of(_ordered_keys(array[part]))
+            elif len(rest):
+                values[rest], positions[rest] = top_of(_ordered_keys(array[rest]))
 
     threads = max(1, min(torch.get_num_threads(), len(array)))
     chunk = -(-len(array) // threads)
@@ -185,12 +204,14 @@ def _sorted_top(block: torch.Tensor, depth: int) -> tuple[torch.Tensor, torch.Te
     return torch.from_numpy(values), torch.from_numpy(positions), True
 
 
-def _ordered_keys(similarities: np.ndarray) -> np.ndarray:
+def _ordered_keys(similarities: np.ndarray, columns: np.ndarray | None = None) -> np.ndarray:
     """int64 keys, one per entry, whose order is (value, then lower column first): the float32's bits made
-    monotonic in the high 32 bits, 2^32 - 1 - column in the low ones."""
+    monotonic in the high 32 bits, 2^32 - 1 - column in the low ones (``columns``: each entry's own column,
+    for narrowed rows; default, its position)."""
     bits = (similarities + np.float32(0.0)).view(np.int32)  # + 0.0 turns -0.0 into +0.0, which compares equal
     monotonic = np.where(bits < 0, bits ^ np.int32(0x7FFFFFFF), bits).astype(np.int64)
-    columns = np.arange(similarities.shape[1], dtype=np.int64)
+    if columns is None:
+        columns = np.arange(similarities.shape[1], dtype=np.int64)
     return (monotonic << 32) + (np.int64(0xFFFFFFFF) - columns)
 
 
