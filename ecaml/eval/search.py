@@ -158,7 +158,9 @@ def _sorted_top(block: torch.Tensor, depth: int) -> tuple[torch.Tensor, torch.Te
     On the CPU with deep lists (MAP@R with R in the thousands), each value and its column are packed
     into one int64 key that orders by value, then by lower column (``_ordered_keys``), so that numpy's
     introselect and sort work on plain integers, and ties come out exactly as the index rule wants
-    them, with nothing left to repair. Row chunks run in parallel threads (numpy releases the GIL).
+    them, with nothing left to repair. Rows first go through ``ecaml.eval.prefilter``: only the entries
+    above a sampled threshold are keyed (~1.5 x depth of them instead of the full width; the same result,
+    and rows where too few pass take the full path). Row chunks run in parallel threads (numpy releases the GIL).
     This replaced an ``argpartition`` of the values (its indirect comparisons took half of a deep-R
     evaluation's time, ``benchmarks/README.md``); shallow lists and GPUs keep ``torch.topk``.
     """
