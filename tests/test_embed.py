@@ -51,3 +51,13 @@ def test_workers_and_batch_size_give_the_same_vectors_as_one_process(dataset, se
     same_batches = embed_indices(model, split, indices, config, channels, torch.device("cpu"), batch_size=7,
                                  num_workers=0)
     np.testing.assert_array_equal(same_batches.vectors, pooled.vectors)
+
+
+def test_in_memory_data_sets_embed_without_loader_workers_and_image_folders_with_them():
+    from ecaml.data.loading import default_num_workers
+    from ecaml.eval.evaluate import _embedding_workers
+
+    for dataset in ("digits", "glyphs", "fashion-mnist"):
+        assert _embedding_workers(35_000, 1024, dataset) == 0
+    assert _embedding_workers(35_000, 1024, "folder") == default_num_workers() >= 1
+    assert _embedding_workers(100, 1024, "folder") == 0  # a few batches: starting a worker costs more than it saves

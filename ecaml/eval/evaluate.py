@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 from ecaml.config import TrainConfig
 from ecaml.data import ClassSplit, load_split
 from ecaml.data.imported import IMPORTED_DATASET, imported_split, items_identity
-from ecaml.data.loading import default_num_workers
+from ecaml.data.loading import IN_MEMORY_DATASETS, default_num_workers
 from ecaml.data.sampling import ImageView
 from ecaml.data.transforms import build_transform
 from ecaml.eval.metrics import query_gallery_metrics, retrieval_metrics
@@ -88,7 +88,7 @@ def embed_indices(
     """
     device = device or next(model.parameters()).device
     batch_size = batch_size or (1024 if (config.image_size or 224) <= 64 else 256)
-    workers = _embedding_workers(len(indices), batch_size) if num_workers is None else num_workers
+    workers = _embedding_workers(len(indices), batch_size, config.dataset) if num_workers is None else num_workers
     view = ImageView(split.dataset, indices, eval_transform(config, channels))
     # A private generator keeps evaluation from drawing on the training run's global RNG.
     loader = DataLoader(view, batch_size=batch_size, shuffle=False, num_workers=workers,
@@ -124,10 +124,14 @@ def _inference_model(model: torch.nn.Module, device: torch.device) -> tuple[torc
     return copy.deepcopy(model).to(memory_format=torch.channels_last), torch.channels_last
 
 
-def _embedding_workers(image_count: int, batch_size: int) -> int:
-    """Loader processes for embedding: none for a few batches (starting workers costs more than it saves), else
-    the library's default for a loader that decodes images (``ecaml.data.loading.default_num_workers``)."""
-    return 0 if image_count < 4 * batch_size else default_num_workers()
+def _embedding_workers(image_count: int, batch_size: int, dataset: str) -> int:
+    """Loader processes for embedding: none for a few batches (starting workers costs more than it saves) or for a
+    data set held in memory (nothing to decode: a worker only takes a core from the model; Fashion-MNIST's 35,000
+    unseen images embed in 3.9 s without one against 4.7 s with one, 2 cores), else the library's default for a
+    loader that decodes images (``ecaml.data.loading.default_num_workers``)."""
+    if image_count < 4 * batch_size or dataset in IN_MEMORY_DATASETS:
+        return 0
+    return default_num_workers()
 
 
 def embed_part(model, split: ClassSplit, part: str, config: TrainConfig, channels: int, device=None) -> Embeddings:
