@@ -28,8 +28,15 @@ def live_film_job(folders: tuple[str, ...]) -> BackgroundJob:
     """The job laying out the lesson's frames as they are filmed (the one already started for these runs, if any)."""
 
     def work(job: BackgroundJob) -> None:
+        import torch
+
         from ecaml.serve.film import grow_film, read_film
 
+        # One torch thread for this thread alone (the setting is per thread): beside the pair's two training
+        # processes, a two-thread layout stalled at every parallel step's barrier. A 896-point frame took 1-22 s
+        # and the first frame came at 20-70 s; with one thread 0.4-0.7 s, and every snapshot gets its frame
+        # (benchmarks/live_film_pace.py: one thread laid out all 31 frames of the digits lesson, the longest wait 6.1 s; two laid out 16 of them).
+        torch.set_num_threads(1)
         so_far, grown_at = None, time.monotonic()
         while time.monotonic() - grown_at < GIVE_UP_SECONDS and not background_jobs.SHUTTING_DOWN.is_set():
             ended = runs_ended(folders)  # before reading: the frames read next then include the last one

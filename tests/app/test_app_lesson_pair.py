@@ -146,3 +146,32 @@ def test_a_read_only_server_starts_no_lesson(monkeypatch, app_environment):
     with pytest.raises(JobError, match="read-only demo"):
         lesson.start_lesson()
     assert not app_environment.exists()
+
+
+def test_the_live_film_lays_out_frames_on_one_thread_of_its_own(monkeypatch, tmp_path):
+    """Beside the pair's two training processes a two-thread layout stalled at every barrier (frames 1-22 s, the
+    first at 20-70 s); the job pins its own thread to one, leaving the page's threads as they were."""
+    import threading
+
+    import torch
+
+    from app import live_film
+    from ecaml.serve import film
+
+    seen: list[int] = []
+    laid_out = threading.Event()
+
+    def grow(films, so_far):
+        seen.append(torch.get_num_threads())
+        laid_out.set()
+        return so_far
+
+    monkeypatch.setattr(film, "grow_film", grow)
+    monkeypatch.setattr(film, "read_film", lambda folder: None)
+    monkeypatch.setattr(live_film, "runs_ended", lambda folders: True)
+    before = torch.get_num_threads()
+    job = live_film.live_film_job((str(tmp_path / "a-ec0-x"), str(tmp_path / "b-ec1-x")))
+    assert laid_out.wait(30)
+    job.thread.join(30)
+    assert seen and set(seen) == {1}
+    assert torch.get_num_threads() == before
