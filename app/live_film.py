@@ -35,7 +35,8 @@ def live_film_job(folders: tuple[str, ...]) -> BackgroundJob:
         # One torch thread for this thread alone (the setting is per thread): beside the pair's two training
         # processes, a two-thread layout stalled at every parallel step's barrier. A 896-point frame took 1-22 s
         # and the first frame came at 20-70 s; with one thread 0.4-0.7 s, and every snapshot gets its frame
-        # (benchmarks/live_film_pace.py: one thread laid out all 31 frames of the digits lesson, the longest wait 6.1 s; two laid out 16 of them).
+        # (benchmarks/live_film_pace.py: one thread laid out all 31 frames of the digits lesson, the longest wait
+        # 6.1 s; two threads laid out 16 of them).
         torch.set_num_threads(1)
         so_far, grown_at = None, time.monotonic()
         while time.monotonic() - grown_at < GIVE_UP_SECONDS and not background_jobs.SHUTTING_DOWN.is_set():
