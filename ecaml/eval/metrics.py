@@ -46,6 +46,7 @@ from ecaml.eval.checks import (
     _validated_labels,
     _validated_recall_ks,
 )
+from ecaml.eval import symmetric
 from ecaml.eval.kmeans import NMI_KMEANS, clustering_nmi
 from ecaml.eval.search import (
     BLOCK_ENTRIES,
@@ -65,6 +66,10 @@ DEFAULT_RECALL_KS = (1, 2, 4, 8)
 # Bounds the [queries, k] neighbour tables held at once, so a huge class (large R)
 # costs more searches rather than gigabytes of memory.
 _MAX_TABLE_ENTRIES = 1 << 22
+# The symmetric search applies when at least this share of the set queries, and no R exceeds the set's
+# size / this divisor.
+_SYMMETRIC_QUERY_SHARE = 0.6
+_SYMMETRIC_DEPTH_DIVISOR = 64
 
 
 
@@ -228,10 +233,21 @@ def _exact_per_query(query_vectors, gallery_vectors, query_codes, gallery_codes,
     best relevant one (ties by lower index, as in the lists), unless no K reaches past
     their R: then "beyond R" answers every K.
     """
-    order = np.argsort(relevant_counts, kind="stable")
-    first_hit_ranks = np.empty(len(order), dtype=np.int64)
-    average_precisions = np.empty(len(order), dtype=np.float64)
-    r_precisions = np.empty(len(order), dtype=np.float64)
+    first_hit_ranks = np.empty(len(query_vectors), dtype=np.int64)
+    average_precisions = np.empty(len(query_vectors), dtype=np.float64)
+    r_precisions = np.empty(len(query_vectors), dtype=np.float64)
+    pending = np.arange(len(query_vectors))
+    if _symmetric_pays(len(query_vectors), len(gallery_vectors), relevant_counts, self_rows, device):
+        depths = np.zeros(len(gallery_vectors), dtype=np.int64)
+        depths[self_rows] = relevant_counts
+        scores = symmetric.self_scores(gallery_vectors, gallery_codes, depths, largest_k)
+        resolved = scores[3][self_rows]
+        for output, score in zip((first_hit_ranks, average_precisions, r_precisions), scores):
+            output[resolved] = score[self_rows[resolved]]
+        pending = np.flatnonzero(~resolved)  # the rows the candidates could not answer: searched in full below
+    if len(pending) == 0:
+        return first_hit_ranks, average_precisions, r_precisions
+    order = pending[np.argsort(relevant_counts[pending], kind="stable")]
     gallery_tensor = torch.from_numpy(gallery_vectors).to(device)
     gallery_code_tensor = torch.from_numpy(gallery_codes.astype(np.int64)).to(device)
     columns = torch.arange(len(gallery_vectors), device=device)
@@ -261,6 +277,14 @@ def _exact_per_query(query_vectors, gallery_vectors, query_codes, gallery_codes,
         average_precisions[queries] = average_precision.cpu().numpy()
         r_precisions[queries] = r_precision.cpu().numpy()
     return first_hit_ranks, average_precisions, r_precisions
+
+
+def _symmetric_pays(queries: int, gallery_size: int, relevant_counts: np.ndarray, self_rows, device) -> bool:
+    """Whether the set is searched against itself through the symmetric product (``ecaml.eval.symmetric``):
+    on the CPU, with most of the set querying (the product covers every row) and shallow lists (R far below
+    the gallery's size, where candidates above a sampled threshold stay few; deep R goes through the blocks)."""
+    return (device.type == "cpu" and self_rows is not None and queries >= _SYMMETRIC_QUERY_SHARE * gallery_size
+            and int(relevant_counts.max()) <= gallery_size // _SYMMETRIC_DEPTH_DIVISOR)
 
 
 def _blocks_by_depth(sorted_counts: np.ndarray, gallery_size: int) -> list[slice]:
