@@ -28,8 +28,10 @@ def _hits_precision(is_relevant: np.ndarray, relevant_counts: np.ndarray) -> tup
     """numpy ``precision_at_r``: the j-th hit of a row at 1-based rank p adds j / p to its AP."""
     width = is_relevant.shape[1]
     in_top = is_relevant & (np.arange(width) < relevant_counts[:, None])
-    row, position = np.divmod(np.flatnonzero(in_top), width)
-    per_row = np.bincount(row, minlength=len(relevant_counts))
+    flat = np.flatnonzero(in_top)
+    per_row = np.diff(np.searchsorted(flat, np.arange(len(relevant_counts) + 1) * width))  # no division
+    row = np.repeat(np.arange(len(relevant_counts)), per_row)
+    position = flat - row * width
     hit_number = np.arange(1, len(row) + 1) - np.repeat(np.cumsum(per_row) - per_row, per_row)
     precision_sum = np.bincount(row, weights=hit_number / (position + 1.0), minlength=len(relevant_counts))
     return precision_sum / relevant_counts, per_row / relevant_counts
