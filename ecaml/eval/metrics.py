@@ -46,7 +46,9 @@ from ecaml.eval.checks import (
     _validated_labels,
     _validated_recall_ks,
 )
+from ecaml.eval import symmetric
 from ecaml.eval.kmeans import NMI_KMEANS, clustering_nmi
+from ecaml.eval.precision import precision_at_r
 from ecaml.eval.search import (
     BLOCK_ENTRIES,
     DEFAULT_APPROXIMATE_ABOVE,
@@ -65,6 +67,10 @@ DEFAULT_RECALL_KS = (1, 2, 4, 8)
 # Bounds the [queries, k] neighbour tables held at once, so a huge class (large R)
 # costs more searches rather than gigabytes of memory.
 _MAX_TABLE_ENTRIES = 1 << 22
+# The symmetric search applies when at least this share of the set queries, and no R exceeds the set's
+# size / this divisor.
+_SYMMETRIC_QUERY_SHARE = 0.6
+_SYMMETRIC_DEPTH_DIVISOR = 64
 
 
 
@@ -228,12 +234,23 @@ def _exact_per_query(query_vectors, gallery_vectors, query_codes, gallery_codes,
     best relevant one (ties by lower index, as in the lists), unless no K reaches past
     their R: then "beyond R" answers every K.
     """
-    order = np.argsort(relevant_counts, kind="stable")
-    first_hit_ranks = np.empty(len(order), dtype=np.int64)
-    average_precisions = np.empty(len(order), dtype=np.float64)
-    r_precisions = np.empty(len(order), dtype=np.float64)
+    first_hit_ranks = np.empty(len(query_vectors), dtype=np.int64)
+    average_precisions = np.empty(len(query_vectors), dtype=np.float64)
+    r_precisions = np.empty(len(query_vectors), dtype=np.float64)
+    pending = np.arange(len(query_vectors))
+    if _symmetric_pays(len(query_vectors), len(gallery_vectors), relevant_counts, self_rows, device):
+        depths = np.zeros(len(gallery_vectors), dtype=np.int64)
+        depths[self_rows] = relevant_counts
+        scores = symmetric.self_scores(gallery_vectors, gallery_codes, depths, largest_k)
+        resolved = scores[3][self_rows]
+        for output, score in zip((first_hit_ranks, average_precisions, r_precisions), scores):
+            output[resolved] = score[self_rows[resolved]]
+        pending = np.flatnonzero(~resolved)  # the rows the candidates could not answer: searched in full below
+    if len(pending) == 0:
+        return first_hit_ranks, average_precisions, r_precisions
+    order = pending[np.argsort(relevant_counts[pending], kind="stable")]
     gallery_tensor = torch.from_numpy(gallery_vectors).to(device)
-    gallery_code_tensor = torch.from_numpy(gallery_codes.astype(np.int64)).to(device)
+    gallery_code_tensor = torch.from_numpy(gallery_codes.astype(np.int32)).to(device)  # int32: a faster gather
     columns = torch.arange(len(gallery_vectors), device=device)
     members = _ClassMembers(gallery_codes, device)
     blocks = _blocks_by_depth(relevant_counts[order], len(gallery_vectors))
@@ -246,10 +263,10 @@ def _exact_per_query(query_vectors, gallery_vectors, query_codes, gallery_codes,
         if self_rows is not None:
             mask_self(block, self_rows[queries])
         _, neighbours = topk_with_index_ties(block, depth)
-        codes = torch.from_numpy(query_codes[queries].astype(np.int64)).to(device)
+        codes = torch.from_numpy(query_codes[queries].astype(np.int32)).to(device)
         is_relevant = gallery_code_tensor[neighbours] == codes[:, None]
         counts = torch.from_numpy(relevant_counts[queries].astype(np.int64)).to(device)
-        average_precision, r_precision = _precision_at_r(is_relevant, counts)
+        average_precision, r_precision = precision_at_r(is_relevant, counts)
         found = is_relevant.any(dim=1)
         ranks = is_relevant.to(torch.int8).argmax(dim=1)  # the first True
         missed = torch.nonzero(~found).flatten()
@@ -261,6 +278,14 @@ def _exact_per_query(query_vectors, gallery_vectors, query_codes, gallery_codes,
         average_precisions[queries] = average_precision.cpu().numpy()
         r_precisions[queries] = r_precision.cpu().numpy()
     return first_hit_ranks, average_precisions, r_precisions
+
+
+def _symmetric_pays(queries: int, gallery_size: int, relevant_counts: np.ndarray, self_rows, device) -> bool:
+    """Whether the set is searched against itself through the symmetric product (``ecaml.eval.symmetric``):
+    on the CPU, with most of the set querying (the product covers every row) and shallow lists (R far below
+    the gallery's size, where candidates above a sampled threshold stay few; deep R goes through the blocks)."""
+    return (device.type == "cpu" and self_rows is not None and queries >= _SYMMETRIC_QUERY_SHARE * gallery_size
+            and int(relevant_counts.max()) <= gallery_size // _SYMMETRIC_DEPTH_DIVISOR)
 
 
 def _blocks_by_depth(sorted_counts: np.ndarray, gallery_size: int) -> list[slice]:
@@ -336,22 +361,11 @@ def _approximate_per_query(query_vectors, gallery_vectors, query_codes, gallery_
         _, neighbours = index.search(query_vectors[rows], depth, None if self_rows is None else self_rows[rows])
         is_relevant = (neighbours >= 0) & (gallery_codes[neighbours] == query_codes[rows, None])
         ranks.append(np.where(is_relevant.any(axis=1), is_relevant.argmax(axis=1), depth))
-        average_precision, r_precision = _precision_at_r(torch.from_numpy(is_relevant),
+        average_precision, r_precision = precision_at_r(torch.from_numpy(is_relevant),
                                                          torch.from_numpy(relevant_counts[rows].astype(np.int64)))
         average_precisions.append(average_precision.numpy())
         r_precisions.append(r_precision.numpy())
     return np.concatenate(ranks), np.concatenate(average_precisions), np.concatenate(r_precisions)
-
-
-def _precision_at_r(is_relevant: torch.Tensor, relevant_counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-query AP@R and R-Precision (float64) from relevance flags ranked best first, at least R deep."""
-    ranks = torch.arange(1, is_relevant.shape[1] + 1, device=is_relevant.device)
-    relevant_in_top_r = is_relevant & (ranks <= relevant_counts[:, None])
-    hits_so_far = torch.cumsum(relevant_in_top_r, dim=1, dtype=torch.int64)
-    precision_at_hits = torch.where(relevant_in_top_r, hits_so_far / ranks.double(), 0.0)
-    average_precision = precision_at_hits.sum(dim=1) / relevant_counts
-    r_precision = hits_so_far[:, -1].double() / relevant_counts
-    return average_precision, r_precision
 
 
 # --- helpers -----------------------------------------------------------------

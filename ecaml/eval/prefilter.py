@@ -29,16 +29,20 @@ MAX_KEPT_SHARE = 0.5
 def sample_plan(width: int, depth: int) -> tuple[np.ndarray, int] | None:
     """(sampled columns, rank of the threshold among them, 1 = largest), or None when narrowing rows of
     ``width`` to their ``depth`` best would keep too large a share of them to pay."""
-    # Evenly spread columns (a fixed stride with a fixed random offset in each stride): a gallery
-    # sorted by class still gives every class its share of the sample.
-    stride = width / min(SAMPLE_COLUMNS, width)
-    offsets = np.random.default_rng(0).random(min(SAMPLE_COLUMNS, width))
-    columns = np.unique(np.minimum((np.arange(len(offsets)) + offsets) * stride, width - 1).astype(np.int64))
+    columns = spread_columns(width, SAMPLE_COLUMNS)
     expected = len(columns) * depth / width
     rank = int(np.ceil(expected + SAFETY_SIGMAS * np.sqrt(expected) + 2))
     if rank > len(columns) or rank / len(columns) > MAX_KEPT_SHARE:
         return None
     return columns, rank
+
+
+def spread_columns(width: int, count: int) -> np.ndarray:
+    """About ``count`` distinct columns of ``width``, ascending, evenly spread: a fixed stride with a fixed
+    random offset in each stride, so that a gallery sorted by class still gives every class its share."""
+    stride = width / min(count, width)
+    offsets = np.random.default_rng(0).random(min(count, width))
+    return np.unique(np.minimum((np.arange(len(offsets)) + offsets) * stride, width - 1).astype(np.int64))
 
 
 def thresholds(rows: np.ndarray, plan: tuple[np.ndarray, int]) -> np.ndarray:

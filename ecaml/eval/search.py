@@ -135,8 +135,8 @@ def topk_with_index_ties(block: torch.Tensor, k: int) -> tuple[torch.Tensor, tor
     """
     depth = min(k + 1, block.shape[1])
     values, positions, ties_ordered = _sorted_top(block, depth)
-    if ties_ordered:
-        return values[:, :k].contiguous(), positions[:, :k].contiguous()
+    if ties_ordered:  # views, not copies: copying two [rows, k] tables took a tenth of a deep-R search
+        return values[:, :k], positions[:, :k]
     if depth > k:
         cut_in_tie = values[:, k] == values[:, k - 1]
     else:
@@ -156,7 +156,7 @@ def _sorted_top(block: torch.Tensor, depth: int) -> tuple[torch.Tensor, torch.Te
     values are already in ascending column order (including which of them made the cut).
 
     On the CPU with deep lists (MAP@R with R in the thousands), each value and its column are packed
-    into one int64 key that orders by value, then by lower column (``_ordered_keys``), so that numpy's
+    into one int64 key that orders by value, then by lower column (``ordered_keys``), so that numpy's
     introselect and sort work on plain integers, and ties come out exactly as the index rule wants
     them, with nothing left to repair. Rows first go through ``ecaml.eval.prefilter``: only the entries
     above a sampled threshold are keyed (~1.5 x depth of them instead of the full width; the same result,
@@ -188,13 +188,13 @@ def _sorted_top(block: torch.Tensor, depth: int) -> tuple[torch.Tensor, torch.Te
                                                                           depth)
                 if len(kept):
                     keys = np.full((len(kept), int(counts.max())), np.iinfo(np.int64).min)  # padding ranks last
-                    keys.reshape(-1)[slots] = _ordered_keys(narrow, columns)
+                    keys.reshape(-1)[slots] = ordered_keys(narrow, columns)
                     values[start + kept], positions[start + kept] = top_of(keys)
                     rest = np.delete(rest, kept)
             if len(rest) == part.stop - part.start:
-                values[part], positions[part] = top_of(_ordered_keys(array[part]))
+                values[part], positions[part] = top_of(ordered_keys(array[part]))
             elif len(rest):
-                values[rest], positions[rest] = top_of(_ordered_keys(array[rest]))
+                values[rest], positions[rest] = top_of(ordered_keys(array[rest]))
 
     threads = max(1, min(torch.get_num_threads(), len(array)))
     chunk = -(-len(array) // threads)
@@ -206,7 +206,7 @@ def _sorted_top(block: torch.Tensor, depth: int) -> tuple[torch.Tensor, torch.Te
     return torch.from_numpy(values), torch.from_numpy(positions), True
 
 
-def _ordered_keys(similarities: np.ndarray, columns: np.ndarray | None = None) -> np.ndarray:
+def ordered_keys(similarities: np.ndarray, columns: np.ndarray | None = None) -> np.ndarray:
     """int64 keys, one per entry, whose order is (value, then lower column first): the float32's bits made
     monotonic in the high 32 bits, 2^32 - 1 - column in the low ones (``columns``: each entry's own column,
     for narrowed rows; default, its position)."""
@@ -218,7 +218,7 @@ def _ordered_keys(similarities: np.ndarray, columns: np.ndarray | None = None) -
 
 
 def _unpacked_keys(keys: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """(float32 values, int64 columns) of ``_ordered_keys``' keys."""
+    """(float32 values, int64 columns) of ``ordered_keys``' keys."""
     monotonic = (keys >> 32).astype(np.int32)
     bits = np.where(monotonic < 0, monotonic ^ np.int32(0x7FFFFFFF), monotonic)
     return bits.view(np.float32), np.int64(0xFFFFFFFF) - (keys & np.int64(0xFFFFFFFF))
