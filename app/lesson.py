@@ -22,7 +22,7 @@ from app import errors, layout, live_film, run_catalog, run_picker, training_job
 from app.page_state import EMBEDDINGS_VIEW_KEY, FILM_VIEW
 from ecaml.config import TrainConfig
 from ecaml.serve.jobs import FINAL_STATES
-from ecaml.store.run_files import read_status
+from ecaml.store.run_files import FINAL_EVALUATION, read_status
 
 # Used when no featured pair can be read: the featured setting of the study in results/ (digits, triplet, λ = 1).
 FALLBACK_SETTING = {"dataset": "digits", "loss": "triplet", "ec_weight": 1.0, "epochs": 2, "seed": 0}
@@ -95,13 +95,19 @@ def lesson_progress(folders: tuple[str, ...]) -> tuple[int, int]:
     return done, total
 
 
+def lesson_evaluating(folders: tuple[str, ...]) -> bool:
+    """Whether a run of the pair has trained its steps and is being scored (which can take minutes)."""
+    return any((read_status(Path(folder)) or {}).get("phase") == FINAL_EVALUATION for folder in folders)
+
+
 @st.fragment(run_every=1.0)
 def _follow(folders: tuple[str, ...]) -> None:
     if not lesson_running(folders):
         st.rerun()
     done, total = lesson_progress(folders)
     total_text = f"{total:,}" if total else "…"
-    st.progress(done / total if total else 0.0, text=f"Training the lesson pair: step {done:,} of {total_text}")
+    st.progress(done / total if total else 0.0, text=f"Training the lesson pair: step {done:,} of {total_text}"
+                + (": training done, evaluating both runs…" if lesson_evaluating(folders) else ""))
     live_film.show_live_film(folders)
 
 

@@ -19,6 +19,7 @@ from app.locations import runs_dir
 from app.run_catalog import LIVE_STATES
 from ecaml.serve.job_command import JobError
 from ecaml.serve.jobs import OWNER_PATTERN, JobManager
+from ecaml.store.run_files import FINAL_EVALUATION
 
 OWN_JOB_KEY = "own_training_job"  # the run directory of the last job this session started
 OWNER_KEY = "job_owner_token"  # this browser session's owner token ...
@@ -190,4 +191,7 @@ def progress_fraction(progress) -> float:
 def progress_text(progress) -> str:
     if progress.state == "starting" or not progress.total_steps:
         return "starting: loading the libraries and the data…"
-    return f"step {progress.step:,} of {progress.total_steps:,}"
+    steps = f"step {progress.step:,} of {progress.total_steps:,}"
+    if progress.phase == FINAL_EVALUATION:
+        return f"{steps}: training done, evaluating on held-out and unseen classes…"
+    return steps

@@ -82,6 +82,7 @@ class JobProgress:
     pid: int | None = None  # the training process while it runs
     owner: str | None = None  # who started it (as the starter named itself), when known
     stopped_by: str | None = None  # who asked it to stop, when someone did
+    phase: str | None = None  # what a running trainer does past its steps (FINAL_EVALUATION), else None
 
 
 @dataclass
@@ -248,7 +249,7 @@ class JobManager:
 
         def result(state: str, message: str | None = None, live: bool = False, at: int = step) -> JobProgress:
             return JobProgress(run_dir, state, at, total, message, history, log, pid if live else None,
-                               started_by(log), stopped_by(log))
+                               started_by(log), stopped_by(log), status.get("phase") if status and live else None)
 
         if state in FINAL_STATES:
             message = status.get("message") if state == "failed" else None

@@ -40,6 +40,7 @@ from ecaml.store.locks import is_locked, try_lock
 
 CONFIG_FILE, WEIGHTS_FILE, HISTORY_FILE = "config.json", "model.safetensors", "history.jsonl"
 METRICS_FILE, STATUS_FILE = "metrics.json", "status.json"
+FINAL_EVALUATION = "final evaluation"  # status.json's "phase" while a run that trained all its steps is scored
 # metrics.json's one key that is not a metric: the Recall@K that the unseen classes were too few to measure
 DROPPED_KS_KEY = "dropped_recall_ks"
 TRAINER_STATE_PATTERN = "trainer_state_{step:08d}.safetensors"

@@ -40,7 +40,9 @@ from ecaml.models import EmbeddingNet, build_model
 from ecaml.registry import BACKBONES
 from ecaml.runs import input_channels
 from ecaml.store.atomic import atomic_write_json
-from ecaml.store.run_files import DROPPED_KS_KEY, HISTORY_FILE, METRICS_FILE, append_jsonl, write_status
+from ecaml.store.run_files import (
+    DROPPED_KS_KEY, FINAL_EVALUATION, HISTORY_FILE, METRICS_FILE, append_jsonl, write_status,
+)
 from ecaml.train import distributed
 from ecaml.train.checkpoint import Checkpoints
 from ecaml.train.film_recorder import FilmRecorder
@@ -349,6 +351,8 @@ class Trainer(Checkpoints):
     def finish(self) -> dict[str, float]:
         """Final evaluation (seen_test or train, val, unseen) into the history; metrics.json = the unseen metrics."""
         epoch = max(0, (self.step - 1) // self.plan.steps_per_epoch)
+        # Scoring every split can take minutes after the last step (Fashion-MNIST: ~2 on 2 busy cores): say so.
+        self._write_status("running", phase=FINAL_EVALUATION)
         metrics = self.evaluate_into_history(epoch, self.final_parts())["unseen"]
         dropped = dropped_recall_ks(self.split, "unseen", self.config.recall_ks)
         atomic_write_json(self.run_dir / METRICS_FILE, {**metrics, **({DROPPED_KS_KEY: dropped} if dropped else {})})
