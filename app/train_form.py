@@ -35,6 +35,10 @@ DEVICES = ("auto", "cpu", "cuda")
 # Evaluate every 12th epoch of the lecture length (lesson.LECTURE_EPOCHS, 192): quality during training is a curve of
 # 16 points.
 EVALUATE_EVERY_EPOCHS = 12
+CURVE_POINTS = 16
+# One run of the form's defaults, alone on 2 cores (the lesson's pairs: benchmarks/digits_lecture.json, 70 s;
+# benchmarks/fashion_lecture.json, 119 s, final evaluations included).
+RUN_LENGTHS = {"digits": "about a minute", "fashion-mnist": "1-2 minutes with its final evaluation"}
 
 
 STOPPING_KEY = "stop_requested_for"  # the job this session asked to stop (it ends after its current step)
@@ -53,7 +57,28 @@ def form_defaults() -> TrainConfig:
     # Fashion-MNIST's own defaults are the lecture's length already (1 epoch, about 2 minutes a pair on 2 cores:
     # benchmarks/fashion_lecture.json).
     lecture = base if base.dataset == run_catalog.FASHION else lesson.lecture_length(base)
-    return dataclasses.replace(lecture, eval_every=EVALUATE_EVERY_EPOCHS)
+    return dataclasses.replace(lecture, eval_every=evaluation_spacing(lecture.resolved().epochs))
+
+
+def evaluation_spacing(epochs: int) -> int:
+    """Evaluate about CURVE_POINTS times along ``epochs`` (every EVALUATE_EVERY_EPOCHS at most): never an interval
+    longer than the run (Fashion-MNIST's one epoch once read "evaluated every 12 epochs")."""
+    return min(EVALUATE_EVERY_EPOCHS, max(1, epochs // CURVE_POINTS))
+
+
+def lecture_epochs(dataset: str) -> int | None:
+    """The epochs a run the room can watch trains on ``dataset``: digits the lesson's length, the others their own
+    defaults (None; Fashion-MNIST's single epoch is already about a minute)."""
+    return lesson.LECTURE_EPOCHS if dataset == "digits" else None
+
+
+def schedule_text(config: TrainConfig) -> str:
+    """"trained for 192 epochs (about a minute on two cores), evaluated every 12 epochs" and the like."""
+    epochs = config.resolved().epochs
+    evaluated = (f"evaluated every {layout.plural(config.eval_every, 'epoch')}" if config.eval_every < epochs
+                 else "evaluated when it ends")
+    length = RUN_LENGTHS.get(config.dataset, "minutes")
+    return f"trained for {layout.plural(epochs, 'epoch')} ({length} on two cores), {evaluated}"
 
 
 def index_of(options, value) -> int:
@@ -67,10 +92,10 @@ def show_form(running: Path | None) -> None:
     if run_catalog.featured_setting() is not None:
         st.caption(
             f"Starts from the featured setting ({defaults.dataset}, {defaults.loss}, λ = {defaults.ec_weight:g}, "
-            f"seed {defaults.seed}): the run the app opens on, so yours can be compared with it; trained for "
-            f"{layout.plural(defaults.epochs, 'epoch')} (about a minute on two cores) so the curves can be watched as "
-            f"they grow, evaluated every {layout.plural(defaults.eval_every, 'epoch')} and filmed every "
-            f"{layout.plural(defaults.film_every, 'step')}."
+            f"seed {defaults.seed}): the run the app opens on, so yours can be compared with it; "
+            f"{schedule_text(defaults)} and filmed every {layout.plural(defaults.film_every, 'step')}, so the curves "
+            "can be watched as they grow. Another data set with the epochs and evaluation left as they are trains for "
+            "that data set's own lecture length."
         )
     # Enter in a field must not start a run (minutes of CPU) before the rest of the form is filled in.
     with st.form("train_form", border=True, enter_to_submit=False):
@@ -189,8 +214,13 @@ def form_config(defaults: TrainConfig, **shown) -> TrainConfig:
     classes when some are held out, else the test classes, which Compare labels "not for model selection".
     """
     hidden = {}
-    if shown["dataset"] == run_catalog.FASHION != defaults.dataset and shown["epochs"] == defaults.epochs:
-        shown["epochs"] = None  # the epochs shown were another data set's: Fashion-MNIST's lecture length instead
+    if shown["dataset"] != defaults.dataset and shown["epochs"] == defaults.epochs:
+        # The epochs shown were the featured data set's (a form cannot redraw its fields when the data set changes):
+        # the chosen data set's lecture length instead, evaluated along it as the defaults are.
+        shown["epochs"] = lecture_epochs(shown["dataset"])
+        if shown["eval_every"] == defaults.eval_every:
+            shown["eval_every"] = evaluation_spacing(TrainConfig(dataset=shown["dataset"],
+                                                                 epochs=shown["epochs"]).resolved().epochs)
     if shown["dataset"] == defaults.dataset:
         hidden = {"seen_test_per_class": defaults.seen_test_per_class, "val_seed": defaults.val_seed,
                   "film_every": defaults.film_every}

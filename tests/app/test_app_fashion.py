@@ -134,6 +134,24 @@ def test_the_train_form_gives_fashion_mnist_its_lecture_length(checkpoints_copy,
     assert (resolved.dataset, resolved.epochs, resolved.unseen_classes) == ("fashion-mnist", 1, [5, 6, 7, 8, 9])
 
 
+def test_from_the_fashion_pair_the_form_says_its_real_schedule_and_digits_gets_the_digits_lecture(
+        featured_both, photos_here, monkeypatch, app_environment):
+    """On the Fashion-MNIST pair the form's caption once read "1 epoch ... evaluated every 12 epochs", and switching
+    to digits kept its 1 epoch (a 14-step run)."""
+    manager = CapturingManager(app_environment)
+    monkeypatch.setattr(training_job, "job_manager", lambda: manager)
+    app = open_page("train")
+    assert_clean(app)
+    caption = next(text for text in captions(app) if text.startswith("Starts from the featured setting"))
+    assert "fashion-mnist" in caption and "trained for 1 epoch" in caption and "evaluated when it ends" in caption
+    assert "every 12 epochs" not in caption
+    app.selectbox(key="train_dataset").set_value("digits")  # epochs and evaluation left as they are
+    next(button for button in app.button if button.label == "Start training").click().run()
+    assert_clean(app)
+    (started,) = manager.started
+    assert (started.dataset, started.epochs, started.eval_every) == ("digits", lesson.LECTURE_EPOCHS, 12)
+
+
 def test_an_uploaded_phone_photo_is_shown_converted(featured_both, photos_here):
     app = open_page("retrieval", {"query_source": "upload"})
     for _ in range(240):  # the runs' unseen images are embedded in the background first
