@@ -18,11 +18,17 @@ READ_ONLY_TRAINING_MESSAGE = (
     "Training is off on this server: it is a read-only demo, so every visitor sees the same runs and nothing is "
     "written here."
 )
-LOCAL_TRAINING_HINT = (
-    "To train your own runs, run the app on your machine (`python3 -m venv .venv && .venv/bin/pip install -r "
-    "requirements.txt && .venv/bin/streamlit run app/main.py`) or use the command line, e.g. "
-    "`python -m ecaml train --dataset digits --loss triplet --ec-weight 0.6 --out runs/digits-ec`."
-)
+
+
+def local_training_hint(dataset: str, loss: str, ec_weight: float) -> str:
+    """How to train at home; the example command trains the setting the app features (its data set, loss and λ),
+    so that what a visitor trains compares with what the demo shows."""
+    return (
+        "To train your own runs, run the app on your machine (`python3 -m venv .venv && .venv/bin/pip install -r "
+        "requirements.txt && .venv/bin/streamlit run app/main.py`) or use the command line, e.g. "
+        f"`python -m ecaml train --dataset {dataset} --loss {loss} --ec-weight {ec_weight:g} "
+        f"--out runs/{dataset}-ec`."
+    )
 
 
 def read_only() -> bool:

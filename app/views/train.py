@@ -35,7 +35,8 @@ def render() -> None:
     st.title("Train a run")
     if deployment.read_only():
         st.info(deployment.READ_ONLY_TRAINING_MESSAGE, icon=":material/lock:")
-        st.markdown(deployment.LOCAL_TRAINING_HINT)
+        featured = run_catalog.featured_setting() or TrainConfig(**lesson.FALLBACK_SETTING)
+        st.markdown(deployment.local_training_hint(featured.dataset, featured.loss, featured.ec_weight))
         return
     st.caption(
         f"Training runs in its own process and writes to `{locations.shown_path(locations.runs_dir())}/`; you can "

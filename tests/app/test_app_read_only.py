@@ -3,12 +3,15 @@ written under the runs folder, no job can be started by any route, and uploads h
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from apptest_support import assert_clean, open_page
 
-from app import deployment, training_job
+from app import deployment, run_catalog, training_job
 from ecaml.serve.job_command import JobError
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
 PAGES = ("compare", "embeddings", "retrieval", "train", "imports", "about")
 
 
@@ -57,3 +60,14 @@ def test_upload_limit_is_smaller_in_read_only_mode_and_refused_in_one_sentence(m
     refusal = deployment.upload_refusal(limit + 1)
     assert refusal and refusal.count(".") >= 1 and "\n" not in refusal
     assert f"{limit / 2**20:.0f} MB" in refusal
+
+
+def test_the_example_command_trains_the_featured_setting(read_only, monkeypatch):
+    # issue 22: the demo's example said --ec-weight 0.6 while the app features λ = 1
+    monkeypatch.setenv("ECAML_CHECKPOINTS_DIR", str(REPO_ROOT / "checkpoints"))  # the shipped featured pair
+    featured = run_catalog.featured_setting()  # the pair the app opens on (Fashion-MNIST where its photos are)
+    assert featured is not None and featured.ec_weight != 0.6
+    app = open_page("train")
+    assert_clean(app)
+    (hint,) = [block.value for block in app.markdown if "python -m ecaml train" in block.value]
+    assert f"--dataset {featured.dataset} --loss {featured.loss} --ec-weight {featured.ec_weight:g} " in hint
