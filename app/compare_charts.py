@@ -103,8 +103,12 @@ def evaluation_figure(chosen: list[run_catalog.RunEntry], split: str, metric: st
 
 
 def opening_split(chosen: list[run_catalog.RunEntry], splits: list[str]) -> str:
-    """The first split (in SPLIT_LABELS order) on which some run evaluated more than once, else the first."""
-    return next((split for split in splits if any(len(e.run.eval_records(split)) > 1 for e in chosen)), splits[0])
+    """Validation when some run has a history there (the place to choose by), else the split where the most runs
+    evaluated more than once (the first, in SPLIT_LABELS order, among equals), else the first."""
+    histories = {split: sum(len(e.run.eval_records(split)) > 1 for e in chosen) for split in splits}
+    if histories.get("val"):
+        return "val"
+    return max(splits, key=lambda split: histories[split])  # max keeps the first of equals
 
 
 def epochs_trained(run) -> int:

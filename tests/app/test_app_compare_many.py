@@ -66,6 +66,19 @@ def test_the_evaluations_open_on_the_split_with_a_history(checkpoints_copy):
     assert app.radio(key="evaluation_split").value == "unseen"  # not seen_test's single final point
 
 
+def test_the_evaluations_open_on_the_split_where_most_runs_have_a_history(checkpoints_copy):
+    """The walk-through's Compare opened on seen_test, where 1 run had a history, while unseen had 3."""
+    for name, splits in (("digits-ec-off", ("seen_test", "unseen")), ("digits-ec-on", ("unseen",))):
+        history = checkpoints_copy / name / "history.jsonl"
+        lines = [json.loads(line) for line in history.read_text().splitlines()]
+        finals = {record["split"]: record for record in lines if record.get("kind") == "eval"}
+        extra = [{**finals[split], "step": step} for split in splits for step in (5, 10)]
+        history.write_text("".join(json.dumps(record) + "\n" for record in lines + extra))
+    app = open_page("compare")
+    assert_clean(app)
+    assert app.radio(key="evaluation_split").value == "unseen"  # 2 runs' histories, not seen_test's 1
+
+
 def test_the_evaluations_choose_their_split_again_when_other_runs_are_chosen(checkpoints_copy):
     runs = add_triplet_pair(checkpoints_copy)  # copies whose splits hold their final evaluation only
     history = checkpoints_copy / "digits-ec-on" / "history.jsonl"
