@@ -44,6 +44,7 @@ TOP_LEGEND = {"orientation": "h", "yanchor": "bottom", "y": 1.02, "xanchor": "le
 # A chart with a title keeps its legend under the plot: above it, a legend of several runs ran into the title.
 BOTTOM_LEGEND = {"orientation": "h", "yanchor": "top", "y": -0.22, "xanchor": "left", "x": 0, "title": None}
 MARGIN = {"l": 10, "r": 10, "t": 30, "b": 10}
+LEGEND_GAP_PX = 64  # tick labels (about 20 px) and the axis title (about 20 px) under the plot, and a gap
 
 
 @dataclass
@@ -121,17 +122,24 @@ def _add_legend_only(figure: go.Figure, name: str, colour: str) -> None:
 
 def _laid_out(figure: go.Figure, height: int, y_title: str | None, relative: bool, title: str | None = None,
               log_scale: bool = False) -> go.Figure:
+    top, bottom = (50, 90) if title else (30, MARGIN["b"])
     figure.update_layout(
         height=height,
-        margin={**MARGIN, "t": 50 if title else 30, "b": 90 if title else MARGIN["b"]},
+        margin={**MARGIN, "t": top, "b": bottom},
         title={"text": title, "x": 0, "xanchor": "left", "font": {"size": 15}} if title else None,
-        legend=BOTTOM_LEGEND if title else TOP_LEGEND,
+        legend=_below_axis_title(height - top - bottom) if title else TOP_LEGEND,
         hovermode="x unified",
         showlegend=True,
     )
     figure.update_xaxes(title=PROGRESS_TITLE if relative else STEP_TITLE, tickformat=".0%" if relative else ",d")
     figure.update_yaxes(title=y_title, type="log" if log_scale else "linear")
     return figure
+
+
+def _below_axis_title(plot_pixels: int) -> dict:
+    """The bottom legend placed a fixed number of pixels under the plot, past the tick labels and the axis title:
+    a fixed fraction of the plot's height ran into "training step" on short charts."""
+    return {**BOTTOM_LEGEND, "y": -LEGEND_GAP_PX / max(plot_pixels, 1)}
 
 
 def curve_chart(lines: list[Series], quantity: str, smoothing: float = 0.0, log_scale: bool = False,
@@ -168,7 +176,18 @@ def evaluation_chart(lines: list[Series], metric: str, height: int = 340, relati
                            hovertemplate="%{y:.2f}%")
     figure = _laid_out(figure, height, f"{metric_name(metric)} (%)", relative, title)
     figure.update_yaxes(tickformat=".1f")
+    # From the start of training: runs evaluated only at their end would otherwise get an axis of a step or two
+    # around that point, ticked "698, 699, 699, 700".
+    last = _largest_x(figure)
+    if last > 0:
+        figure.update_xaxes(range=[0, last * 1.04])
     return figure
+
+
+def _largest_x(figure: go.Figure) -> float:
+    """The largest x any trace draws (0 when none draws a point; legend-only traces hold None)."""
+    xs = [x for trace in figure.data for x in (trace.x if trace.x is not None else ()) if x is not None]
+    return float(max(xs, default=0.0))
 
 
 def distance_chart(bins: np.ndarray, positive: np.ndarray, negative: np.ndarray, medians: tuple[float, float],

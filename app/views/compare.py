@@ -251,7 +251,7 @@ def show_study_seed_spread(chosen: list[run_catalog.RunEntry]) -> None:
 
 def show_training_curves(chosen: list[run_catalog.RunEntry]) -> None:
     st.subheader("Training curves")
-    controls = st.columns([2, 2, 1, 1], vertical_alignment="bottom")
+    controls = st.columns([2, 2, 1, 1.4], vertical_alignment="bottom")  # room for "Relative progress" in full
     quantity = controls[0].selectbox(
         "Quantity",
         list(charts.CURVES),
