@@ -204,10 +204,7 @@ def show_seed_spread(chosen: list[run_catalog.RunEntry]) -> None:
     columns = {}
     for runs in repeated:
         config = runs[0].run.config
-        name = (
-            f"{config.dataset} · {config.loss} · {run_catalog.ec_summary(config.ec_weight)} · "
-            f"{len(runs)} seeds"
-        )
+        name = f"{config.dataset} · {config.loss} · {run_catalog.ec_summary(config.ec_weight)} · {seeds_label(runs)}"
         cells = {}
         for key in charts.METRIC_NAMES:
             values = [100 * final_metrics(entry.run)[key] for entry in runs if key in final_metrics(entry.run)]
@@ -216,6 +213,16 @@ def show_seed_spread(chosen: list[run_catalog.RunEntry]) -> None:
                 cells[charts.metric_name(key)] = f"{mean:.1f} ± {spread:.1f}"
         columns[name] = cells
     st.dataframe(pd.DataFrame(columns), key="seed_spread_table")
+
+
+def seeds_label(runs: list[run_catalog.RunEntry]) -> str:
+    """"3 seeds", or, when runs repeat a seed, "2 runs of 1 seed (seed 0 repeated)": runs of one seed differ only by
+    the machine's non-determinism, so their spread is not a spread over seeds."""
+    seeds = [entry.run.config.seed for entry in runs]
+    if len(set(seeds)) == len(seeds):
+        return layout.plural(len(seeds), "seed")
+    repeated = ", ".join(f"seed {seed}" for seed in sorted(set(seeds)) if seeds.count(seed) > 1)
+    return f"{len(seeds)} runs of {layout.plural(len(set(seeds)), 'seed')} ({repeated} repeated)"
 
 
 def show_study_seed_spread(chosen: list[run_catalog.RunEntry]) -> None:

@@ -262,3 +262,15 @@ def test_a_stopped_run_is_no_seed_of_its_setting(checkpoints_copy):
     assert_clean(app)
     columns = [str(c) for frame in app.dataframe for c in frame.value.columns if "seeds" in str(c)]
     assert columns == ["digits · binomial · EC off · 2 seeds"]  # seeds 0 and 1; the stopped seed 2 is left out
+
+
+def test_runs_that_repeat_a_seed_are_not_counted_as_several_seeds(checkpoints_copy):
+    import shutil
+
+    # issue 22: two seed-0 runs of one setting were tabulated as "2 seeds"
+    shutil.copytree(checkpoints_copy / "digits-ec-off", checkpoints_copy / "digits-ec-off-again")
+    keys = [str(checkpoints_copy / name) for name in ("digits-ec-off", "digits-ec-off-again")]
+    app = open_page("compare", {"selected_run_paths": keys})
+    assert_clean(app)
+    columns = [str(c) for frame in app.dataframe for c in frame.value.columns if " · " in str(c)]
+    assert columns == ["digits · binomial · EC off · 2 runs of 1 seed (seed 0 repeated)"]
