@@ -103,9 +103,20 @@ def overlay_box(page, panel: int) -> dict:
 
 
 def panel_pixels(page, panel: int) -> np.ndarray:
+    """The panel's drawn pixels; taken again when the map was redrawn meanwhile (the final layout replacing the
+    first one detaches the old canvas)."""
     from PIL import Image
+    from playwright.sync_api import Error as PlaywrightError
 
-    png = page.frame_locator(MAP_FRAME).locator(f".panel[data-panel='{panel}'] canvas:not(.overlay)").screenshot()
+    canvas = page.frame_locator(MAP_FRAME).locator(f".panel[data-panel='{panel}'] canvas:not(.overlay)")
+    for attempt in range(3):
+        try:
+            png = canvas.screenshot()
+            break
+        except PlaywrightError as error:
+            if "not attached" not in str(error) or attempt == 2:
+                raise
+            map_frame(page)
     return np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
 
 

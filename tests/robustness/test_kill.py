@@ -123,8 +123,8 @@ def test_sigkill_at_random_moments_then_resume(forkserver, tmp_path, fault_case)
 
 # Fresh 16-step runs write, in order: config, step-0 checkpoint, status, history lines 1-15 (buffered: one
 # write, flushed before the step-15 checkpoint commits), the step-15 checkpoint, status, line 16, the step-16
-# checkpoint, two evaluation lines, metrics, status.
-RENAMES, DELETES = 11, 2  # every os.replace (a commit) and every removal of an older trainer state
+# checkpoint, status (final evaluation), two evaluation lines, metrics, status.
+RENAMES, DELETES = 12, 2  # every os.replace (a commit) and every removal of an older trainer state
 CRASH_POINTS = [("replace", n) for n in range(1, RENAMES + 1)] + [("unlink", n) for n in range(1, DELETES + 1)] + [
     ("write", n) for n in (1, 2, 3, 4, 6, 7, 10, 13, 14)
 ]
