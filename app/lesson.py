@@ -22,7 +22,7 @@ from app import errors, layout, live_film, run_catalog, run_picker, training_job
 from app.page_state import EMBEDDINGS_VIEW_KEY, FILM_VIEW
 from ecaml.config import TrainConfig
 from ecaml.serve.jobs import FINAL_STATES
-from ecaml.store.run_files import FINAL_EVALUATION, read_status
+from ecaml.store.run_files import FINAL_EVALUATION
 
 # Used when no featured pair can be read: the featured setting of the study in results/ (digits, triplet, λ = 1).
 FALLBACK_SETTING = {"dataset": "digits", "loss": "triplet", "ec_weight": 1.0, "epochs": 2, "seed": 0}
@@ -86,29 +86,36 @@ def own_lesson_after_reload() -> tuple[str, ...]:
     return ()
 
 
-def lesson_progress(folders: tuple[str, ...]) -> tuple[int, int]:
-    done = total = 0
-    for folder in folders:
-        status = read_status(Path(folder)) or {}
-        done += int(status.get("step") or 0)
-        total += int(status.get("total_steps") or 0)
-    return done, total
+@dataclasses.dataclass(frozen=True)
+class PairProgress:
+    done: int  # steps trained, both runs together
+    total: int  # steps to train, both runs together (0 until a run has said)
+    evaluating: bool  # a run has trained its steps and is being scored (which can take minutes)
+    trained: bool  # every run has trained its steps (and filmed its last frame)
 
 
-def lesson_evaluating(folders: tuple[str, ...]) -> bool:
-    """Whether a run of the pair has trained its steps and is being scored (which can take minutes)."""
-    return any((read_status(Path(folder)) or {}).get("phase") == FINAL_EVALUATION for folder in folders)
+def lesson_progress(folders: tuple[str, ...]) -> PairProgress:
+    """Where the pair stands, from each run's progress: its history's steps as well as its status, since the status
+    moves only at checkpoints (once an epoch) and the Fashion-MNIST lesson trains one epoch."""
+    progresses = [progress for folder in folders if (progress := training_job.job_progress(Path(folder)))]
+    trained = [p.phase == FINAL_EVALUATION or p.state == "completed" for p in progresses]
+    return PairProgress(sum(p.step for p in progresses), sum(p.total_steps for p in progresses),
+                        any(p.phase == FINAL_EVALUATION for p in progresses),
+                        len(trained) == len(folders) > 0 and all(trained))
 
 
 @st.fragment(run_every=1.0)
 def _follow(folders: tuple[str, ...]) -> None:
     if not lesson_running(folders):
         st.rerun()
-    done, total = lesson_progress(folders)
-    total_text = f"{total:,}" if total else "…"
-    st.progress(done / total if total else 0.0, text=f"Training the lesson pair: step {done:,} of {total_text}"
-                + (": training done, evaluating both runs…" if lesson_evaluating(folders) else ""))
+    pair = lesson_progress(folders)
+    total_text = f"{pair.total:,}" if pair.total else "…"
+    st.progress(min(pair.done / pair.total, 1.0) if pair.total else 0.0,
+                text=f"Training the lesson pair: step {pair.done:,} of {total_text}"
+                + (": training done, evaluating both runs…" if pair.evaluating else ""))
     live_film.show_live_film(folders)
+    if pair.trained:  # the films are complete: lay out the whole one while the runs are evaluated
+        live_film.lay_out_whole_film(folders)
 
 
 def open_film(folders: tuple[str, ...]) -> None:

@@ -17,6 +17,7 @@ from ecaml.serve.jobs import FINAL_STATES
 from ecaml.store.run_files import RunError, read_status
 
 POLL_SECONDS = 1.0
+WHOLE_FILM = "whole film"
 GIVE_UP_SECONDS = 600.0  # a run killed without a final status: stop watching once its film has not grown this long
 
 
@@ -54,6 +55,37 @@ def live_film_job(folders: tuple[str, ...]) -> BackgroundJob:
     # Not at a lower priority: the pair's two training processes fill both cores of a small machine, and a
     # yielding thread got almost no time beside them (no frame in two minutes); the film is what the room watches.
     return background_jobs.start(("live film", folders), "the lesson's live film", work, yield_cpu=False)
+
+
+def lay_out_whole_film(folders: tuple[str, ...]) -> BackgroundJob:
+    """The pair's whole film laid out in the background (the job already started for these folders, if any), from
+    when both runs have trained their steps: their final evaluation takes a minute on Fashion-MNIST, and the film
+    another (22 frames of 2,000 points a run), so the film the lecturer opens next is ready or nearly."""
+
+    def work(job: BackgroundJob) -> None:
+        import torch
+
+        from ecaml.serve.film import lay_out_films
+
+        torch.set_num_threads(1)  # beside the pair's two evaluating processes, as the live film (see above)
+        job.result = lay_out_films([Path(folder) for folder in folders])
+
+    return background_jobs.start((WHOLE_FILM, folders), "the lesson's whole film", work, yield_cpu=False)
+
+
+def whole_film_laid_out(folders: tuple[str, ...]):
+    """The whole film of ``folders`` as the lesson laid it out, once that job ends (waiting for it rather than
+    laying it out twice); None when no such job ran, it failed, or the films have grown since it read them."""
+    from ecaml.serve.film import common_steps, read_film
+
+    job = background_jobs.job_by_key((WHOLE_FILM, folders))
+    if job is None or job.thread is None:
+        return None
+    job.thread.join()
+    films = [read_film(Path(folder)) for folder in folders]
+    if job.result is None or any(film is None for film in films) or job.result.steps != common_steps(films):
+        return None
+    return job.result
 
 
 def run_title(folder: str) -> str:

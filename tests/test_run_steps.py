@@ -29,7 +29,7 @@ def test_kept_checkpoints_load_as_their_own_runs_and_a_resume_drops_steps_past_i
 def test_the_final_evaluation_is_announced_in_the_status_and_the_progress_text_then_cleared(tmp_path, monkeypatch):
     """After its last step a run is scored on every split (minutes on Fashion-MNIST); the status says so meanwhile
     and the app's progress line reads it, instead of a bare "step 699 of 699"."""
-    from app.lesson import lesson_evaluating
+    from app.lesson import lesson_progress
     from app.training_job import progress_text
     from ecaml.serve.jobs import JobManager
     from ecaml.store.run_files import FINAL_EVALUATION, read_status
@@ -43,13 +43,13 @@ def test_the_final_evaluation_is_announced_in_the_status_and_the_progress_text_t
         if parts is not None:  # the final evaluation
             seen["status"] = read_status(run_dir)
             seen["text"] = progress_text(JobManager(tmp_path).progress(run_dir))
-            seen["lesson"] = lesson_evaluating((str(run_dir),))
+            seen["lesson"] = lesson_progress((str(run_dir),))
         return score(self, epoch, parts)
 
     monkeypatch.setattr(trainer.Trainer, "evaluate_into_history", watched)
     assert main(["train", "--max-steps", "3", "--eval-every", "0", "--quiet", "--out", str(run_dir)]) == 0
     assert seen["status"]["state"] == "running" and seen["status"]["phase"] == FINAL_EVALUATION
     assert seen["text"].startswith("step 3 of 3") and "evaluating" in seen["text"]
-    assert seen["lesson"] and not lesson_evaluating((str(run_dir),))
+    assert seen["lesson"].evaluating and seen["lesson"].done == 3 and not lesson_progress((str(run_dir),)).evaluating
     assert "phase" not in read_status(run_dir) and read_status(run_dir)["state"] == "completed"
     assert "evaluating" not in progress_text(JobManager(tmp_path).progress(run_dir))

@@ -12,12 +12,13 @@ are grey except the classes found by name or selected.
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import streamlit as st
 
 from app import background_jobs, errors, locations, pictures, projection_jobs, run_catalog, run_picker, splits
-from app import embedding_jobs, embedding_map, neighbourhood_view
+from app import embedding_jobs, embedding_map, live_film, neighbourhood_view
 from app.page_state import EMBEDDINGS_VIEW_KEY, FILM_VIEW, MAP_VIEW
 
 METHODS = {"umap": "UMAP, aligned across runs", "pca": "PCA (instant)"}
@@ -237,12 +238,12 @@ def show_selected_images(indices: list[int], split) -> None:
 
 
 @st.cache_data(max_entries=8, show_spinner="Laying out the film's frames (once per set of runs)…")
-def _film(keys: tuple, paths: tuple) -> tuple[list[int], list[list[np.ndarray]], np.ndarray, np.ndarray, list]:
-    from ecaml.serve.film import film_frames, frame_scores, read_film
+def _film(keys: tuple, paths: tuple):
+    """The films of ``paths`` laid out (``keys``: each run's key and fingerprint, for the cache); a lesson pair's
+    comes from the job that began laying it out while the pair was being evaluated."""
+    from ecaml.serve.film import lay_out_films
 
-    films = [read_film(path) for path in paths]
-    steps, frames = film_frames(films)
-    return steps, frames, films[0].labels, films[0].indices, [frame_scores(film, steps) for film in films]
+    return live_film.whole_film_laid_out(paths) or lay_out_films([Path(path) for path in paths])
 
 
 def frame_labels(scores: list[dict[str, float]]) -> list[str]:
@@ -271,7 +272,7 @@ def show_film(chosen: list[run_catalog.RunEntry]) -> None:
     result = errors.attempt("read the training films", _film, keys, tuple(str(entry.path) for entry in filmed))
     if result is None:
         return
-    steps, frames, labels, indices, scores = result
+    steps, frames, labels, indices, scores = result.steps, result.frames, result.labels, result.indices, result.scores
     split = splits.split_of(filmed[0].run)
     panels = [
         embedding_map.MapPanel(f"{entry.name} · {run_catalog.setting_summary(entry.run)}", run_frames,

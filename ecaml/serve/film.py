@@ -137,6 +137,28 @@ def grow_film(films: list[Film | None], so_far: FilmSoFar | None = None) -> Film
     return FilmSoFar((so_far.steps if so_far is not None else []) + [step], frames, scores, films[0].labels)
 
 
+@dataclass
+class LaidOutFilm:
+    """Runs' films laid out for the page: the common steps, frames[run][step] (float32 [n, 2]), the filmed images'
+    classes and dataset indices, and each run's per-step scores."""
+
+    steps: list[int]
+    frames: list[list[np.ndarray]]
+    labels: np.ndarray
+    indices: np.ndarray
+    scores: list[list[dict[str, float]]]
+
+
+def lay_out_films(run_dirs: list[Path]) -> LaidOutFilm:
+    """The films of ``run_dirs`` read, laid out on one aligned projection (``film_frames``) and scored."""
+    films = [read_film(Path(run_dir)) for run_dir in run_dirs]
+    unfilmed = [Path(run_dir).name for run_dir, film in zip(run_dirs, films) if film is None]
+    if unfilmed:
+        raise RunError(f"{', '.join(unfilmed)}: no training film")
+    steps, frames = film_frames(films)
+    return LaidOutFilm(steps, frames, films[0].labels, films[0].indices, [frame_scores(f, steps) for f in films])
+
+
 def frame_scores(film: Film, steps: list[int]) -> list[dict[str, float]]:
     """Unseen Recall@1 and MAP@R of each of ``steps``' snapshots (its filmed images searched against each other),
     so that a frame's label is measured on the very points it draws."""

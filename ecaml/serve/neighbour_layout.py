@@ -17,29 +17,36 @@ PERPLEXITY = 30.0
 FIRST_ITERATIONS, NEXT_ITERATIONS = 250, 100  # a frame started from its neighbour needs far fewer steps
 EXAGGERATION, EXAGGERATED_SHARE = 12.0, 0.25  # early exaggeration over the first quarter of a layout's steps
 MOMENTUM = 0.8
+NEIGHBOURS_PER_PERPLEXITY = 3  # the points each row of P keeps (van der Maaten 2014)
 
 
 def affinities(vectors: np.ndarray, perplexity: float = PERPLEXITY) -> torch.Tensor:
     """t-SNE's symmetric joint probabilities P over the points, from cosine distances, each row's bandwidth found
-    by bisection so that its conditional distribution has the given perplexity."""
+    by bisection so that its conditional distribution has the given perplexity.
+
+    Each row keeps its ``NEIGHBOURS_PER_PERPLEXITY * perplexity`` nearest points, as Barnes-Hut t-SNE, openTSNE and
+    scikit-learn do: at this perplexity the rest hold a negligible share of the row, and the bisection over all N
+    points was half of a 2,000-point frame's time (0.59 of 1.35 s on two cores).
+    """
     x = torch.nn.functional.normalize(torch.as_tensor(np.asarray(vectors), dtype=torch.float32), dim=1)
     count = len(x)
     distances = (2 - 2 * x @ x.T).clamp_min(0)
     distances.fill_diagonal_(float("inf"))
+    kept = min(count - 1, int(NEIGHBOURS_PER_PERPLEXITY * perplexity))
+    nearest, columns = torch.topk(distances, kept, dim=1, largest=False)  # ascending: nearest[:, 0] is the closest
     target = np.log(min(perplexity, (count - 1) / 3))
-    shifted = distances - distances.min(dim=1, keepdim=True).values  # for stable exponentials
-    finite = torch.nan_to_num(shifted, posinf=0.0)
+    shifted = nearest - nearest[:, :1]  # for stable exponentials
     low, high = torch.zeros(count, dtype=torch.float32), torch.full((count,), np.inf, dtype=torch.float32)
     beta = torch.ones(count, dtype=torch.float32)
     for _ in range(40):
         weights = torch.exp(-shifted * beta[:, None])
         total = weights.sum(dim=1)
-        entropy = torch.log(total) + beta * (finite * weights).sum(dim=1) / total
+        entropy = torch.log(total) + beta * (shifted * weights).sum(dim=1) / total
         too_wide = entropy > target  # a neighbourhood wider than the perplexity asks: narrow it (raise beta)
         low = torch.where(too_wide, beta, low)
         high = torch.where(too_wide, high, beta)
         beta = torch.where(torch.isinf(high), beta * 2, (low + high) / 2)
-    conditional = weights / total[:, None]
+    conditional = torch.zeros(count, count, dtype=torch.float32).scatter_(1, columns, weights / total[:, None])
     joint = (conditional + conditional.T) / (2 * count)
     return joint.clamp_min(1e-12)
 

@@ -8,12 +8,13 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from apptest_support import assert_clean, open_page, plotly_figures
 from map_support import maps
 from test_app_train import reload_page, wait_until_idle
 
-from app import deployment, lesson, training_job
+from app import background_jobs, deployment, lesson, training_job
 from ecaml.config import TrainConfig
 from ecaml.runs import read_config
 from ecaml.serve.job_command import JobError
@@ -175,3 +176,55 @@ def test_the_live_film_lays_out_frames_on_one_thread_of_its_own(monkeypatch, tmp
     job.thread.join(30)
     assert seen and set(seen) == {1}
     assert torch.get_num_threads() == before
+
+
+def test_the_pair_s_progress_counts_the_steps_in_the_histories_not_only_the_checkpointed_ones(app_environment):
+    """A run's status moves only at checkpoints, once an epoch; the Fashion-MNIST lesson trains one epoch, so its
+    progress line read "step 0 of 1,398" until the very end (walk-through, session 29) while the film and the
+    curves grew. The pair's progress counts the steps its runs' histories hold."""
+    from ecaml.store.run_files import HISTORY_FILE, append_jsonl, write_status
+
+    folders = []
+    for name, trained in [("lesson-off", 250), ("lesson-on", 300)]:
+        run_dir = app_environment / name
+        run_dir.mkdir(parents=True)
+        write_status(run_dir, "running", step=0, total_steps=699)
+        for step in range(1, trained + 1):
+            append_jsonl(run_dir / HISTORY_FILE, {"kind": "step", "step": step, "metric": 0.1})
+        folders.append(str(run_dir))
+    progress = lesson.lesson_progress(tuple(folders))
+    assert (progress.done, progress.total, progress.evaluating, progress.trained) == (550, 1398, False, False)
+
+
+def test_the_lesson_lays_out_its_whole_film_while_the_pair_is_evaluated_and_the_page_takes_it(tmp_path):
+    """Opening the Fashion-MNIST lesson's film took 90 s of "Laying out the film's frames" after the lesson ended
+    (walk-through, session 29); the lesson starts that layout once both runs have trained their steps, and the film
+    page takes the job's film, unless the films have grown since the job read them."""
+    from app import live_film
+    from ecaml.serve.film import lay_out_films
+    from ecaml.train.film_recorder import FILM_FOLDER, FILM_INDEX
+    from ecaml.train.launch import train
+
+    folders = []
+    for weight in (0.0, 0.6):
+        config = TrainConfig(dataset="digits", loss="triplet", ec_weight=weight, max_steps=7, eval_every=0, seed=0,
+                             film_every=3, device="cpu")
+        train(config, tmp_path / f"lesson-ec{weight:g}", progress=False)
+        folders.append(str(tmp_path / f"lesson-ec{weight:g}"))
+    folders = tuple(folders)
+    job = live_film.lay_out_whole_film(folders)
+    assert live_film.lay_out_whole_film(folders) is job  # started once, however many refreshes ask
+    taken = live_film.whole_film_laid_out(folders)
+    assert taken is job.result and taken.steps == [0, 3, 6, 7]
+    fresh = lay_out_films([Path(folder) for folder in folders])
+    assert [s["map@r"] for s in taken.scores[1]] == [s["map@r"] for s in fresh.scores[1]]
+    assert np.allclose(taken.frames[1][-1], fresh.frames[1][-1], atol=1e-3)
+    # A film that grew after the job read it: the page lays it out again rather than show a film a frame short.
+    index = Path(folders[0], FILM_FOLDER, FILM_INDEX)
+    record = json.loads(index.read_text())
+    index.write_text(json.dumps({**record, "steps": record["steps"][:-1]}))
+    background_jobs.forget((live_film.WHOLE_FILM, folders))
+    live_film.lay_out_whole_film(folders)
+    index.write_text(json.dumps(record))
+    assert live_film.whole_film_laid_out(folders) is None
+    assert live_film.whole_film_laid_out(("elsewhere",)) is None  # no lesson laid it out
