@@ -36,7 +36,7 @@ LECTURE_FRAMES = 30
 FALLBACK_STEPS_PER_EPOCH = 14  # the digits split's: 70 images per seen class in batches of 5 x 12
 # The real-photos lesson when no Fashion-MNIST pair is featured: its data set's defaults (the lecture's length).
 FASHION_FALLBACK = {"dataset": "fashion-mnist", "loss": "triplet", "ec_weight": 1.0, "seed": 0, "film_every": 70}
-LESSON_DATASETS = {"digits": "Digits (8×8, under 2 minutes)", "fashion-mnist": "Fashion-MNIST (real photos, 2-3 minutes)"}
+LESSON_DATASETS = {"digits": "Digits (8×8, under 2 minutes)", "fashion-mnist": "Fashion-MNIST (real photos, about 3 minutes)"}
 DATASET_CHOICE_KEY = "lesson_dataset"
 LESSON_OVERRIDES: dict = {}  # further config fields (tests shorten the lesson with max_steps)
 LESSON_KEY = "lesson_runs"  # this session's lesson: its run folders
