@@ -41,6 +41,7 @@ CURVE_POINTS = 16
 RUN_LENGTHS = {"digits": "about a minute", "fashion-mnist": "1-2 minutes with its final evaluation"}
 
 
+DATASET_KEY, EPOCHS_KEY, EVAL_EVERY_KEY = "train_dataset", "train_epochs", "train_eval_every"
 STOPPING_KEY = "stop_requested_for"  # the job this session asked to stop (it ends after its current step)
 
 
@@ -58,6 +59,30 @@ def form_defaults() -> TrainConfig:
     # benchmarks/fashion_lecture.json).
     lecture = base if base.dataset == run_catalog.FASHION else lesson.lecture_length(base)
     return dataclasses.replace(lecture, eval_every=evaluation_spacing(lecture.resolved().epochs))
+
+
+def dataset_defaults(dataset: str, defaults: TrainConfig) -> TrainConfig:
+    """The form's values on ``dataset``: the featured setting on its own data set, else the same loss, λ and seed
+    at that data set's lecture length, evaluated along it."""
+    if dataset == defaults.dataset:
+        return defaults
+    epochs = lecture_epochs(dataset)
+    resolved = TrainConfig(dataset=dataset, epochs=epochs).resolved().epochs
+    return TrainConfig(dataset=dataset, loss=defaults.loss, ec_weight=defaults.ec_weight, seed=defaults.seed,
+                       epochs=epochs, eval_every=evaluation_spacing(resolved))
+
+
+def _show_dataset_defaults() -> None:
+    """The chosen data set's lecture length and evaluation spacing put into the form's boxes (a form's own fields
+    cannot redraw until it is submitted, so the data set is chosen outside it)."""
+    shown = dataset_defaults(st.session_state[DATASET_KEY], form_defaults())
+    st.session_state[EPOCHS_KEY] = shown.epochs
+    st.session_state[EVAL_EVERY_KEY] = int(shown.eval_every)
+
+
+def _kept_or(key: str, value) -> dict:
+    """``value=`` for a box the first time it is drawn; afterwards its state (set by the data set's choice) rules."""
+    return {} if key in st.session_state else {"value": value}
 
 
 def evaluation_spacing(epochs: int) -> int:
@@ -88,26 +113,29 @@ def index_of(options, value) -> int:
 
 def show_form(running: Path | None) -> None:
     """The settings of a new run; its Start button is disabled while a job runs (the page redraws when it ends)."""
-    defaults = form_defaults()
-    if run_catalog.featured_setting() is not None:
+    featured = form_defaults()
+    dataset = st.selectbox(
+        "Dataset",
+        list(DATASETS),
+        index=index_of(DATASETS, featured.dataset),
+        format_func=lambda d: DATASETS[d].split(":")[0],
+        key=DATASET_KEY,
+        on_change=_show_dataset_defaults,
+        help="\n\n".join(DATASETS.values()),
+    )
+    defaults = dataset_defaults(dataset, featured)
+    if dataset == featured.dataset and run_catalog.featured_setting() is not None:
         st.caption(
             f"Starts from the featured setting ({defaults.dataset}, {defaults.loss}, λ = {defaults.ec_weight:g}, "
             f"seed {defaults.seed}): the run the app opens on, so yours can be compared with it; "
             f"{schedule_text(defaults)} and filmed every {layout.plural(defaults.film_every, 'step')}, so the curves "
-            "can be watched as they grow. Another data set with the epochs and evaluation left as they are trains for "
-            "that data set's own lecture length."
+            "can be watched as they grow."
         )
+    elif dataset != "folder":
+        st.caption(f"On {dataset}: {schedule_text(defaults)}, so the curves can be watched as they grow.")
     # Enter in a field must not start a run (minutes of CPU) before the rest of the form is filled in.
     with st.form("train_form", border=True, enter_to_submit=False):
         first, second, third = st.columns(3)
-        dataset = first.selectbox(
-            "Dataset",
-            list(DATASETS),
-            index=index_of(DATASETS, defaults.dataset),
-            format_func=lambda d: DATASETS[d].split(":")[0],
-            key="train_dataset",
-            help="\n\n".join(DATASETS.values()),
-        )
         data_root = first.text_input(
             "Data root (folder dataset only)",
             key="train_data_root",
@@ -131,8 +159,8 @@ def show_form(running: Path | None) -> None:
             "Epochs",
             1,
             1000,
-            value=defaults.epochs,
-            key="train_epochs",
+            **_kept_or(EPOCHS_KEY, defaults.epochs),
+            key=EPOCHS_KEY,
             placeholder="dataset default",
             help=default_epochs_help(),
         )
@@ -163,8 +191,8 @@ def show_form(running: Path | None) -> None:
                 "Evaluate every (epochs)",
                 0,
                 1000,
-                int(defaults.eval_every),
-                key="train_eval_every",
+                **_kept_or(EVAL_EVERY_KEY, int(defaults.eval_every)),
+                key=EVAL_EVERY_KEY,
                 help="0: only at the end. Evaluations draw the Recall@K-over-training chart.",
             )
             val_classes = more[2].number_input(
@@ -189,7 +217,7 @@ def show_form(running: Path | None) -> None:
     if not submitted:
         return
     config = form_config(
-        defaults,
+        featured,
         dataset=dataset,
         data_root=data_root.strip() or None,
         loss=loss,
@@ -214,13 +242,6 @@ def form_config(defaults: TrainConfig, **shown) -> TrainConfig:
     classes when some are held out, else the test classes, which Compare labels "not for model selection".
     """
     hidden = {}
-    if shown["dataset"] != defaults.dataset and shown["epochs"] == defaults.epochs:
-        # The epochs shown were the featured data set's (a form cannot redraw its fields when the data set changes):
-        # the chosen data set's lecture length instead, evaluated along it as the defaults are.
-        shown["epochs"] = lecture_epochs(shown["dataset"])
-        if shown["eval_every"] == defaults.eval_every:
-            shown["eval_every"] = evaluation_spacing(TrainConfig(dataset=shown["dataset"],
-                                                                 epochs=shown["epochs"]).resolved().epochs)
     if shown["dataset"] == defaults.dataset:
         hidden = {"seen_test_per_class": defaults.seen_test_per_class, "val_seed": defaults.val_seed,
                   "film_every": defaults.film_every}

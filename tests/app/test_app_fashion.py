@@ -152,6 +152,28 @@ def test_from_the_fashion_pair_the_form_says_its_real_schedule_and_digits_gets_t
     assert (started.dataset, started.epochs, started.eval_every) == ("digits", lesson.LECTURE_EPOCHS, 12)
 
 
+def test_choosing_a_data_set_redraws_the_form_with_its_schedule_and_keeps_what_the_user_then_types(
+        featured_both, photos_here, monkeypatch, app_environment):
+    """The data set was a field of the form, so choosing digits left "fashion-mnist ... 1 epoch" in the caption and 1
+    in the Epochs box (walk-through, session 29), and a run then guessed the user meant 192. Chosen outside the form,
+    the caption and the boxes follow the data set, and an epoch count typed afterwards is the one trained."""
+    manager = CapturingManager(app_environment)
+    monkeypatch.setattr(training_job, "job_manager", lambda: manager)
+    app = open_page("train")
+    app.selectbox(key="train_dataset").set_value("digits").run()
+    assert_clean(app)
+    assert any(text.startswith("On digits: trained for 192 epochs") and "evaluated every 12 epochs" in text
+               for text in captions(app))
+    assert not any(text.startswith("Starts from the featured setting (fashion-mnist") for text in captions(app))
+    assert app.number_input(key="train_epochs").value == lesson.LECTURE_EPOCHS
+    app.number_input(key="train_epochs").set_value(1)
+    next(button for button in app.button if button.label == "Start training").click().run()
+    (started,) = manager.started
+    assert (started.dataset, started.epochs, started.eval_every) == ("digits", 1, 12)
+    app.selectbox(key="train_dataset").set_value("fashion-mnist").run()  # back: the featured setting's schedule
+    assert app.number_input(key="train_epochs").value == 1 and app.number_input(key="train_eval_every").value == 1
+
+
 def test_an_uploaded_phone_photo_is_shown_converted(featured_both, photos_here):
     app = open_page("retrieval", {"query_source": "upload"})
     for _ in range(240):  # the runs' unseen images are embedded in the background first
