@@ -58,7 +58,12 @@ def form_defaults() -> TrainConfig:
     # Fashion-MNIST's own defaults are the lecture's length already (1 epoch, about 2 minutes a pair on 2 cores:
     # benchmarks/fashion_lecture.json).
     lecture = base if base.dataset == run_catalog.FASHION else lesson.lecture_length(base)
-    return dataclasses.replace(lecture, eval_every=evaluation_spacing(lecture.resolved().epochs))
+    return evaluated_along(lecture)
+
+
+def evaluated_along(config: TrainConfig) -> TrainConfig:
+    """``config`` evaluated about CURVE_POINTS times along its epochs (``evaluation_spacing``)."""
+    return dataclasses.replace(config, eval_every=evaluation_spacing(config.resolved().epochs))
 
 
 def dataset_defaults(dataset: str, defaults: TrainConfig) -> TrainConfig:
@@ -66,10 +71,8 @@ def dataset_defaults(dataset: str, defaults: TrainConfig) -> TrainConfig:
     at that data set's lecture length, evaluated along it."""
     if dataset == defaults.dataset:
         return defaults
-    epochs = lecture_epochs(dataset)
-    resolved = TrainConfig(dataset=dataset, epochs=epochs).resolved().epochs
-    return TrainConfig(dataset=dataset, loss=defaults.loss, ec_weight=defaults.ec_weight, seed=defaults.seed,
-                       epochs=epochs, eval_every=evaluation_spacing(resolved))
+    return evaluated_along(TrainConfig(dataset=dataset, loss=defaults.loss, ec_weight=defaults.ec_weight,
+                                       seed=defaults.seed, epochs=lecture_epochs(dataset)))
 
 
 def _show_dataset_defaults() -> None:
